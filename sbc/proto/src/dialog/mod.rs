@@ -1,0 +1,78 @@
+//! Dialog and registration state (RFC 3261 §12, §10). Both sides of the SBC see one dialog each
+//! with the SBC as the peer; the SBC keeps, per side, the remote target (the UA's Contact), the
+//! route set, and the flow it last talked on, so mid-dialog requests in either direction — BYE,
+//! re-INVITE, UPDATE, INFO, REFER/NOTIFY — reach the right UA over the right connection.
+
+use std::time::Instant;
+
+use crate::engine::{Flow, Side};
+
+/// One side's view of a dialog.
+#[derive(Debug, Clone)]
+pub struct Leg {
+    /// Where requests to this side go: the flow of the last message from it (symmetric, so a UA
+    /// behind NAT or on a TCP connection is reached where it really is).
+    pub flow: Flow,
+    /// The UA's Contact URI (RFC 3261 §12.1: remote target), updated by target refreshes.
+    pub target: Vec<u8>,
+    /// Route set toward this side (Record-Route values, in the order to put in Route).
+    pub route_set: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dialog {
+    /// The opaque token in our Contact user part on both sides.
+    pub token: String,
+    /// Indexed by [`Side::idx`].
+    pub legs: [Leg; 2],
+    pub confirmed: bool,
+    pub expires: Instant,
+}
+
+impl Dialog {
+    pub fn leg(&self, side: Side) -> &Leg {
+        match side {
+            Side::External => &self.legs[0],
+            Side::Internal => &self.legs[1],
+        }
+    }
+    pub fn leg_mut(&mut self, side: Side) -> &mut Leg {
+        match side {
+            Side::External => &mut self.legs[0],
+            Side::Internal => &mut self.legs[1],
+        }
+    }
+}
+
+/// A registration that passed through the SBC: the registrar on the other side stores our
+/// token URI; a request to that URI is delivered to the UA's real Contact over its flow.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    pub token: String,
+    /// The side the registering UA is on.
+    pub side: Side,
+    /// The UA's own Contact URI (without angle brackets).
+    pub contact: Vec<u8>,
+    pub flow: Flow,
+    /// Until the registrar confirms, a binding lives for one transaction timeout.
+    pub confirmed: bool,
+    pub expires: Instant,
+}
+
+/// What a forwarded request's client transaction must remember to handle its responses.
+#[derive(Debug, Default)]
+pub struct ForwardCtx {
+    /// Token of the dialog this request belongs to or will create.
+    pub dialog: Option<String>,
+    /// True when a 1xx-with-tag / 2xx to this request creates the dialog.
+    pub creates_dialog: bool,
+    /// The requester's Contact URI and Record-Route set (for the dialog's leg on its side).
+    pub requester_contact: Option<Vec<u8>>,
+    pub requester_route_set: Vec<Vec<u8>>,
+    /// Registration tokens in this REGISTER, to map the registrar's Contact list back.
+    pub registration: Vec<String>,
+    /// Core target index, for failover when the core does not answer.
+    pub core: Option<usize>,
+    /// Cores already tried for this request.
+    pub tried: Vec<usize>,
+}

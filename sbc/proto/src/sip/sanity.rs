@@ -1,0 +1,208 @@
+//! Sanity checks on an indexed message (RFC 3261 §8.2, §16.3; RFC 4475's torture cases), and
+//! the few facts every later layer needs, extracted once: Call-ID, CSeq, tags, top Via branch.
+
+use std::borrow::Cow;
+
+use super::error::SipError;
+use super::message::{Header, HeaderName, Kind, Message};
+use super::method::Method;
+use super::values::{self, ValueError};
+
+/// A message that passed the checks, with the identifiers the transaction and dialog layers use.
+#[derive(Debug, Clone)]
+pub struct Checked<'a> {
+    pub msg: Message<'a>,
+    /// The request's method, or for a response the CSeq method.
+    pub method: Method,
+    pub cseq: u32,
+    pub call_id: Cow<'a, [u8]>,
+    pub from_tag: Option<Cow<'a, [u8]>>,
+    pub to_tag: Option<Cow<'a, [u8]>>,
+    /// The branch of the topmost Via (None for RFC 2543 peers, RFC 4475 §3.4.1).
+    pub branch: Option<Cow<'a, [u8]>>,
+    pub max_forwards: Option<u32>,
+}
+
+impl<'a> Checked<'a> {
+    pub fn status(&self) -> Option<u16> {
+        self.msg.status()
+    }
+}
+
+fn single<'m>(msg: &'m Message<'_>, name: HeaderName) -> Result<&'m Header, SipError> {
+    let mut it = msg.all(name);
+    let h = it.next().ok_or(SipError::Missing(name))?;
+    if it.next().is_some() {
+        return Err(SipError::Duplicate(name));
+    }
+    Ok(h)
+}
+
+fn bad(name: HeaderName) -> impl Fn(ValueError) -> SipError {
+    move |error| SipError::BadHeader { name, error }
+}
+
+/// Extracts `param` from a name-addr header value, borrowing when the value is not folded.
+fn name_addr_param<'a>(v: Cow<'a, [u8]>, name: HeaderName, param: &str) -> Result<Option<Cow<'a, [u8]>>, SipError> {
+    let na = values::name_addr(&v).map_err(bad(name))?;
+    let found = v.get(na.params.clone()).and_then(|p| values::param(p, param)).map(|t| {
+        let off = t.as_ptr() as usize - v.as_ptr() as usize;
+        off..off + t.len()
+    });
+    Ok(found.map(|r| match &v {
+        Cow::Borrowed(b) => Cow::Borrowed(b.get(r).unwrap_or_default()),
+        Cow::Owned(o) => Cow::Owned(o.get(r).unwrap_or_default().to_vec()),
+    }))
+}
+
+/// Every check a proxy makes before it forwards or answers. Request failures map to a
+/// response via [`SipError::reaction`]; response failures mean "drop".
+pub fn check<'a>(msg: Message<'a>) -> Result<Checked<'a>, (Message<'a>, SipError)> {
+    match check_inner(&msg) {
+        Ok(parts) => Ok(Checked {
+            msg,
+            method: parts.method,
+            cseq: parts.cseq,
+            call_id: parts.call_id,
+            from_tag: parts.from_tag,
+            to_tag: parts.to_tag,
+            branch: parts.branch,
+            max_forwards: parts.max_forwards,
+        }),
+        Err(e) => Err((msg, e)),
+    }
+}
+
+struct Parts<'a> {
+    method: Method,
+    cseq: u32,
+    call_id: Cow<'a, [u8]>,
+    from_tag: Option<Cow<'a, [u8]>>,
+    to_tag: Option<Cow<'a, [u8]>>,
+    branch: Option<Cow<'a, [u8]>>,
+    max_forwards: Option<u32>,
+}
+
+fn check_inner<'a>(msg: &Message<'a>) -> Result<Parts<'a>, SipError> {
+    if msg.bad_header_line.is_some() {
+        return Err(SipError::BadHeaderLine);
+    }
+    let method = match msg.kind {
+        Kind::Request => check_request_line(msg)?,
+        Kind::Response => {
+            if msg.slice(&msg.start[0]) != b"SIP/2.0" {
+                return Err(SipError::VersionNotSupported(String::from_utf8_lossy(msg.slice(&msg.start[0])).into()));
+            }
+            match msg.status() {
+                Some(100..=699) => Method::Other,
+                _ => return Err(SipError::BadStatus),
+            }
+        }
+    };
+    if !msg.terminated {
+        return Err(SipError::Unterminated);
+    }
+    // Single-valued headers the proxy relies on (RFC 4475 §3.3.8: duplicates are fatal).
+    let call_id = msg.unfolded(single(msg, HeaderName::CallId)?);
+    if call_id.is_empty() || call_id.iter().any(|b| b.is_ascii_whitespace()) {
+        return Err(SipError::BadHeader { name: HeaderName::CallId, error: ValueError::SpaceInUri });
+    }
+    let cseq_value = msg.unfolded(single(msg, HeaderName::CSeq)?);
+    let (cseq, cseq_method) = values::cseq(&cseq_value).map_err(bad(HeaderName::CSeq))?;
+    let from_tag = name_addr_param(msg.unfolded(single(msg, HeaderName::From)?), HeaderName::From, "tag")?;
+    let to_tag = name_addr_param(msg.unfolded(single(msg, HeaderName::To)?), HeaderName::To, "tag")?;
+    let mut max_forwards = None;
+    if msg.all(HeaderName::MaxForwards).count() > 1 {
+        return Err(SipError::Duplicate(HeaderName::MaxForwards));
+    }
+    if let Some(h) = msg.first(HeaderName::MaxForwards) {
+        // RFC 4475 §3.1.2.4: an overlarge value may be treated as absent; cap it at 255.
+        max_forwards = Some(match values::parse_u32_lenient(&msg.unfolded(h)) {
+            Ok(n) => n.min(255),
+            Err(_) if msg.unfolded(h).iter().all(u8::is_ascii_digit) => 255,
+            Err(e) => return Err(bad(HeaderName::MaxForwards)(e)),
+        });
+    }
+    // Every Via element must parse; the top one's branch identifies the transaction.
+    let mut branch: Option<Cow<'a, [u8]>> = None;
+    let mut first = true;
+    for h in msg.all(HeaderName::Via) {
+        let v = msg.unfolded(h);
+        for r in values::split_commas(&v).map_err(bad(HeaderName::Via))? {
+            let via = values::via(v.get(r).unwrap_or_default()).map_err(bad(HeaderName::Via))?;
+            if first {
+                branch = via.branch().map(|b| Cow::Owned(b.to_vec()));
+                first = false;
+            }
+        }
+    }
+    if first {
+        return Err(SipError::Missing(HeaderName::Via));
+    }
+    if branch.as_deref() == Some(&b"z9hG4bK"[..]) {
+        return Err(SipError::BadBranch);
+    }
+    for h in msg.all(HeaderName::Contact) {
+        let v = msg.unfolded(h);
+        if &*v == b"*" {
+            continue;
+        }
+        for r in values::split_commas(&v).map_err(bad(HeaderName::Contact))? {
+            values::name_addr(v.get(r).unwrap_or_default()).map_err(bad(HeaderName::Contact))?;
+        }
+    }
+    let method = match msg.kind {
+        Kind::Request => {
+            let m = msg.method_bytes();
+            if m != cseq_method {
+                return Err(SipError::CSeqMismatch { method_known: method != Method::Other });
+            }
+            if msg.first(HeaderName::ProxyRequire).is_some() {
+                let list: Vec<String> = msg
+                    .all(HeaderName::ProxyRequire)
+                    .map(|h| String::from_utf8_lossy(&msg.unfolded(h)).trim().to_string())
+                    .collect();
+                return Err(SipError::BadExtension(list.join(", ")));
+            }
+            if max_forwards == Some(0) {
+                return Err(SipError::TooManyHops);
+            }
+            method
+        }
+        Kind::Response => Method::from_bytes(cseq_method),
+    };
+    Ok(Parts { method, cseq, call_id, from_tag, to_tag, branch, max_forwards })
+}
+
+fn check_request_line(msg: &Message<'_>) -> Result<Method, SipError> {
+    let version = msg.request_version();
+    if version != b"SIP/2.0" {
+        if version.len() > 4 && version.get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/")) {
+            return Err(SipError::VersionNotSupported(String::from_utf8_lossy(version).into()));
+        }
+        return Err(SipError::BadRequestLine);
+    }
+    if !msg.method_bytes().iter().all(|&b| super::message::is_token_char(b)) {
+        return Err(SipError::BadRequestLine);
+    }
+    let uri = msg.request_uri();
+    if uri.is_empty() || uri.iter().any(|b| b.is_ascii_whitespace()) {
+        return Err(SipError::BadRequestUri("whitespace in Request-URI"));
+    }
+    if uri.first() == Some(&b'<') {
+        return Err(SipError::BadRequestUri("Request-URI in angle brackets"));
+    }
+    let colon = uri.iter().position(|&b| b == b':').ok_or(SipError::BadRequestUri("no scheme"))?;
+    let scheme = uri.get(..colon).unwrap_or_default();
+    if scheme.eq_ignore_ascii_case(b"sip") || scheme.eq_ignore_ascii_case(b"sips") {
+        // RFC 3261 §19.1.5: headers in a Request-URI are not allowed (RFC 4475 §3.1.2.11).
+        // A '?' in the userinfo is legal (§3.1.1.2): only look after the last '@'.
+        let host_part = uri.iter().rposition(|&b| b == b'@').map_or(uri, |at| uri.get(at..).unwrap_or_default());
+        if host_part.contains(&b'?') {
+            return Err(SipError::BadRequestUri("escaped headers in Request-URI"));
+        }
+    } else if !scheme.eq_ignore_ascii_case(b"tel") {
+        return Err(SipError::UnsupportedUriScheme);
+    }
+    Ok(msg.method())
+}
