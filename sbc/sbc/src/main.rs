@@ -1,1 +1,76 @@
-fn main() {}
+//! `sbc`: the Session Border Controller daemon and its CLI.
+//!
+//! * `sbc run [-c FILE]` — run in the foreground (embedded default config without -c).
+//! * `sbc check-config -c FILE` — validate a config, print every error with its path.
+
+mod config;
+mod net;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sbc", version, about = "Session Border Controller")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the SBC in the foreground.
+    Run {
+        /// Config file (TOML); the embedded default when absent.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file; exits non-zero and lists every error.
+    CheckConfig {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the embedded default config.
+    DefaultConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::CheckConfig { config } => match config::load(config.as_deref()) {
+            Ok(_) => {
+                println!("ok");
+                ExitCode::SUCCESS
+            }
+            Err(errs) => {
+                eprint!("{errs}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::DefaultConfig => {
+            print!("{}", config::DEFAULT);
+            ExitCode::SUCCESS
+        }
+        Cmd::Run { config } => {
+            let cfg = match config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(errs) => {
+                    eprint!("invalid configuration:\n{errs}");
+                    return ExitCode::from(2);
+                }
+            };
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            match run::run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

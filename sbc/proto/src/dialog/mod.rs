@@ -25,11 +25,22 @@ pub struct Dialog {
     pub token: String,
     /// Indexed by [`Side::idx`].
     pub legs: [Leg; 2],
+    /// The side that sent the dialog-creating request: its Call-ID is native there.
+    pub caller: Side,
+    /// The Call-ID as each side sees it (masked toward a hidden side), indexed by side: the
+    /// fallback lookup for UAs that do not send mid-dialog requests to our Contact.
+    pub call_ids: [Vec<u8>; 2],
     pub confirmed: bool,
     pub expires: Instant,
 }
 
 impl Dialog {
+    pub fn call_id(&self, side: Side) -> &[u8] {
+        match side {
+            Side::External => &self.call_ids[0],
+            Side::Internal => &self.call_ids[1],
+        }
+    }
     pub fn leg(&self, side: Side) -> &Leg {
         match side {
             Side::External => &self.legs[0],
@@ -60,8 +71,10 @@ pub struct Binding {
 }
 
 /// What a forwarded request's client transaction must remember to handle its responses.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ForwardCtx {
+    /// The side whose UA created the Call-ID (the dialog's caller, else the requester).
+    pub call_id_native: Side,
     /// Token of the dialog this request belongs to or will create.
     pub dialog: Option<String>,
     /// True when a 1xx-with-tag / 2xx to this request creates the dialog.
@@ -69,10 +82,28 @@ pub struct ForwardCtx {
     /// The requester's Contact URI and Record-Route set (for the dialog's leg on its side).
     pub requester_contact: Option<Vec<u8>>,
     pub requester_route_set: Vec<Vec<u8>>,
+    /// The Call-ID as the requester sent it.
+    pub requester_call_id: Vec<u8>,
     /// Registration tokens in this REGISTER, to map the registrar's Contact list back.
     pub registration: Vec<String>,
     /// Core target index, for failover when the core does not answer.
     pub core: Option<usize>,
     /// Cores already tried for this request.
     pub tried: Vec<usize>,
+}
+
+impl Default for ForwardCtx {
+    fn default() -> Self {
+        ForwardCtx {
+            call_id_native: Side::External,
+            dialog: None,
+            creates_dialog: false,
+            requester_contact: None,
+            requester_route_set: Vec::new(),
+            requester_call_id: Vec::new(),
+            registration: Vec::new(),
+            core: None,
+            tried: Vec::new(),
+        }
+    }
 }

@@ -225,9 +225,22 @@ fn pct_decode(v: &[u8]) -> Vec<u8> {
 }
 
 impl Engine {
-    /// Masks or restores an identifier for a message going to `side`; None means unchanged.
+    /// Masks or restores an identifier whose origin is unknown (inside Replaces): what we
+    /// masked comes back; anything else is masked toward a hidden side. None means unchanged.
     fn cross(&self, v: &[u8], side: Side) -> Option<Vec<u8>> {
         self.masker.cross(v, self.side_cfg(side).hide)
+    }
+
+    /// An identifier created on side `native` going to side `to`: restored when going home,
+    /// masked when leaving for a hidden side. None means unchanged.
+    fn ident(&self, v: &[u8], native: Side, to: Side) -> Option<Vec<u8>> {
+        if native == to {
+            self.masker.unmask(v)
+        } else if self.side_cfg(to).hide {
+            Some(self.masker.mask(v))
+        } else {
+            None
+        }
     }
 
     /// RFC 3891 Replaces value `call-id;to-tag=a;from-tag=b` with each identifier crossed.
@@ -275,11 +288,15 @@ impl Engine {
 
     /// From/To (and identity headers): tags crossed, internal host names replaced toward a
     /// hidden external side; Call-ID crossed; configured headers stripped; body hook.
-    fn cross_common(&mut self, s: &mut Splice<'_, '_>, c: &Checked<'_>, from: Side, to: Flow) {
+    ///
+    /// `call_id_native` is the side that created the Call-ID (the dialog's caller, or the
+    /// requester outside a dialog). A From tag is the requester's, a To tag the responder's.
+    fn cross_common(&mut self, s: &mut Splice<'_, '_>, c: &Checked<'_>, from: Side, to: Flow, call_id_native: Side) {
         let hide = self.side_cfg(to.side).hide;
-        if let Some(v) = self.cross(&c.call_id, to.side) {
+        if let Some(v) = self.ident(&c.call_id, call_id_native, to.side) {
             s.set(HeaderName::CallId, &v);
         }
+        let requester = if c.msg.is_request() { from } else { to.side };
         let replace_hosts = hide && to.side == Side::External;
         let adv = self.cfg.external.advertise.clone();
         for (i, h) in c.msg.headers.iter().enumerate() {
@@ -290,8 +307,13 @@ impl Engine {
             }
             let orig = c.msg.unfolded(h);
             let mut v = orig.to_vec();
-            if matches!(h.name, HeaderName::From | HeaderName::To)
-                && let Some(x) = rewrite_param(&v, "tag", |t| self.cross(t, to.side))
+            let tag_native = match h.name {
+                HeaderName::From => Some(requester),
+                HeaderName::To => Some(requester.other()),
+                _ => None,
+            };
+            if let Some(native) = tag_native
+                && let Some(x) = rewrite_param(&v, "tag", |t| self.ident(t, native, to.side))
             {
                 v = x;
             }
@@ -334,6 +356,7 @@ impl Engine {
         route_set: &[Vec<u8>],
         contact: Option<Vec<u8>>,
         branch: &str,
+        call_id_native: Side,
     ) -> Vec<u8> {
         let msg = &c.msg;
         let mut s = Splice::new(msg);
@@ -349,7 +372,7 @@ impl Engine {
         // §16.6 step 3.
         let mf = c.max_forwards.map_or(70, |m| m.saturating_sub(1));
         s.set(HeaderName::MaxForwards, mf.to_string().as_bytes());
-        self.cross_common(&mut s, c, from, to);
+        self.cross_common(&mut s, c, from, to, call_id_native);
         match contact {
             Some(v) if msg.first(HeaderName::Contact).is_some() => {
                 s.set(HeaderName::Contact, &v);
@@ -375,7 +398,14 @@ impl Engine {
 
     /// §16.7 response forwarding: our Via removed, the requester's Vias restored, the
     /// responder's Record-Route and Contact replaced, identifiers crossed.
-    pub(super) fn build_response(&mut self, c: &Checked<'_>, from: Side, st: &ServerTxn, contact: Option<Vec<u8>>) -> Vec<u8> {
+    pub(super) fn build_response(
+        &mut self,
+        c: &Checked<'_>,
+        from: Side,
+        st: &ServerTxn,
+        contact: Option<Vec<u8>>,
+        call_id_native: Side,
+    ) -> Vec<u8> {
         let msg = &c.msg;
         let mut s = Splice::new(msg);
         s.remove(HeaderName::Via).remove(HeaderName::RecordRoute);
@@ -383,7 +413,7 @@ impl Engine {
             s.prepend("Via", v);
         }
         let to = st.flow;
-        self.cross_common(&mut s, c, from, to);
+        self.cross_common(&mut s, c, from, to, call_id_native);
         match contact {
             Some(v) => {
                 s.set(HeaderName::Contact, &v);

@@ -212,6 +212,8 @@ pub struct Engine {
     server: HashMap<ServerKey, ServerTxn>,
     client: HashMap<String, ClientTxn>,
     dialogs: HashMap<String, Dialog>,
+    /// (side, Call-ID as that side sees it) → dialog token.
+    dialog_index: HashMap<(Side, Vec<u8>), String>,
     bindings: HashMap<String, Binding>,
     cores: Vec<CoreState>,
     timers: BinaryHeap<Reverse<(Instant, u64, Timer)>>,
@@ -251,6 +253,7 @@ impl Engine {
             server: HashMap::new(),
             client: HashMap::new(),
             dialogs: HashMap::new(),
+            dialog_index: HashMap::new(),
             bindings: HashMap::new(),
             cores,
             timers: BinaryHeap::new(),
@@ -515,6 +518,10 @@ impl Engine {
             }
         }
         if req.to_tag.is_some() {
+            // Not sent to our Contact: find the dialog by the Call-ID this side knows.
+            if let Some(token) = self.dialog_index.get(&(flow.side, req.call_id.to_vec())) {
+                return Ok(Route::Dialog(token.clone()));
+            }
             // §12.2.2 / §16: an in-dialog request for a dialog we do not know.
             return Err((481, "Call/Transaction Does Not Exist"));
         }
@@ -556,7 +563,7 @@ impl Engine {
         route: Route,
         server: ServerKey,
     ) -> Result<(), (u16, &'static str)> {
-        let mut ctx = ForwardCtx::default();
+        let mut ctx = ForwardCtx { call_id_native: flow.side, ..ForwardCtx::default() };
         let (to_flow, ruri, route_set) = match &route {
             Route::Dialog(token) => {
                 let d = self.dialogs.get_mut(token).ok_or((481, "Call/Transaction Does Not Exist"))?;
@@ -569,6 +576,7 @@ impl Engine {
                     from_leg.target = c;
                 }
                 d.expires = now + self.cfg.dialog_idle;
+                ctx.call_id_native = d.caller;
                 let to = d.leg(flow.side.other()).clone();
                 ctx.dialog = Some(token.clone());
                 (to.flow, Some(to.target), to.route_set)
@@ -595,6 +603,7 @@ impl Engine {
             ctx.dialog = Some(self.masker.token(b'd', &[&req.call_id, req.from_tag.as_deref().unwrap_or_default(), &salt]));
             ctx.requester_contact = build::contact_uri(&req.msg);
             ctx.requester_route_set = build::record_routes(&req.msg);
+            ctx.requester_call_id = req.call_id.to_vec();
         }
         let contact = if req.method == Method::Register {
             let (value, tokens) = self.register_contacts(now, flow, to_flow, req)?;
@@ -604,7 +613,7 @@ impl Engine {
             Some(self.contact_value(to_flow, ctx.dialog.as_deref()))
         };
         let branch = self.new_branch();
-        let data = self.build_request(req, flow.side, to_flow, ruri.as_deref(), &route_set, contact, &branch);
+        let data = self.build_request(req, flow.side, to_flow, ruri.as_deref(), &route_set, contact, &branch, ctx.call_id_native);
         self.start_client(now, to_flow, req.method, data, branch, Purpose::Forward(Box::new(ctx)), Some(server));
         self.stats.requests_forwarded += 1;
         Ok(())
@@ -718,9 +727,10 @@ impl Engine {
         d.leg_mut(flow.side).flow = flow;
         d.expires = now + self.cfg.dialog_idle;
         let to = d.leg(flow.side.other()).clone();
+        let caller = d.caller;
         let branch = self.new_branch();
         let contact = Some(self.contact_value(to.flow, Some(&route)));
-        let data = self.build_request(req, flow.side, to.flow, Some(&to.target), &to.route_set, contact, &branch);
+        let data = self.build_request(req, flow.side, to.flow, Some(&to.target), &to.route_set, contact, &branch, caller);
         self.send(to.flow, data);
         self.stats.requests_forwarded += 1;
     }
@@ -945,11 +955,11 @@ impl Engine {
                 self.upsert_dialog(now, &token, ctx, to_flow, ct.flow, resp, code);
             } else if ctx.creates_dialog && code >= 300 {
                 if self.dialogs.get(&token).is_some_and(|d| !d.confirmed) {
-                    self.dialogs.remove(&token);
+                    self.remove_dialog(&token);
                 }
                 dialog_token = None;
             } else if method == Method::Bye && code >= 200 {
-                self.dialogs.remove(&token);
+                self.remove_dialog(&token);
             } else if (200..300).contains(&code)
                 && method.refreshes_target()
                 && let Some(c) = build::contact_uri(&resp.msg)
@@ -969,8 +979,9 @@ impl Engine {
         } else {
             None
         };
+        let call_id_native = ctx.call_id_native;
         let Some(st) = self.server.remove(&server) else { return };
-        let data = self.build_response(resp, ct.flow.side, &st, contact);
+        let data = self.build_response(resp, ct.flow.side, &st, contact, call_id_native);
         self.server.insert(server.clone(), st);
         self.finish_server(now, &server, code, data.clone());
         self.send(to_flow, data);
@@ -1009,7 +1020,19 @@ impl Engine {
             Side::Internal => [resp_leg, req_leg],
         };
         let expires = now + if confirmed { self.cfg.dialog_idle } else { Duration::from_secs(180) };
-        self.dialogs.insert(token.to_string(), Dialog { token: token.to_string(), legs, confirmed, expires });
+        let caller = requester.side;
+        let mut call_ids = [ctx.requester_call_id.clone(), resp.call_id.to_vec()];
+        if requester.side == Side::Internal {
+            call_ids.swap(0, 1);
+        }
+        for side in [Side::External, Side::Internal] {
+            let id = match side {
+                Side::External => call_ids[0].clone(),
+                Side::Internal => call_ids[1].clone(),
+            };
+            self.dialog_index.insert((side, id), token.to_string());
+        }
+        self.dialogs.insert(token.to_string(), Dialog { token: token.to_string(), legs, caller, call_ids, confirmed, expires });
     }
 
     /// REGISTER responses: the registrar's view (our token URIs) back to the UA's own Contacts,
@@ -1091,6 +1114,17 @@ impl Engine {
         true
     }
 
+    fn remove_dialog(&mut self, token: &str) {
+        if let Some(d) = self.dialogs.remove(token) {
+            for side in [Side::External, Side::Internal] {
+                let key = (side, d.call_id(side).to_vec());
+                if self.dialog_index.get(&key).is_some_and(|t| t == token) {
+                    self.dialog_index.remove(&key);
+                }
+            }
+        }
+    }
+
     fn set_core(&mut self, idx: usize, up: bool) {
         let Some(c) = self.cores.get_mut(idx) else { return };
         if c.up != up {
@@ -1120,7 +1154,10 @@ impl Engine {
             Timer::Server(key) => self.server_timer(now, key),
             Timer::Probe => self.probe(now),
             Timer::Sweep => {
-                self.dialogs.retain(|_, d| d.expires > now);
+                let expired: Vec<String> = self.dialogs.values().filter(|d| d.expires <= now).map(|d| d.token.clone()).collect();
+                for t in expired {
+                    self.remove_dialog(&t);
+                }
                 self.bindings.retain(|_, b| b.expires > now);
                 self.schedule(now + SWEEP, Timer::Sweep);
             }
@@ -1176,7 +1213,7 @@ impl Engine {
                         }
                         && self.dialogs.get(&d).is_some_and(|d| !d.confirmed)
                     {
-                        self.dialogs.remove(&d);
+                        self.remove_dialog(&d);
                     }
                     self.answer_server(now, &sk, 408, "Request Timeout");
                 }

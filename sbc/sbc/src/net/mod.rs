@@ -1,0 +1,355 @@
+//! Every socket of the daemon lives here (with `xdp`, the only place for syscalls): UDP sockets
+//! bound with socket2, TCP listeners and connections, and the [`StreamTransport`] seam that
+//! TLS and WebSocket transports will implement. Readers turn bytes into [`Input`]s for the
+//! engine task; [`Net::send`] puts the engine's transmits on the wire.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use sbc_proto::engine::{Flow, Side, Transmit};
+use sbc_proto::sip::framer::{Limits, StreamFramer, StreamItem};
+use sbc_proto::sip::uri::Transport;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+/// What the socket tasks hand to the engine task.
+#[derive(Debug)]
+pub enum Input {
+    Datagram { flow: Flow, data: Vec<u8> },
+    Stream { flow: Flow, data: Vec<u8> },
+    Opened { key: ConnKey, id: u64, tx: mpsc::Sender<Vec<u8>> },
+    Closed { key: ConnKey, id: u64 },
+}
+
+/// A stream connection is named by its side and the peer's address.
+pub type ConnKey = (Side, SocketAddr);
+
+/// A stream transport: TCP now; TLS (rustls) and WS wrap the accepted/connected TCP stream.
+pub trait StreamTransport: Send + Sync + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn kind(&self) -> Transport;
+    fn wrap(&self, tcp: TcpStream) -> impl std::future::Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+/// Plain TCP (RFC 3261 §18.3).
+#[derive(Debug, Clone, Copy)]
+pub struct Tcp;
+impl StreamTransport for Tcp {
+    type Stream = TcpStream;
+    fn kind(&self) -> Transport {
+        Transport::Tcp
+    }
+    async fn wrap(&self, tcp: TcpStream) -> io::Result<TcpStream> {
+        tcp.set_nodelay(true)?;
+        Ok(tcp)
+    }
+}
+
+fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    // Absorb bursts: SIP over UDP loses calls when the receive queue overflows.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSettings {
+    pub limits: Limits,
+    pub idle: Duration,
+    pub max_connections: usize,
+}
+
+/// The daemon's sockets.
+pub struct Net {
+    udp: HashMap<SocketAddr, Arc<UdpSocket>>,
+    /// Side → TCP listen address (the `local` of every TCP flow on that side).
+    tcp_local: HashMap<Side, SocketAddr>,
+    conns: HashMap<ConnKey, (u64, mpsc::Sender<Vec<u8>>)>,
+    next_id: u64,
+    tx: mpsc::Sender<Input>,
+    settings: StreamSettings,
+    open: Arc<AtomicUsize>,
+}
+
+impl Net {
+    /// Binds every listen address of both sides and starts their reader tasks.
+    pub fn bind(
+        sides: &[(Side, &[SocketAddr], &[SocketAddr])],
+        settings: StreamSettings,
+        tx: mpsc::Sender<Input>,
+    ) -> io::Result<Net> {
+        let mut net = Net {
+            udp: HashMap::new(),
+            tcp_local: HashMap::new(),
+            conns: HashMap::new(),
+            next_id: 1 << 32,
+            tx,
+            settings,
+            open: Arc::new(AtomicUsize::new(0)),
+        };
+        for (side, udp, tcp) in sides {
+            for addr in *udp {
+                let sock = Arc::new(udp_socket(*addr).map_err(|e| annotate(e, "udp", *addr))?);
+                let local = sock.local_addr()?;
+                net.udp.insert(local, sock.clone());
+                tokio::spawn(udp_reader(*side, local, sock, net.tx.clone()));
+            }
+            for (i, addr) in tcp.iter().enumerate() {
+                let l = tcp_listener(*addr).map_err(|e| annotate(e, "tcp", *addr))?;
+                let local = l.local_addr()?;
+                if i == 0 {
+                    net.tcp_local.insert(*side, local);
+                }
+                let first = *net.tcp_local.get(side).unwrap_or(&local);
+                tokio::spawn(accept_loop(Tcp, *side, first, l, net.tx.clone(), settings, net.open.clone(), (i as u64 + 1) << 48));
+            }
+        }
+        Ok(net)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn opened(&mut self, key: ConnKey, id: u64, tx: mpsc::Sender<Vec<u8>>) {
+        self.conns.insert(key, (id, tx));
+    }
+
+    pub fn closed(&mut self, key: ConnKey, id: u64) {
+        if self.conns.get(&key).is_some_and(|(i, _)| *i == id) {
+            self.conns.remove(&key);
+        }
+    }
+
+    /// Sends one transmit. UDP never blocks the engine; TCP queues on the connection's task,
+    /// connecting first when no connection to that peer exists on that side.
+    pub fn send(&mut self, t: Transmit) {
+        match t.flow.transport {
+            Transport::Udp => self.send_udp(t),
+            Transport::Tcp => self.send_tcp(t),
+            other => tracing::warn!(transport = other.as_str(), "no such transport; message dropped"),
+        }
+    }
+
+    fn send_udp(&mut self, t: Transmit) {
+        let sock = self.udp.get(&t.flow.local).or_else(|| self.udp.values().find(|s| {
+            s.local_addr().is_ok_and(|a| a.is_ipv4() == t.flow.remote.is_ipv4())
+        }));
+        let Some(sock) = sock.cloned() else {
+            tracing::warn!(local = %t.flow.local, "no UDP socket for this flow; message dropped");
+            return;
+        };
+        match sock.try_send_to(&t.data, t.flow.remote) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::spawn(async move {
+                    let _ = sock.send_to(&t.data, t.flow.remote).await;
+                });
+            }
+            Err(e) => tracing::debug!(remote = %t.flow.remote, error = %e, "UDP send failed"),
+        }
+    }
+
+    fn send_tcp(&mut self, t: Transmit) {
+        let key = (t.flow.side, t.flow.remote);
+        if let Some((_, tx)) = self.conns.get(&key) {
+            if tx.try_send(t.data).is_err() {
+                tracing::warn!(remote = %t.flow.remote, "TCP connection backlogged or gone; message dropped");
+            }
+            return;
+        }
+        if self.open.load(Ordering::Relaxed) >= self.settings.max_connections {
+            tracing::warn!("TCP connection limit reached; message dropped");
+            return;
+        }
+        let Some(local) = self.tcp_local.get(&t.flow.side).copied() else {
+            tracing::warn!(side = t.flow.side.as_str(), "no TCP listen address on this side; message dropped");
+            return;
+        };
+        let (tx, rx) = mpsc::channel(256);
+        let _ = tx.try_send(t.data);
+        self.next_id += 1;
+        let id = self.next_id;
+        self.conns.insert(key, (id, tx));
+        let flow = Flow { local, ..t.flow };
+        let main = self.tx.clone();
+        let settings = self.settings;
+        let open = self.open.clone();
+        tokio::spawn(async move {
+            match connect(local, flow.remote).await {
+                Ok(stream) => match Tcp.wrap(stream).await {
+                    Ok(s) => connection(s, flow, id, main, rx, settings, open).await,
+                    Err(e) => {
+                        tracing::debug!(remote = %flow.remote, error = %e, "TCP setup failed");
+                        let _ = main.send(Input::Closed { key, id }).await;
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(remote = %flow.remote, error = %e, "TCP connect failed");
+                    let _ = main.send(Input::Closed { key, id }).await;
+                }
+            }
+        });
+    }
+}
+
+fn annotate(e: io::Error, what: &str, addr: SocketAddr) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot bind {what} {addr}: {e}"))
+}
+
+async fn connect(local: SocketAddr, remote: SocketAddr) -> io::Result<TcpStream> {
+    let sock = if remote.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    // Leave from the side's own address so the peer sees the SBC's address on that side.
+    if local.is_ipv4() == remote.is_ipv4() && !local.ip().is_unspecified() {
+        sock.bind(SocketAddr::new(local.ip(), 0))?;
+    }
+    tokio::time::timeout(Duration::from_secs(5), sock.connect(remote))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+async fn udp_reader(side: Side, local: SocketAddr, sock: Arc<UdpSocket>, tx: mpsc::Sender<Input>) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match sock.recv_from(&mut buf).await {
+            Ok((n, remote)) => {
+                let flow = Flow { side, transport: Transport::Udp, local, remote };
+                let data = buf.get(..n).unwrap_or_default().to_vec();
+                if tx.send(Input::Datagram { flow, data }).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => tracing::debug!(%local, error = %e, "UDP receive error"),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn accept_loop<T: StreamTransport>(
+    transport: T,
+    side: Side,
+    local: SocketAddr,
+    listener: TcpListener,
+    tx: mpsc::Sender<Input>,
+    settings: StreamSettings,
+    open: Arc<AtomicUsize>,
+    id_base: u64,
+) {
+    let transport = Arc::new(transport);
+    let mut id = id_base;
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(%local, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if open.load(Ordering::Relaxed) >= settings.max_connections {
+            tracing::warn!(%remote, "TCP connection limit reached; connection refused");
+            drop(stream);
+            continue;
+        }
+        id += 1;
+        let (ctx, crx) = mpsc::channel(256);
+        let key = (side, remote);
+        if tx.send(Input::Opened { key, id, tx: ctx }).await.is_err() {
+            return;
+        }
+        let flow = Flow { side, transport: transport.kind(), local, remote };
+        let (t, main, open, conn_id) = (transport.clone(), tx.clone(), open.clone(), id);
+        tokio::spawn(async move {
+            match t.wrap(stream).await {
+                Ok(s) => connection(s, flow, conn_id, main, crx, settings, open).await,
+                Err(_) => {
+                    let _ = main.send(Input::Closed { key, id: conn_id }).await;
+                }
+            }
+        });
+    }
+}
+
+/// One stream connection: frames what it reads (bounded), writes what the engine sends,
+/// answers CRLFCRLF pings with a CRLF pong (RFC 5626 §4.4.1), closes when idle.
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    flow: Flow,
+    id: u64,
+    main: mpsc::Sender<Input>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    settings: StreamSettings,
+    open: Arc<AtomicUsize>,
+) {
+    open.fetch_add(1, Ordering::Relaxed);
+    let key = (flow.side, flow.remote);
+    let (mut r, mut w) = tokio::io::split(stream);
+    let mut framer = StreamFramer::new(settings.limits);
+    let mut buf = vec![0u8; 16384];
+    'conn: loop {
+        tokio::select! {
+            res = r.read(&mut buf) => {
+                let n = match res {
+                    Ok(0) | Err(_) => break 'conn,
+                    Ok(n) => n,
+                };
+                if let Err(e) = framer.push(buf.get(..n).unwrap_or_default()) {
+                    tracing::info!(remote = %flow.remote, error = %e, "closing stream: framing limit");
+                    break 'conn;
+                }
+                loop {
+                    match framer.next_item() {
+                        Ok(Some(StreamItem::Message(data))) => {
+                            if main.send(Input::Stream { flow, data }).await.is_err() {
+                                break 'conn;
+                            }
+                        }
+                        Ok(Some(StreamItem::Ping)) => {
+                            if w.write_all(b"\r\n").await.is_err() {
+                                break 'conn;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            // RFC 4475 §3.1.2.3: stream framing cannot recover; close.
+                            tracing::info!(remote = %flow.remote, error = %e, "closing stream: unframeable input");
+                            break 'conn;
+                        }
+                    }
+                }
+            }
+            out = rx.recv() => match out {
+                Some(d) => if w.write_all(&d).await.is_err() { break 'conn },
+                None => break 'conn,
+            },
+            _ = tokio::time::sleep(settings.idle) => break 'conn,
+        }
+    }
+    open.fetch_sub(1, Ordering::Relaxed);
+    let _ = main.send(Input::Closed { key, id }).await;
+}
