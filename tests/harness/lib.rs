@@ -1,1 +1,367 @@
-//! Lab harness.
+//! The lab harness: network namespaces joined by veth pairs, real peers (sipp, Kamailio) and
+//! the SBC started inside them, tcpdump captures of each side, and the leak check that reads
+//! them. Everything started is stopped by PID when its guard drops, and every namespace is
+//! deleted, even when a test fails.
+//!
+//! Privileged tests call [`privileged`] first: without root they skip, unless
+//! `SBC_REQUIRE_PRIVILEGED=1` (CI), where a skip is a failure.
+
+pub mod pcap;
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Labs are CPU-heavy and share names: one at a time per test binary.
+static LAB_LOCK: Mutex<()> = Mutex::new(());
+
+pub fn lab_lock() -> MutexGuard<'static, ()> {
+    LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// True when privileged lab tests can run here. Without root: a skip message and `false`, or a
+/// panic when `SBC_REQUIRE_PRIVILEGED=1`.
+pub fn privileged(test: &str) -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    let have_ip = Command::new("ip").arg("-V").output().is_ok();
+    if root && have_ip {
+        return true;
+    }
+    let why = if !root { "not root" } else { "iproute2 missing" };
+    if std::env::var("SBC_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("{test}: privileged lab test cannot run ({why}) and SBC_REQUIRE_PRIVILEGED=1");
+    }
+    eprintln!("SKIPPED {test}: {why} (set SBC_REQUIRE_PRIVILEGED=1 to make this a failure)");
+    false
+}
+
+/// The workspace root (this crate lives in tests/).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// The sbc binary: `SBC_BIN`, else the workspace's release build, else its debug build.
+pub fn sbc_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SBC_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join("target"));
+    let release = target.join("release/sbc");
+    let debug = target.join("debug/sbc");
+    match (release.metadata().and_then(|m| m.modified()), debug.metadata().and_then(|m| m.modified())) {
+        (Ok(r), Ok(d)) if r >= d => release,
+        (Ok(_), Err(_)) => release,
+        _ => debug,
+    }
+}
+
+pub fn scenario(name: &str) -> PathBuf {
+    root().join("tests/peers/scenarios").join(name)
+}
+
+fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out)
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    run(Command::new("ip").args(args)).map(|_| ())
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Result<Netns> {
+        // A namespace left by a crashed earlier run of the same test is removed first.
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        ip(&["netns", "add", name])?;
+        let ns = Netns { name: name.to_string() };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip` inside the namespace.
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        run(self.cmd("sysctl").args(["-qw", &format!("{key}={value}")])).map(|_| ())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// A veth pair between two namespaces, each end with an address (`a.b.c.d/len`).
+pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) -> Result<()> {
+    ip(&["link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns", &b.name])?;
+    for (ns, ifname, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
+        if addr.contains(':') {
+            ns.ip(&["-6", "addr", "add", addr, "dev", ifname, "nodad"])?;
+        } else {
+            ns.ip(&["addr", "add", addr, "dev", ifname])?;
+        }
+        ns.ip(&["link", "set", ifname, "up"])?;
+    }
+    Ok(())
+}
+
+/// A child process stopped by PID (SIGTERM, then SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout+stderr to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Proc> {
+        let f = std::fs::File::create(&log)?;
+        let f2 = f.try_clone()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(f))
+            .stderr(Stdio::from(f2))
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        Ok(Proc { name: name.into(), child: Some(child), log })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Waits for exit up to `limit`; kills it when the limit passes.
+    pub fn wait(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let Some(child) = self.child.as_mut() else { bail!("{} already reaped", self.name) };
+        loop {
+            if let Some(st) = child.try_wait()? {
+                self.child = None;
+                return Ok(st);
+            }
+            if Instant::now() >= deadline {
+                self.stop();
+                bail!("{} did not finish within {limit:?}; killed", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGTERM, up to 3 s to exit, then SIGKILL.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A tcpdump capture of one interface inside a namespace.
+pub struct Capture {
+    proc: Proc,
+    pub file: PathBuf,
+}
+
+impl Capture {
+    pub fn start(ns: &Netns, ifname: &str, file: PathBuf, dir: &Path) -> Result<Capture> {
+        let mut c = ns.cmd("tcpdump");
+        c.args(["-i", ifname, "-U", "-n", "-s", "0", "-w"]).arg(&file);
+        let proc = Proc::spawn(&format!("tcpdump {ifname}"), c, dir.join(format!("tcpdump-{ifname}.log")))?;
+        // tcpdump prints "listening on" once the capture is armed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && !proc.log_text().contains("listening on") {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Capture { proc, file })
+    }
+
+    /// Stops the capture and returns the packets' transport payloads.
+    pub fn finish(mut self) -> Result<Vec<pcap::Packet>> {
+        std::thread::sleep(Duration::from_millis(200));
+        self.proc.stop();
+        pcap::read(&self.file)
+    }
+}
+
+/// A scratch directory for a test's logs and captures, kept (under target/lab) for CI artifacts.
+pub fn workdir(test: &str) -> Result<PathBuf> {
+    let dir = root().join("target/lab").join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// The standard three-namespace lab of DESIGN.md:
+/// `[ext 203.0.113.10] ─ x0/e0 ─ [sbc 203.0.113.1 | 10.99.0.1] ─ i0/c0 ─ [core 10.99.0.10]`.
+pub struct Lab {
+    pub ext: Netns,
+    pub sbc: Netns,
+    pub core: Netns,
+    pub dir: PathBuf,
+}
+
+pub const EXT_PEER: &str = "203.0.113.10";
+pub const SBC_EXT: &str = "203.0.113.1";
+pub const SBC_INT: &str = "10.99.0.1";
+pub const CORE: &str = "10.99.0.10";
+/// The core's SIP port: distinct from every SBC port, so finding it outside is a leak.
+pub const CORE_PORT: u16 = 5070;
+
+impl Lab {
+    pub fn new(prefix: &str, test: &str) -> Result<Lab> {
+        let dir = workdir(test)?;
+        let ext = Netns::new(&format!("{prefix}-ext"))?;
+        let sbc = Netns::new(&format!("{prefix}-sbc"))?;
+        let core = Netns::new(&format!("{prefix}-core"))?;
+        veth(&ext, "e0", &format!("{EXT_PEER}/24"), &sbc, "x0", &format!("{SBC_EXT}/24"))?;
+        veth(&sbc, "i0", &format!("{SBC_INT}/24"), &core, "c0", &format!("{CORE}/24"))?;
+        Ok(Lab { ext, sbc, core, dir })
+    }
+
+    /// Writes the SBC config and starts it; waits until its sockets are bound.
+    pub fn start_sbc(&self, extra: &str) -> Result<Proc> {
+        self.start_sbc_hiding(true, extra)
+    }
+
+    /// As [`Lab::start_sbc`], choosing whether the external side is hidden.
+    pub fn start_sbc_hiding(&self, hide_external: bool, extra: &str) -> Result<Proc> {
+        let cfg = format!(
+            r#"[external]
+udp = ["{SBC_EXT}:5060"]
+tcp = ["{SBC_EXT}:5060"]
+hide_topology = {hide_external}
+[internal]
+udp = ["{SBC_INT}:5060"]
+tcp = ["{SBC_INT}:5060"]
+hide_topology = false
+[[core]]
+address = "{CORE}:{CORE_PORT}"
+transport = "udp"
+[log]
+level = "info"
+{extra}
+"#
+        );
+        let path = self.dir.join("sbc.toml");
+        std::fs::File::create(&path)?.write_all(cfg.as_bytes())?;
+        let mut c = self.sbc.cmd(&sbc_bin().to_string_lossy());
+        c.arg("run").arg("-c").arg(&path);
+        let mut p = Proc::spawn("sbc", c, self.dir.join("sbc.log"))?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !p.log_text().contains("sbc running") {
+            if !p.running() || Instant::now() > deadline {
+                bail!("sbc did not start: {}", p.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(p)
+    }
+}
+
+/// A sipp run: its final statistics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SippStats {
+    pub successful: u64,
+    pub failed: u64,
+}
+
+/// Reads the cumulative "Successful call" / "Failed call" counters of sipp's final screen.
+pub fn sipp_stats(log: &str) -> SippStats {
+    let last = |label: &str| -> u64 {
+        log.lines()
+            .filter(|l| l.trim_start().starts_with(label))
+            .last()
+            .and_then(|l| l.split('|').nth(2))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    SippStats { successful: last("Successful call"), failed: last("Failed call") }
+}
+
+/// `sipp` with the lab's defaults (no stdin, bounded by -timeout, errors traced into `dir`).
+pub fn sipp(ns: &Netns, dir: &Path, args: &[&str]) -> Command {
+    let mut c = ns.cmd("sipp");
+    c.current_dir(dir);
+    c.args(["-nostdin", "-timeout_error", "-trace_err", "-trace_screen"]);
+    c.args(args);
+    c
+}
+
+/// Every string that must not appear on the external side: the core's addresses and port,
+/// and the branches, tags and Call-IDs that the core created (read from the internal capture).
+pub fn core_secrets(internal: &[pcap::Packet], core_ip: IpAddr, core_names: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = vec![core_ip.to_string(), format!(":{CORE_PORT}")];
+    out.extend(core_names.iter().map(|s| s.to_string()));
+    for p in internal.iter().filter(|p| p.src.ip() == core_ip) {
+        for msg in pcap::sip_messages(&p.payload) {
+            out.extend(msg.core_identifiers());
+        }
+    }
+    out.retain(|s| s.len() >= 6);
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Every secret found in the external capture, with where.
+pub fn leaks(external: &[pcap::Packet], secrets: &[String]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (i, p) in external.iter().enumerate() {
+        for s in secrets {
+            if p.payload.windows(s.len()).any(|w| w == s.as_bytes()) {
+                let text = String::from_utf8_lossy(&p.payload);
+                found.push(format!("packet {i} ({} → {}) contains {s:?}:\n{text}", p.src, p.dst));
+            }
+        }
+    }
+    found
+}

@@ -290,19 +290,18 @@ impl Engine {
     /// hidden external side; Call-ID crossed; configured headers stripped; body hook.
     ///
     /// `call_id_native` is the side that created the Call-ID (the dialog's caller, or the
-    /// requester outside a dialog). A From tag is the requester's, a To tag the responder's.
+    /// requester outside a dialog). In a request the From tag is the requester's, the To tag
+    /// the other side's.
     fn cross_common(&mut self, s: &mut Splice<'_, '_>, c: &Checked<'_>, from: Side, to: Flow, call_id_native: Side) {
         let hide = self.side_cfg(to.side).hide;
         if let Some(v) = self.ident(&c.call_id, call_id_native, to.side) {
             s.set(HeaderName::CallId, &v);
         }
-        let requester = if c.msg.is_request() { from } else { to.side };
+        let requester = from;
         let replace_hosts = hide && to.side == Side::External;
         let adv = self.cfg.external.advertise.clone();
         for (i, h) in c.msg.headers.iter().enumerate() {
-            let identity = matches!(h.name, HeaderName::From | HeaderName::To | HeaderName::ReferredBy)
-                || (h.name == HeaderName::Other && c.msg.slice(&h.name_span).eq_ignore_ascii_case(b"P-Asserted-Identity"));
-            if !identity {
+            if !matches!(h.name, HeaderName::From | HeaderName::To) {
                 continue;
             }
             let orig = c.msg.unfolded(h);
@@ -324,6 +323,26 @@ impl Engine {
             }
             if v != *orig {
                 s.replace_at(i, v);
+            }
+        }
+        self.cross_others(s, c, from, to);
+    }
+
+    /// Identity headers other than From/To get the internal host names replaced toward a
+    /// hidden external side; configured headers are stripped toward a hidden side; the body
+    /// hook sees every body.
+    fn cross_others(&mut self, s: &mut Splice<'_, '_>, c: &Checked<'_>, from: Side, to: Flow) {
+        let hide = self.side_cfg(to.side).hide;
+        if hide && to.side == Side::External {
+            let adv = self.cfg.external.advertise.clone();
+            for (i, h) in c.msg.headers.iter().enumerate() {
+                let identity = h.name == HeaderName::ReferredBy
+                    || (h.name == HeaderName::Other && c.msg.slice(&h.name_span).eq_ignore_ascii_case(b"P-Asserted-Identity"));
+                if identity
+                    && let Some(x) = rewrite_uri_host(&c.msg.unfolded(h), |host| self.internal_hosts.iter().any(|k| k.eq_ignore_ascii_case(host)), adv.as_bytes())
+                {
+                    s.replace_at(i, x);
+                }
             }
         }
         if hide {
@@ -396,24 +415,33 @@ impl Engine {
         s.finish()
     }
 
-    /// §16.7 response forwarding: our Via removed, the requester's Vias restored, the
-    /// responder's Record-Route and Contact replaced, identifiers crossed.
-    pub(super) fn build_response(
-        &mut self,
-        c: &Checked<'_>,
-        from: Side,
-        st: &ServerTxn,
-        contact: Option<Vec<u8>>,
-        call_id_native: Side,
-    ) -> Vec<u8> {
+    /// §16.7 response forwarding: our Via removed, the requester's Vias, From, To, Call-ID and
+    /// Record-Route restored as it sent them (the To gaining the responder's tag, crossed), the
+    /// responder's Record-Route and Contact replaced.
+    pub(super) fn build_response(&mut self, c: &Checked<'_>, from: Side, st: &ServerTxn, contact: Option<Vec<u8>>) -> Vec<u8> {
         let msg = &c.msg;
+        let to = st.flow;
         let mut s = Splice::new(msg);
         s.remove(HeaderName::Via).remove(HeaderName::RecordRoute);
         for v in &st.vias {
             s.prepend("Via", v);
         }
-        let to = st.flow;
-        self.cross_common(&mut s, c, from, to, call_id_native);
+        s.set(HeaderName::From, &st.from);
+        s.set(HeaderName::CallId, &st.call_id);
+        let mut to_value = st.to.clone();
+        if let Some(tag) = &c.to_tag
+            && rewrite_param(&to_value, "tag", |t| Some(t.to_vec())).is_none()
+        {
+            to_value.extend_from_slice(b";tag=");
+            to_value.extend_from_slice(&self.ident(tag, from, to.side).unwrap_or_else(|| tag.to_vec()));
+        }
+        s.set(HeaderName::To, &to_value);
+        if (101..300).contains(&c.status().unwrap_or(0)) {
+            for rr in &st.record_route {
+                s.append("Record-Route", rr);
+            }
+        }
+        self.cross_others(&mut s, c, from, to);
         match contact {
             Some(v) => {
                 s.set(HeaderName::Contact, &v);

@@ -484,10 +484,15 @@ impl Engine {
         }
         let local_tag = self.random_hex();
         let vias = build::via_values(&req.msg);
+        let header = |n: HeaderName| req.msg.first(n).map(|h| req.msg.unfolded(h).into_owned()).unwrap_or_default();
         let mut st = ServerTxn {
             flow,
             method: req.method,
             vias,
+            from: header(HeaderName::From),
+            to: header(HeaderName::To),
+            call_id: req.call_id.to_vec(),
+            record_route: if req.method.creates_dialog() { build::record_routes(&req.msg) } else { Vec::new() },
             state: ServerState::Proceeding,
             last_response: None,
             client: None,
@@ -760,6 +765,10 @@ impl Engine {
                 flow,
                 method: Method::Cancel,
                 vias: Vec::new(),
+                from: Vec::new(),
+                to: Vec::new(),
+                call_id: Vec::new(),
+                record_route: Vec::new(),
                 state: ServerState::Completed,
                 last_response: Some(ok),
                 client: None,
@@ -979,9 +988,8 @@ impl Engine {
         } else {
             None
         };
-        let call_id_native = ctx.call_id_native;
         let Some(st) = self.server.remove(&server) else { return };
-        let data = self.build_response(resp, ct.flow.side, &st, contact, call_id_native);
+        let data = self.build_response(resp, ct.flow.side, &st, contact);
         self.server.insert(server.clone(), st);
         self.finish_server(now, &server, code, data.clone());
         self.send(to_flow, data);

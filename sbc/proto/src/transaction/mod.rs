@@ -56,6 +56,13 @@ pub struct ServerTxn {
     pub method: Method,
     /// The request's Via values, top first: restored on every response (the other side never saw them).
     pub vias: Vec<Vec<u8>>,
+    /// The request's From, To and Call-ID as the requester wrote them: responses carry them
+    /// back unchanged (§8.2.6.2), whatever the other side did to them.
+    pub from: Vec<u8>,
+    pub to: Vec<u8>,
+    pub call_id: Vec<u8>,
+    /// Record-Route of a dialog-creating request, echoed in its responses (§12.1.1).
+    pub record_route: Vec<Vec<u8>>,
     pub state: ServerState,
     pub last_response: Option<Vec<u8>>,
     /// The client transaction this one is forwarded on (its key).
