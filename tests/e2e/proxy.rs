@@ -5,102 +5,21 @@
 //! Core-side scenarios carry no SDP: media anchoring is a later capability, and an SDP body
 //! would put the core's media address on the wire by design until then.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use sbc_lab::{
-    CORE, CORE_PORT, Capture, EXT_PEER, Lab, Proc, SBC_EXT, SBC_INT, core_secrets, lab_lock, leaks, privileged,
-    scenario, sipp, sipp_stats,
-};
+use sbc_lab::calls::{CORE_ADDR, call_pair, capture_both, core_port, sipp_ok, spawn_sipp};
+use sbc_lab::{CORE, CORE_PORT, EXT_PEER, Lab, Proc, SBC_EXT, SBC_INT, lab_lock, privileged, scenario};
 
-fn core_ip() -> IpAddr {
-    CORE.parse().unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
-}
-
-/// Captures on both SBC veths around `f`, then asserts nothing of the core leaked outside.
+/// Captures on both SBC veths around `f`, then asserts nothing of the core leaked outside and
+/// that the check had at least `min_secrets` core identifiers to look for.
 fn with_captures(lab: &Lab, min_secrets: usize, f: impl FnOnce() -> Result<()>) -> Result<usize> {
-    let ext = Capture::start(&lab.sbc, "x0", lab.dir.join("external.pcap"), &lab.dir)?;
-    let int = Capture::start(&lab.sbc, "i0", lab.dir.join("internal.pcap"), &lab.dir)?;
-    let res = f();
-    let ext = ext.finish()?;
-    let int = int.finish()?;
+    let (res, cap) = capture_both(lab, f)?;
     res?;
-    ensure!(!ext.is_empty() && !int.is_empty(), "captures are empty: ext {} int {}", ext.len(), int.len());
-    let secrets = core_secrets(&int, core_ip(), &[]);
-    // The check must have something to look for: at least the core's own branches and tags.
-    ensure!(secrets.len() >= min_secrets, "too few core identifiers found in the internal capture: {secrets:?}");
-    let found = leaks(&ext, &secrets);
-    ensure!(found.is_empty(), "{} leaks, first:\n{}", found.len(), found.first().map_or("", String::as_str));
-    Ok(ext.len())
-}
-
-fn sipp_ok(mut p: Proc, limit: Duration, want: u64) -> Result<()> {
-    let st = p.wait(limit)?;
-    let log = p.log_text();
-    let stats = sipp_stats(&log);
-    ensure!(
-        st.success() && stats.successful == want && stats.failed == 0,
-        "{}: exit {st}, {stats:?}, wanted {want} successful\n{}",
-        p.name,
-        tail(&log)
-    );
-    Ok(())
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-fn spawn_sipp(lab: &Lab, ns: &sbc_lab::Netns, name: &str, args: &[&str]) -> Result<Proc> {
-    Proc::spawn(name, sipp(ns, &lab.dir, args), lab.dir.join(format!("{name}.log")))
-}
-
-const CORE_ADDR: &str = "10.99.0.10";
-fn core_port() -> String {
-    CORE_PORT.to_string()
-}
-
-/// A callee then a caller; both must complete `calls` calls.
-#[allow(clippy::too_many_arguments)]
-fn call_pair(
-    lab: &Lab,
-    callee_ns: &sbc_lab::Netns,
-    callee: (&str, &str, &str),
-    caller_ns: &sbc_lab::Netns,
-    caller: (&str, &str),
-    target: &str,
-    (callee_t, caller_t): (&str, &str),
-    calls: u64,
-    rate: u32,
-    extra_caller: &[&str],
-) -> Result<()> {
-    let n = calls.to_string();
-    let r = rate.to_string();
-    let (callee_sf, callee_ip, callee_port) = callee;
-    let callee_sf = scenario(callee_sf);
-    let uas = spawn_sipp(
-        lab,
-        callee_ns,
-        "callee",
-        &[
-            "-sf", &callee_sf.to_string_lossy(), "-t", callee_t, "-i", callee_ip, "-p", callee_port, "-m", &n,
-            "-timeout", "120s",
-        ],
-    )?;
-    std::thread::sleep(Duration::from_millis(300));
-    let (caller_sf, caller_ip) = caller;
-    let caller_sf = scenario(caller_sf);
-    let mut args = vec![
-        "-sf", caller_sf.to_str().unwrap_or_default(), "-t", caller_t, "-i", caller_ip, "-p", "5062", "-s", "1000",
-        target, "-m", &n, "-r", &r, "-d", "200", "-timeout", "120s",
-    ];
-    args.extend_from_slice(extra_caller);
-    let uac = spawn_sipp(lab, caller_ns, "caller", &args)?;
-    sipp_ok(uac, Duration::from_secs(150), calls)?;
-    sipp_ok(uas, Duration::from_secs(20), calls)?;
-    Ok(())
+    let report = cap.leak_report();
+    ensure!(report.secrets >= min_secrets, "too few core identifiers found in the internal capture: {}", report.secrets);
+    ensure!(report.leaks.is_empty(), "{} leaks, first:\n{}", report.leaks.len(), report.leaks.first().map_or("", String::as_str));
+    Ok(cap.external.len())
 }
 
 fn no_probe() -> &'static str {

@@ -6,6 +6,7 @@
 //! Privileged tests call [`privileged`] first: without root they skip, unless
 //! `SBC_REQUIRE_PRIVILEGED=1` (CI), where a skip is a failure.
 
+pub mod calls;
 pub mod pcap;
 
 use std::io::Write;
@@ -318,8 +319,8 @@ pub struct SippStats {
 pub fn sipp_stats(log: &str) -> SippStats {
     let last = |label: &str| -> u64 {
         log.lines()
-            .filter(|l| l.trim_start().starts_with(label))
-            .last()
+            .rev()
+            .find(|l| l.trim_start().starts_with(label))
             .and_then(|l| l.split('|').nth(2))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)

@@ -192,6 +192,9 @@ struct CoreState {
     up: bool,
 }
 
+/// A request the SBC answers itself: status code and reason phrase.
+type Refusal = (u16, &'static str);
+
 /// How a new request is routed.
 enum Route {
     /// In-dialog: to the other leg of dialog `token`.
@@ -328,7 +331,10 @@ impl Engine {
                 self.stats.responses_in += 1;
                 self.on_response(now, flow, &c);
             }
-            Err((msg, error)) => self.reject(flow, &msg, &error),
+            Err(bad) => {
+                let (msg, error) = *bad;
+                self.reject(flow, &msg, &error);
+            }
         }
     }
 
@@ -624,6 +630,7 @@ impl Engine {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_client(
         &mut self,
         now: Instant,
@@ -682,7 +689,7 @@ impl Engine {
         flow: Flow,
         to: Flow,
         req: &Checked<'_>,
-    ) -> Result<(Option<Vec<u8>>, Vec<String>), (u16, &'static str)> {
+    ) -> Result<(Option<Vec<u8>>, Vec<String>), Refusal> {
         let aor = req.msg.value(HeaderName::To).unwrap_or_default().to_vec();
         let mut out: Vec<Vec<u8>> = Vec::new();
         let mut tokens = Vec::new();

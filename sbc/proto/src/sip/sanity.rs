@@ -57,7 +57,7 @@ fn name_addr_param<'a>(v: Cow<'a, [u8]>, name: HeaderName, param: &str) -> Resul
 
 /// Every check a proxy makes before it forwards or answers. Request failures map to a
 /// response via [`SipError::reaction`]; response failures mean "drop".
-pub fn check<'a>(msg: Message<'a>) -> Result<Checked<'a>, (Message<'a>, SipError)> {
+pub fn check<'a>(msg: Message<'a>) -> Result<Checked<'a>, Box<(Message<'a>, SipError)>> {
     match check_inner(&msg) {
         Ok(parts) => Ok(Checked {
             msg,
@@ -69,7 +69,7 @@ pub fn check<'a>(msg: Message<'a>) -> Result<Checked<'a>, (Message<'a>, SipError
             branch: parts.branch,
             max_forwards: parts.max_forwards,
         }),
-        Err(e) => Err((msg, e)),
+        Err(e) => Err(Box::new((msg, e))),
     }
 }
 

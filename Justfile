@@ -1,0 +1,46 @@
+# Every task a person runs. `just --list` shows them.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+export PATH := env_var('HOME') + "/.cargo/bin:" + env_var('PATH')
+
+# Install what a fresh machine lacks (Debian packages, nightly rust-src, bpf-linker).
+setup:
+    bash .ci/install-deps
+
+# Build everything (the XDP program too, through sbc-xdp's build.rs).
+build:
+    cargo build --workspace
+
+# Run the SBC in the foreground on the embedded default config (or: just run -c FILE).
+run *ARGS: build
+    ./target/debug/sbc run {{ARGS}}
+
+# Validate a config file.
+check-config FILE: build
+    ./target/debug/sbc check-config -c {{FILE}}
+
+# Unit tests, RFC vectors, and the privileged lab tests (netns, sipp, Kamailio, XDP).
+# Set SBC_REQUIRE_PRIVILEGED=1 to make a skipped lab test a failure (CI does).
+test: build
+    cargo test --workspace --no-fail-fast -- --test-threads=1
+
+# The lab demo: calls both ways through the SBC, one summary line.
+demo: build
+    ./target/debug/lab-demo
+
+fmt:
+    cargo fmt --all
+
+lint:
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# SBC vs Kamailio 5.6 (stateful, topoh): max call rate and CPU per 1000 calls. Writes bench/RESULTS.md.
+bench-sip:
+    cargo build --release -p sbc
+    bash bench/sip/run.sh
+
+# Fuzz the framer and the header index (cargo-fuzz, nightly), SECONDS each.
+fuzz SECONDS="60":
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    cd fuzz && cargo +nightly fuzz run framer -- -max_total_time={{SECONDS}}
+    cd fuzz && cargo +nightly fuzz run header_index -- -max_total_time={{SECONDS}}

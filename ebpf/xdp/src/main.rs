@@ -1,0 +1,329 @@
+//! The trunk-side XDP filter (DESIGN.md capability 2; issue 3).
+//!
+//! Owns the per-packet verdict. For every frame it parses Ethernet (at most one 802.1Q /
+//! 802.1ad tag), IPv4 or IPv6 (skipping IPv6 extension headers), then the TCP/UDP ports, and:
+//!
+//! 1. drops any source on the blocklist (`BLOCK_V4` / `BLOCK_V6`), whatever the destination;
+//! 2. passes non-first fragments (no ports to judge; the first fragment is judged, so an
+//!    unlisted datagram is never reassembled);
+//! 3. for TCP/UDP to a protected destination (`PORTS` pre-filter by port, which also
+//!    carries the per-family wildcards; then `PROTECTED` for an exact address), passes the
+//!    packet only if its source matches the current allowlist (`ALLOW_V4` / `ALLOW_V6`),
+//!    and drops it otherwise;
+//! 4. passes everything else.
+//!
+//! Fail open: what the program cannot parse, or a missing map, passes and is counted
+//! (`STATS`, one per-CPU counter per reason, see `sbc_ebpf_common::Stat`). Userspace
+//! applies the same allowlist behind it, so failing open costs CPU, never access control.
+//!
+//! # Atomic allowlist swap: map-in-map
+//!
+//! `ALLOW_V4` / `ALLOW_V6` are `BPF_MAP_TYPE_ARRAY_OF_MAPS` with one slot holding an
+//! `LPM_TRIE`. A reload builds a *new* trie in userspace, fills it completely, then writes
+//! its fd into slot 0 with one `bpf_map_update_elem`. The kernel swaps the slot's pointer
+//! atomically (`xchg`), so each packet's lookup sees either the whole old list or the whole
+//! new one, never a half-written list: no instant in which a listed source is dropped or an
+//! unlisted one passes. The old trie stays alive until the last program run that fetched it
+//! finishes (RCU), and the update syscall itself waits for a grace period on map-in-map
+//! updates (`maybe_wait_bpf_programs`), so when it returns no packet is still being judged
+//! by the old list. Chosen over "two tries + an active-generation index" because that design
+//! needs the same grace-period wait before the stale generation may be rewritten, and
+//! userspace cannot request one for plain array updates; here there is nothing to rewrite.
+//! The two families swap one after the other; every packet has one family, so each packet
+//! still sees one complete list.
+//!
+//! The blocklist is edited in place (one prefix per ban): single-element LPM updates are
+//! atomic by themselves and bans need no list-wide consistency. `CONFIG` holds each
+//! blocklist's length so that the common case, no bans, costs an inlined array read
+//! instead of a trie lookup per packet.
+//!
+//! Cost: array lookups (`PORTS`, `CONFIG`, `STATS`, the outer `ALLOW_*`) are inlined by
+//! the verifier; the helper calls are the hash lookup for an exact protected address and
+//! the LPM lookups (blocklist when non-empty, allowlist for protected traffic only).
+//!
+//! `try_*` helpers return `Result<Stat, ()>`: the verdict carries its reason, and the
+//! action (pass or drop) follows from the reason; `Err(())` means "could not parse".
+#![no_std]
+#![no_main]
+// bpf-linker reports, as a linker message, that it skipped the toolchain's libLLVM linker
+// script before loading the real libLLVM; that is noise, not a problem.
+#![allow(linker_messages)]
+
+use core::mem;
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    btf_maps::{Array, ArrayOfMaps, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    vlan::VlanHdr,
+};
+use sbc_ebpf_common::{
+    ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, FlagValue, PORTS_LEN, PROTECTED_MAX_ENTRIES,
+    ProtectedKey, Stat, config, port_flags, proto, v4_mapped,
+};
+
+/// IEEE 802 EtherTypes.
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+/// IPv6 extension headers (RFC 8200 §4) the program walks through.
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+/// More extension headers than this in one packet: not parsed (passes, counted).
+const MAX_IPV6_EXT_HEADERS: usize = 6;
+
+type AllowTrieV4 = LpmTrie<[u8; 4], FlagValue, { ALLOW_MAX_ENTRIES as usize }>;
+type AllowTrieV6 = LpmTrie<[u8; 16], FlagValue, { ALLOW_MAX_ENTRIES as usize }>;
+
+#[btf_map]
+static PROTECTED: HashMap<ProtectedKey, FlagValue, { PROTECTED_MAX_ENTRIES as usize }> =
+    HashMap::new();
+
+#[btf_map]
+static ALLOW_V4: ArrayOfMaps<AllowTrieV4, 1> = ArrayOfMaps::new();
+
+#[btf_map]
+static ALLOW_V6: ArrayOfMaps<AllowTrieV6, 1> = ArrayOfMaps::new();
+
+#[btf_map]
+static BLOCK_V4: LpmTrie<[u8; 4], FlagValue, { BLOCK_MAX_ENTRIES as usize }> = LpmTrie::new();
+
+#[btf_map]
+static BLOCK_V6: LpmTrie<[u8; 16], FlagValue, { BLOCK_MAX_ENTRIES as usize }> = LpmTrie::new();
+
+#[btf_map]
+static STATS: PerCpuArray<u64, { Stat::COUNT as usize }> = PerCpuArray::new();
+
+#[btf_map]
+static PORTS: Array<u8, { PORTS_LEN as usize }> = Array::new();
+
+#[btf_map]
+static CONFIG: Array<u32, { config::LEN as usize }> = Array::new();
+
+/// Which address family a lookup is for (selects the `PORTS` wildcard bits).
+#[derive(Clone, Copy)]
+enum Family {
+    V4,
+    V6,
+}
+
+#[inline(always)]
+fn blocklist_empty(index: u32) -> bool {
+    CONFIG.get(index).is_none_or(|n| *n == 0)
+}
+
+#[xdp]
+pub fn sbc_xdp(ctx: XdpContext) -> u32 {
+    let stat = try_classify(&ctx).unwrap_or(Stat::PassUnparsed);
+    if let Some(counter) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: per-CPU slot of this CPU; XDP runs with preemption disabled.
+        unsafe { *counter += 1 };
+    }
+    match stat {
+        Stat::DropNotAllowed | Stat::DropBlocked => XDP_DROP,
+        _ => XDP_PASS,
+    }
+}
+
+/// A pointer to a `T` at `offset` from the start of the frame, if the frame is long enough.
+///
+/// The comparison is written as `start + offset + size > end` on packet pointers, the form
+/// the verifier tracks.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ()> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + mem::size_of::<T>() > end {
+        return Err(());
+    }
+    Ok((start + offset) as *const T)
+}
+
+#[inline(always)]
+fn try_classify(ctx: &XdpContext) -> Result<Stat, ()> {
+    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: bounds checked by ptr_at.
+    let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    let mut l3 = EthHdr::LEN;
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        let vlan: *const VlanHdr = ptr_at(ctx, l3)?;
+        // SAFETY: bounds checked by ptr_at.
+        ether_type = u16::from_be(unsafe { (*vlan).ether_type });
+        l3 += VlanHdr::LEN;
+        if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+            // Stacked tags (QinQ): more than the one tag we support.
+            return Err(());
+        }
+    }
+    match ether_type {
+        ETH_P_IP => try_ipv4(ctx, l3),
+        ETH_P_IPV6 => try_ipv6(ctx, l3),
+        _ => Ok(Stat::PassNonIp),
+    }
+}
+
+#[inline(always)]
+fn try_ipv4(ctx: &XdpContext, l3: usize) -> Result<Stat, ()> {
+    let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;
+    // SAFETY: bounds checked by ptr_at; Ipv4Hdr is all byte fields (alignment 1).
+    let (vihl, frags, l4_proto, src, dst) = unsafe {
+        (
+            (*ip).vihl,
+            (*ip).frags,
+            (*ip).proto,
+            (*ip).src_addr,
+            (*ip).dst_addr,
+        )
+    };
+    if vihl >> 4 != 4 {
+        return Err(());
+    }
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if ihl < Ipv4Hdr::LEN {
+        return Err(());
+    }
+    if !blocklist_empty(config::BLOCK_V4_LEN) && BLOCK_V4.get(&Key::new(32, src)).is_some() {
+        return Ok(Stat::DropBlocked);
+    }
+    // RFC 791: fragment offset is the low 13 bits; non-zero means "not the first fragment".
+    if u16::from_be_bytes(frags) & 0x1fff != 0 {
+        return Ok(Stat::PassFragment);
+    }
+    if l4_proto != proto::TCP && l4_proto != proto::UDP {
+        return Ok(Stat::PassOtherProto);
+    }
+    let dport = try_dst_port(ctx, l3 + ihl)?;
+    if !is_protected(Family::V4, &v4_mapped(dst), dport, l4_proto) {
+        return Ok(Stat::PassNotProtected);
+    }
+    let Some(allow) = ALLOW_V4.get(0) else {
+        return Ok(Stat::PassInternalError);
+    };
+    Ok(if allow.get(&Key::new(32, src)).is_some() {
+        Stat::PassAllowed
+    } else {
+        Stat::DropNotAllowed
+    })
+}
+
+#[inline(always)]
+fn try_ipv6(ctx: &XdpContext, l3: usize) -> Result<Stat, ()> {
+    let ip: *const Ipv6Hdr = ptr_at(ctx, l3)?;
+    // SAFETY: bounds checked by ptr_at; Ipv6Hdr is all byte fields (alignment 1).
+    let (vcf0, mut next, src, dst) =
+        unsafe { ((*ip).vcf[0], (*ip).next_hdr, (*ip).src_addr, (*ip).dst_addr) };
+    if vcf0 >> 4 != 6 {
+        return Err(());
+    }
+    if !blocklist_empty(config::BLOCK_V6_LEN) && BLOCK_V6.get(&Key::new(128, src)).is_some() {
+        return Ok(Stat::DropBlocked);
+    }
+    // RFC 8200 §4: walk the extension header chain to the upper-layer header.
+    let mut off = l3 + Ipv6Hdr::LEN;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            proto::TCP | proto::UDP => break,
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let h: *const [u8; 2] = ptr_at(ctx, off)?;
+                // SAFETY: bounds checked by ptr_at.
+                let [nh, len] = unsafe { *h };
+                next = nh;
+                off += (usize::from(len) + 1) * 8;
+            }
+            IPPROTO_AH => {
+                // RFC 4302 §2.2: length in 4-octet units, minus 2.
+                let h: *const [u8; 2] = ptr_at(ctx, off)?;
+                // SAFETY: bounds checked by ptr_at.
+                let [nh, len] = unsafe { *h };
+                next = nh;
+                off += (usize::from(len) + 2) * 4;
+            }
+            IPPROTO_FRAGMENT => {
+                let h: *const [u8; 4] = ptr_at(ctx, off)?;
+                // SAFETY: bounds checked by ptr_at.
+                let [nh, _reserved, o0, o1] = unsafe { *h };
+                // RFC 8200 §4.5: offset is the high 13 bits of the last two octets.
+                if u16::from_be_bytes([o0, o1]) & 0xfff8 != 0 {
+                    return Ok(Stat::PassFragment);
+                }
+                next = nh;
+                off += 8;
+            }
+            _ => return Ok(Stat::PassOtherProto),
+        }
+    }
+    if next != proto::TCP && next != proto::UDP {
+        // Chain longer than MAX_IPV6_EXT_HEADERS.
+        return Err(());
+    }
+    let dport = try_dst_port(ctx, off)?;
+    if !is_protected(Family::V6, &dst, dport, next) {
+        return Ok(Stat::PassNotProtected);
+    }
+    let Some(allow) = ALLOW_V6.get(0) else {
+        return Ok(Stat::PassInternalError);
+    };
+    Ok(if allow.get(&Key::new(128, src)).is_some() {
+        Stat::PassAllowed
+    } else {
+        Stat::DropNotAllowed
+    })
+}
+
+/// The destination port (network byte order) of a TCP or UDP header at `l4`: both put
+/// it in octets 2..4 (RFC 768, RFC 9293 §3.1).
+#[inline(always)]
+fn try_dst_port(ctx: &XdpContext, l4: usize) -> Result<[u8; 2], ()> {
+    let ports: *const [u8; 4] = ptr_at(ctx, l4)?;
+    // SAFETY: bounds checked by ptr_at.
+    let [_, _, d0, d1] = unsafe { *ports };
+    Ok([d0, d1])
+}
+
+#[inline(always)]
+fn is_protected(family: Family, dst: &[u8; 16], port: [u8; 2], l4_proto: u8) -> bool {
+    let Some(flags) = PORTS.get(u32::from(u16::from_be_bytes(port))) else {
+        return false;
+    };
+    let flags = *flags;
+    let (exact, any) = match (l4_proto, family) {
+        (proto::UDP, Family::V4) => (port_flags::UDP_EXACT, port_flags::UDP_ANY_V4),
+        (proto::UDP, Family::V6) => (port_flags::UDP_EXACT, port_flags::UDP_ANY_V6),
+        (_, Family::V4) => (port_flags::TCP_EXACT, port_flags::TCP_ANY_V4),
+        (_, Family::V6) => (port_flags::TCP_EXACT, port_flags::TCP_ANY_V6),
+    };
+    if flags & any != 0 {
+        return true;
+    }
+    if flags & exact == 0 {
+        return false;
+    }
+    let key = ProtectedKey {
+        addr: *dst,
+        port,
+        proto: l4_proto,
+        pad: 0,
+    };
+    PROTECTED.get_ptr(key).is_some()
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// Not GPL: the program calls no GPL-only helper.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 11] = *b"Apache-2.0\0";
