@@ -1,1 +1,344 @@
+//! Engine behaviour on a virtual clock: transactions, timers, CANCEL, failover, dialogs,
+//! registrations and topology hiding, with hand-written peers.
 
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const EXT_UA: &str = "198.51.100.7:5060";
+const CORE_A: &str = "10.0.0.10:5070";
+const CORE_B: &str = "10.0.0.11:5070";
+
+fn config(cores: &[&str], probe: Option<Duration>) -> Config {
+    Config {
+        external: SideConfig { advertise: "203.0.113.1".into(), udp: Some(sa("203.0.113.1:5060")), tcp: Some(sa("203.0.113.1:5060")), hide: true },
+        internal: SideConfig { advertise: "10.0.0.1".into(), udp: Some(sa("10.0.0.1:5060")), tcp: None, hide: false },
+        cores: cores.iter().map(|c| CoreTarget { addr: sa(c), transport: Transport::Udp }).collect(),
+        probe_interval: probe,
+        probe_timeout: Duration::from_secs(2),
+        limits: Limits::default(),
+        max_transactions: 100,
+        max_dialogs: 100,
+        max_registrations: 100,
+        secret: b"unit-test-secret".to_vec(),
+        strip_headers: vec!["Server".into(), "User-Agent".into()],
+        hidden_hosts: vec!["core.internal".into()],
+        dialog_idle: Duration::from_secs(3600),
+        timers: Timers::default(),
+        seed: 42,
+    }
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn ext(transport: Transport) -> Flow {
+    Flow { side: Side::External, transport, local: sa("203.0.113.1:5060"), remote: sa(EXT_UA) }
+}
+
+fn core(addr: &str) -> Flow {
+    Flow { side: Side::Internal, transport: Transport::Udp, local: sa("10.0.0.1:5060"), remote: sa(addr) }
+}
+
+fn invite(branch: &str) -> String {
+    format!(
+        "INVITE sip:1000@203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch={branch}\r\n\
+         From: <sip:alice@198.51.100.7>;tag=ua-tag\r\nTo: <sip:1000@203.0.113.1>\r\nCall-ID: ua-call@198.51.100.7\r\n\
+         CSeq: 1 INVITE\r\nContact: <sip:alice@198.51.100.7:5060>\r\nMax-Forwards: 70\r\nUser-Agent: phone\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// Drains the engine's output: (flow, message text).
+fn drain(e: &mut Engine) -> Vec<(Flow, String)> {
+    std::iter::from_fn(|| e.poll_transmit()).map(|t| (t.flow, String::from_utf8(t.data).unwrap())).collect()
+}
+
+fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
+}
+
+fn first_line(msg: &str) -> &str {
+    msg.lines().next().unwrap_or_default()
+}
+
+/// A response from the core to a request the SBC sent it (copying Via/From/To/Call-ID/CSeq).
+fn respond(req: &str, code: u16, reason: &str, to_tag: Option<&str>, extra: &str) -> String {
+    let mut to = header(req, "To").unwrap().to_string();
+    if let Some(t) = to_tag
+        && !to.contains("tag=")
+    {
+        to.push_str(&format!(";tag={t}"));
+    }
+    format!(
+        "SIP/2.0 {code} {reason}\r\nVia: {}\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\n{extra}Content-Length: 0\r\n\r\n",
+        header(req, "Via").unwrap(),
+        header(req, "From").unwrap(),
+        header(req, "Call-ID").unwrap(),
+        header(req, "CSeq").unwrap(),
+    )
+}
+
+fn start_call(e: &mut Engine, now: Instant) -> String {
+    e.handle_datagram(now, ext(Transport::Udp), invite("z9hG4bKua1").as_bytes());
+    let out = drain(e);
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert_eq!(first_line(&out[0].1), "SIP/2.0 100 Trying");
+    assert_eq!(out[1].0, core(CORE_A));
+    out[1].1.clone()
+}
+
+#[test]
+fn invite_retransmission_is_absorbed_and_answered_with_the_last_response() {
+    let now = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], None), now);
+    let fwd = start_call(&mut e, now);
+    assert!(fwd.starts_with("INVITE sip:1000@203.0.113.1 SIP/2.0\r\n"));
+    e.handle_datagram(now, ext(Transport::Udp), invite("z9hG4bKua1").as_bytes());
+    let out = drain(&mut e);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, ext(Transport::Udp));
+    assert_eq!(first_line(&out[0].1), "SIP/2.0 100 Trying");
+    assert_eq!(e.stats().retransmissions_absorbed, 1);
+}
+
+#[test]
+fn timer_a_retransmits_and_timer_b_answers_408() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], None), t0);
+    start_call(&mut e, t0);
+    let mut retransmits = 0;
+    let mut final_to_ua = None;
+    for ms in (0..=33_000).step_by(100) {
+        e.handle_timeout(t0 + Duration::from_millis(ms));
+        for (f, m) in drain(&mut e) {
+            if f.side == Side::Internal {
+                assert!(m.starts_with("INVITE "));
+                retransmits += 1;
+            } else if final_to_ua.is_none() {
+                final_to_ua = Some((ms, m));
+            } else {
+                // Timer G: the 408 is retransmitted until the caller ACKs it.
+                assert!(m.starts_with("SIP/2.0 408"));
+            }
+        }
+    }
+    // Timer A: 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s; Timer B at 32 s.
+    assert_eq!(retransmits, 6);
+    let (at, m) = final_to_ua.expect("a 408 for the caller");
+    assert_eq!(first_line(&m), "SIP/2.0 408 Request Timeout");
+    assert_eq!(at, 32_000);
+    assert!(header(&m, "To").unwrap().contains(";tag="));
+    assert_eq!(header(&m, "Via").unwrap(), "SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKua1");
+}
+
+#[test]
+fn cancel_waits_for_a_provisional_then_487_is_acked_hop_by_hop() {
+    let now = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], None), now);
+    let fwd = start_call(&mut e, now);
+    let cancel = invite("z9hG4bKua1").replace("INVITE sip", "CANCEL sip").replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    e.handle_datagram(now, ext(Transport::Udp), cancel.as_bytes());
+    let out = drain(&mut e);
+    assert_eq!(out.len(), 1, "only the 200 to CANCEL before the core answered: {out:#?}");
+    assert_eq!(first_line(&out[0].1), "SIP/2.0 200 OK");
+    e.handle_datagram(now, core(CORE_A), respond(&fwd, 180, "Ringing", Some("core-tag"), "").as_bytes());
+    let out = drain(&mut e);
+    let to_core: Vec<&String> = out.iter().filter(|(f, _)| f.side == Side::Internal).map(|(_, m)| m).collect();
+    assert_eq!(to_core.len(), 1);
+    assert!(to_core[0].starts_with("CANCEL sip:1000@203.0.113.1 SIP/2.0"));
+    assert_eq!(header(to_core[0], "Via"), header(&fwd, "Via"), "CANCEL reuses the INVITE's branch");
+    e.handle_datagram(now, core(CORE_A), respond(&fwd, 487, "Request Terminated", Some("core-tag"), "").as_bytes());
+    let out = drain(&mut e);
+    let ack = out.iter().find(|(f, _)| f.side == Side::Internal).map(|(_, m)| m.clone()).expect("ACK to the core");
+    assert!(ack.starts_with("ACK sip:1000@203.0.113.1 SIP/2.0"));
+    assert!(header(&ack, "To").unwrap().contains("tag=core-tag"));
+    let to_ua = out.iter().find(|(f, _)| f.side == Side::External).map(|(_, m)| m.clone()).expect("487 to the caller");
+    assert_eq!(first_line(&to_ua), "SIP/2.0 487 Request Terminated");
+    // The caller's ACK for the 487 is absorbed, not forwarded.
+    let ack_ua = invite("z9hG4bKua1").replace("INVITE sip", "ACK sip").replace("CSeq: 1 INVITE", "CSeq: 1 ACK");
+    e.handle_datagram(now, ext(Transport::Udp), ack_ua.as_bytes());
+    assert!(drain(&mut e).is_empty());
+}
+
+#[test]
+fn a_silent_core_fails_over_to_the_next() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A, CORE_B], None), t0);
+    start_call(&mut e, t0);
+    let mut to_b = None;
+    for ms in (0..=32_500).step_by(100) {
+        e.handle_timeout(t0 + Duration::from_millis(ms));
+        for (f, m) in drain(&mut e) {
+            assert_ne!(f.side, Side::External, "the caller hears nothing while a core is left: {m}");
+            if f.remote == sa(CORE_B) && to_b.is_none() {
+                to_b = Some(m);
+            }
+        }
+    }
+    let m = to_b.expect("INVITE to the second core");
+    assert!(m.starts_with("INVITE "));
+    assert!(header(&m, "Via").unwrap().starts_with("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK"));
+}
+
+#[test]
+fn probing_marks_cores_down_and_up_and_503_when_none_is_up() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], Some(Duration::from_secs(5))), t0);
+    e.handle_timeout(t0);
+    let probe = drain(&mut e).pop().unwrap().1;
+    assert!(probe.starts_with("OPTIONS sip:10.0.0.10:5070 SIP/2.0"));
+    e.handle_timeout(t0 + Duration::from_secs(3));
+    drain(&mut e);
+    assert_eq!(e.core_up(0), Some(false));
+    assert_eq!(e.poll_event(), Some(Event::CoreDown { addr: sa(CORE_A) }));
+    e.handle_datagram(t0 + Duration::from_secs(3), ext(Transport::Udp), invite("z9hG4bKua2").as_bytes());
+    let out = drain(&mut e);
+    assert_eq!(out.len(), 1);
+    assert_eq!(first_line(&out[0].1), "SIP/2.0 503 Service Unavailable");
+    // The next probe is answered: the core is up again.
+    e.handle_timeout(t0 + Duration::from_secs(5));
+    let probe = drain(&mut e).into_iter().find(|(_, m)| m.starts_with("OPTIONS")).unwrap().1;
+    e.handle_datagram(t0 + Duration::from_secs(5), core(CORE_A), respond(&probe, 200, "OK", Some("x"), "").as_bytes());
+    assert_eq!(e.core_up(0), Some(true));
+}
+
+#[test]
+fn a_call_hides_the_core_and_routes_mid_dialog_requests_both_ways() {
+    let now = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], None), now);
+    let fwd = start_call(&mut e, now);
+    // Toward the core (not hidden): one Via (ours), the caller's own identifiers.
+    assert_eq!(fwd.matches("\r\nVia: ").count(), 1);
+    assert_eq!(header(&fwd, "Call-ID"), Some("ua-call@198.51.100.7"));
+    assert!(header(&fwd, "From").unwrap().ends_with(";tag=ua-tag"));
+    let sbc_contact_int = header(&fwd, "Contact").unwrap().to_string();
+    assert!(sbc_contact_int.starts_with("<sip:d") && sbc_contact_int.ends_with("@10.0.0.1:5060>"));
+    let ok = respond(
+        &fwd,
+        200,
+        "OK",
+        Some("core-tag-1"),
+        "Contact: <sip:1000@core.internal:5070>\r\nRecord-Route: <sip:10.0.0.10:5070;lr>\r\nServer: CorePBX 1.0\r\n",
+    );
+    e.handle_datagram(now, core(CORE_A), ok.as_bytes());
+    let out = drain(&mut e);
+    assert_eq!(out.len(), 1);
+    let (f, to_ua) = &out[0];
+    assert_eq!(*f, ext(Transport::Udp));
+    for secret in ["10.0.0.10", "core-tag-1", "core.internal", "5070", "CorePBX", "Record-Route"] {
+        assert!(!to_ua.contains(secret), "{secret} leaked:\n{to_ua}");
+    }
+    assert_eq!(header(to_ua, "Call-ID"), Some("ua-call@198.51.100.7"), "the caller's own Call-ID comes back");
+    assert_eq!(header(to_ua, "From"), Some("<sip:alice@198.51.100.7>;tag=ua-tag"));
+    let to = header(to_ua, "To").unwrap();
+    assert!(to.starts_with("<sip:1000@203.0.113.1>;tag=sbcm"), "{to}");
+    let contact = header(to_ua, "Contact").unwrap();
+    assert_eq!(contact.trim_start_matches("<sip:").split('@').next(), sbc_contact_int.trim_start_matches("<sip:").split('@').next());
+    // The core hangs up: its BYE reaches the caller's Contact, hidden.
+    let bye = format!(
+        "BYE {} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.10:5070;branch=z9hG4bKcorebye\r\nFrom: <sip:1000@core.internal>;tag=core-tag-1\r\n\
+         To: <sip:alice@198.51.100.7>;tag=ua-tag\r\nCall-ID: ua-call@198.51.100.7\r\nCSeq: 10 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        sbc_contact_int.trim_matches(|c| c == '<' || c == '>')
+    );
+    e.handle_datagram(now, core(CORE_A), bye.as_bytes());
+    let out = drain(&mut e);
+    assert_eq!(out.len(), 1);
+    let (f, to_ua) = &out[0];
+    assert_eq!(f.remote, sa(EXT_UA));
+    assert!(to_ua.starts_with("BYE sip:alice@198.51.100.7:5060 SIP/2.0\r\n"), "{to_ua}");
+    for secret in ["10.0.0.10", "core-tag-1", "core.internal", "z9hG4bKcorebye"] {
+        assert!(!to_ua.contains(secret), "{secret} leaked:\n{to_ua}");
+    }
+    assert_eq!(header(to_ua, "Call-ID"), Some("ua-call@198.51.100.7"));
+    assert!(header(to_ua, "To").unwrap().ends_with(";tag=ua-tag"));
+    assert!(!header(to_ua, "From").unwrap().contains("core-tag-1"));
+    // The caller's 200 goes back to the core with the core's own identifiers.
+    let ok_bye = respond(to_ua, 200, "OK", None, "");
+    e.handle_datagram(now, ext(Transport::Udp), ok_bye.as_bytes());
+    let out = drain(&mut e);
+    assert_eq!(out.len(), 1);
+    let (f, to_core) = &out[0];
+    assert_eq!(f.remote, sa(CORE_A));
+    assert_eq!(header(to_core, "Via"), Some("SIP/2.0/UDP 10.0.0.10:5070;branch=z9hG4bKcorebye"));
+    assert_eq!(header(to_core, "From"), Some("<sip:1000@core.internal>;tag=core-tag-1"));
+    assert_eq!(e.sizes().2, 0, "the dialog ends with the BYE");
+}
+
+#[test]
+fn a_registered_phone_is_reached_on_its_tcp_flow() {
+    let now = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], None), now);
+    let phone = ext(Transport::Tcp);
+    let reg = "REGISTER sip:203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/TCP 192.168.1.2:5060;branch=z9hG4bKreg1\r\n\
+               From: <sip:alice@203.0.113.1>;tag=r1\r\nTo: <sip:alice@203.0.113.1>\r\nCall-ID: reg-1\r\nCSeq: 1 REGISTER\r\n\
+               Contact: <sip:alice@192.168.1.2:5060;transport=tcp>;expires=300\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+    e.handle_stream_message(now, phone, reg.as_bytes());
+    let out = drain(&mut e);
+    assert_eq!(out.len(), 1);
+    let fwd = &out[0].1;
+    let contact = header(fwd, "Contact").unwrap();
+    assert!(contact.starts_with("<sip:r") && contact.ends_with("@10.0.0.1:5060>;expires=300"), "{contact}");
+    let token_uri = contact.split(';').next().unwrap().trim_matches(|c| c == '<' || c == '>').to_string();
+    let ok = respond(fwd, 200, "OK", Some("reg-tag"), &format!("Contact: <{token_uri}>;expires=120\r\n"));
+    e.handle_datagram(now, core(CORE_A), ok.as_bytes());
+    let out = drain(&mut e);
+    assert_eq!(out[0].0, phone);
+    assert_eq!(header(&out[0].1, "Contact"), Some("<sip:alice@192.168.1.2:5060;transport=tcp>;expires=120"));
+    // The core calls the registered contact: the INVITE goes down the phone's connection.
+    let inv = format!(
+        "INVITE {token_uri} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.10:5070;branch=z9hG4bKcoreinv\r\nFrom: <sip:bob@10.0.0.10>;tag=cb\r\n\
+         To: <sip:alice@203.0.113.1>\r\nCall-ID: core-call-1@10.0.0.10\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@10.0.0.10:5070>\r\n\
+         Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    e.handle_datagram(now, core(CORE_A), inv.as_bytes());
+    let out = drain(&mut e);
+    let (f, m) = out.iter().find(|(f, _)| f.side == Side::External).unwrap();
+    assert_eq!(*f, phone);
+    assert!(m.starts_with("INVITE sip:alice@192.168.1.2:5060;transport=tcp SIP/2.0\r\n"));
+    assert!(header(m, "Via").unwrap().starts_with("SIP/2.0/TCP 203.0.113.1:5060;branch="));
+    for secret in ["10.0.0.10", "core-call-1", "z9hG4bKcoreinv", ";tag=cb"] {
+        assert!(!m.contains(secret), "{secret} leaked:\n{m}");
+    }
+}
+
+#[test]
+fn transaction_limit_answers_503_with_retry_after() {
+    let now = Instant::now();
+    let mut cfg = config(&[CORE_A], None);
+    cfg.max_transactions = 1;
+    let mut e = Engine::new(cfg, now);
+    start_call(&mut e, now);
+    e.handle_datagram(now, ext(Transport::Udp), invite("z9hG4bKua9").replace("ua-call", "other").as_bytes());
+    let out = drain(&mut e);
+    assert_eq!(first_line(&out[0].1), "SIP/2.0 503 Service Unavailable");
+    assert_eq!(header(&out[0].1, "Retry-After"), Some("5"));
+}
+
+#[test]
+fn refer_to_is_pointed_at_the_sbc_and_its_replaces_is_unmasked() {
+    let now = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], None), now);
+    let fwd = start_call(&mut e, now);
+    let ok = respond(&fwd, 200, "OK", Some("core-tag-2"), "Contact: <sip:1000@10.0.0.10:5070>\r\n");
+    e.handle_datagram(now, core(CORE_A), ok.as_bytes());
+    let to_ua = drain(&mut e).pop().unwrap().1;
+    let masked_tag = header(&to_ua, "To").unwrap().split("tag=").nth(1).unwrap().to_string();
+    let contact = header(&to_ua, "Contact").unwrap().trim_matches(|c| c == '<' || c == '>').to_string();
+    // The caller transfers to the core user, replacing the dialog it holds with the core.
+    let refer = format!(
+        "REFER {contact} SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKref\r\nFrom: <sip:alice@198.51.100.7>;tag=ua-tag\r\n\
+         To: <sip:1000@203.0.113.1>;tag={masked_tag}\r\nCall-ID: ua-call@198.51.100.7\r\nCSeq: 2 REFER\r\nMax-Forwards: 70\r\n\
+         Refer-To: <sip:carol@203.0.113.1?Replaces=ua-call%40198.51.100.7%3Bto-tag%3D{masked_tag}%3Bfrom-tag%3Dua-tag>\r\n\
+         Contact: <sip:alice@198.51.100.7:5060>\r\nContent-Length: 0\r\n\r\n"
+    );
+    e.handle_datagram(now, ext(Transport::Udp), refer.as_bytes());
+    let out = drain(&mut e);
+    let m = &out.iter().find(|(f, _)| f.side == Side::Internal).unwrap().1;
+    assert!(m.starts_with("REFER sip:1000@10.0.0.10:5070 SIP/2.0"), "{m}");
+    let refer_to = header(m, "Refer-To").unwrap();
+    assert!(refer_to.starts_with("<sip:carol@10.0.0.1:5060?Replaces="), "{refer_to}");
+    assert!(refer_to.contains("to-tag%3Dcore-tag-2"), "the core gets its own tag back: {refer_to}");
+    assert_eq!(header(m, "To"), Some("<sip:1000@203.0.113.1>;tag=core-tag-2"));
+}
