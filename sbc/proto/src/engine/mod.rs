@@ -323,13 +323,25 @@ impl Engine {
 
     fn handle_message(&mut self, now: Instant, flow: Flow, msg: Message<'_>) {
         match sanity::check(msg) {
-            Ok(c) if c.msg.is_request() => {
-                self.stats.requests_in += 1;
-                self.on_request(now, flow, &c);
-            }
             Ok(c) => {
-                self.stats.responses_in += 1;
-                self.on_response(now, flow, &c);
+                // One span per message, named by its call and source (no bodies, no credentials).
+                let span = tracing::debug_span!(
+                    "sip",
+                    call_id = %String::from_utf8_lossy(&c.call_id),
+                    cseq = c.cseq,
+                    method = c.method.as_str(),
+                    side = flow.side.as_str(),
+                    src = %flow.remote,
+                );
+                let _enter = span.enter();
+                if c.msg.is_request() {
+                    self.stats.requests_in += 1;
+                    self.on_request(now, flow, &c);
+                } else {
+                    self.stats.responses_in += 1;
+                    tracing::trace!(status = c.status(), "response");
+                    self.on_response(now, flow, &c);
+                }
             }
             Err(bad) => {
                 let (msg, error) = *bad;
@@ -369,6 +381,7 @@ impl Engine {
         if req.method == Method::Ack {
             return;
         }
+        tracing::debug!(code, reason, "answered locally");
         let tag = self.random_hex();
         self.send(flow, reply(&req.msg, code, reason, Some(tag.as_bytes()), extra));
         self.stats.local_replies += 1;
@@ -625,6 +638,7 @@ impl Engine {
         };
         let branch = self.new_branch();
         let data = self.build_request(req, flow.side, to_flow, ruri.as_deref(), &route_set, contact, &branch, ctx.call_id_native);
+        tracing::debug!(to = %to_flow.remote, to_side = to_flow.side.as_str(), %branch, "request forwarded");
         self.start_client(now, to_flow, req.method, data, branch, Purpose::Forward(Box::new(ctx)), Some(server));
         self.stats.requests_forwarded += 1;
         Ok(())
