@@ -16,7 +16,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 /// Labs are CPU-heavy and share names: one at a time per test binary.
 static LAB_LOCK: Mutex<()> = Mutex::new(());
@@ -46,19 +46,13 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
-/// The sbc binary: `SBC_BIN`, else the workspace's release build, else its debug build.
+/// The sbc binary: `SBC_BIN`, else the workspace's debug build (what `just test` builds first).
 pub fn sbc_bin() -> PathBuf {
     if let Ok(p) = std::env::var("SBC_BIN") {
         return PathBuf::from(p);
     }
     let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join("target"));
-    let release = target.join("release/sbc");
-    let debug = target.join("debug/sbc");
-    match (release.metadata().and_then(|m| m.modified()), debug.metadata().and_then(|m| m.modified())) {
-        (Ok(r), Ok(d)) if r >= d => release,
-        (Ok(_), Err(_)) => release,
-        _ => debug,
-    }
+    target.join("debug/sbc")
 }
 
 pub fn scenario(name: &str) -> PathBuf {
@@ -268,6 +262,11 @@ impl Lab {
         Ok(Lab { ext, sbc, core, dir })
     }
 
+    /// The admin socket of this lab's SBC.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
     /// Writes the SBC config and starts it; waits until its sockets are bound.
     pub fn start_sbc(&self, extra: &str) -> Result<Proc> {
         self.start_sbc_hiding(true, extra)
@@ -275,10 +274,16 @@ impl Lab {
 
     /// As [`Lab::start_sbc`], choosing whether the external side is hidden.
     pub fn start_sbc_hiding(&self, hide_external: bool, extra: &str) -> Result<Proc> {
+        let listen = format!(r#"udp = ["{SBC_EXT}:5060"]
+tcp = ["{SBC_EXT}:5060"]"#);
+        self.start_sbc_listening(&listen, hide_external, extra)
+    }
+
+    /// As [`Lab::start_sbc`], with the external side's `udp`/`tcp` lines given.
+    pub fn start_sbc_listening(&self, external_listen: &str, hide_external: bool, extra: &str) -> Result<Proc> {
         let cfg = format!(
             r#"[external]
-udp = ["{SBC_EXT}:5060"]
-tcp = ["{SBC_EXT}:5060"]
+{external_listen}
 hide_topology = {hide_external}
 [internal]
 udp = ["{SBC_INT}:5060"]
@@ -289,8 +294,11 @@ address = "{CORE}:{CORE_PORT}"
 transport = "udp"
 [log]
 level = "info"
+[admin]
+socket = "{admin}"
 {extra}
-"#
+"#,
+            admin = self.admin_socket().display()
         );
         let path = self.dir.join("sbc.toml");
         std::fs::File::create(&path)?.write_all(cfg.as_bytes())?;
@@ -306,6 +314,48 @@ level = "info"
         }
         Ok(p)
     }
+}
+
+/// Sends `count` UDP datagrams from `src` to `dst` inside `ns` (python3's socket module), at
+/// most `rate` per second. Bounded in count and time.
+pub fn send_udp(ns: &Netns, src: &str, dst: std::net::SocketAddr, payload: &str, count: u32, rate: u32) -> Result<()> {
+    let fam = if dst.is_ipv6() { "AF_INET6" } else { "AF_INET" };
+    let script = format!(
+        "import socket,time\ns=socket.socket(socket.{fam},socket.SOCK_DGRAM)\ns.bind(({src:?},0))\n\
+         p={payload:?}.encode()\nfor i in range({count}):\n  s.sendto(p,({ip:?},{port}))\n  time.sleep({gap})\n",
+        ip = dst.ip().to_string(),
+        port = dst.port(),
+        gap = 1.0 / f64::from(rate.max(1)),
+    );
+    let out = ns.cmd("python3").args(["-c", &script]).output()?;
+    ensure!(out.status.success(), "python sender failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// Tries `count` TCP connections from `src` to `dst` inside `ns`, each with a 1 s timeout;
+/// returns how many connected.
+pub fn try_tcp(ns: &Netns, src: &str, dst: std::net::SocketAddr, count: u32) -> Result<u32> {
+    let fam = if dst.is_ipv6() { "AF_INET6" } else { "AF_INET" };
+    let script = format!(
+        "import socket\nok=0\nfor i in range({count}):\n  s=socket.socket(socket.{fam},socket.SOCK_STREAM)\n  s.settimeout(1)\n  \
+         s.bind(({src:?},0))\n  try:\n    s.connect(({ip:?},{port})); ok+=1\n  except Exception:\n    pass\n  s.close()\nprint(ok)\n",
+        ip = dst.ip().to_string(),
+        port = dst.port(),
+    );
+    let out = ns.cmd("python3").args(["-c", &script]).output()?;
+    ensure!(out.status.success(), "python connector failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+/// Runs `sbc <args>` (the CLI, e.g. `stats --socket ...`) and returns (success, stdout+stderr).
+pub fn sbc_cli(args: &[&str]) -> Result<(bool, String)> {
+    let out = Command::new(sbc_bin()).args(args).output()?;
+    Ok((out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))))
+}
+
+/// A counter from `sbc stats` output (`name value` lines).
+pub fn stat(text: &str, name: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0)
 }
 
 /// A sipp run: its final statistics.

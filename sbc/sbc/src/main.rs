@@ -3,9 +3,12 @@
 //! * `sbc run [-c FILE]` — run in the foreground (embedded default config without -c).
 //! * `sbc check-config -c FILE` — validate a config, print every error with its path.
 
+mod admin;
+mod allowlist_cmd;
 mod config;
 mod net;
 mod run;
+mod trunk;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +37,17 @@ enum Cmd {
     },
     /// Print the embedded default config.
     DefaultConfig,
+    /// The trunk allowlist exported from the operator's providers_ips table.
+    Allowlist {
+        #[command(subcommand)]
+        cmd: allowlist_cmd::AllowlistCmd,
+    },
+    /// Counters of the running daemon (SIP, state, XDP verdicts by reason).
+    Stats {
+        /// Admin socket of the daemon.
+        #[arg(long, default_value = config::DEFAULT_ADMIN_SOCKET)]
+        socket: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,6 +63,10 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::Stats { socket } => admin_call(&socket, "stats"),
+        Cmd::Allowlist { cmd: allowlist_cmd::AllowlistCmd::Export(args) } => allowlist_cmd::export(&args),
+        Cmd::Allowlist { cmd: allowlist_cmd::AllowlistCmd::Show { socket } } => admin_call(&socket, "allowlist show"),
+        Cmd::Allowlist { cmd: allowlist_cmd::AllowlistCmd::Reload { socket } } => admin_call(&socket, "allowlist reload"),
         Cmd::DefaultConfig => {
             print!("{}", config::DEFAULT);
             ExitCode::SUCCESS
@@ -71,6 +89,20 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// One admin command to the running daemon; its answer on stdout.
+fn admin_call(socket: &std::path::Path, command: &str) -> ExitCode {
+    match admin::call(&socket.to_path_buf(), command) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -7,8 +7,10 @@ use anyhow::Context;
 use sbc_proto::engine::{Engine, Event, Side};
 use tokio::sync::mpsc;
 
+use crate::admin;
 use crate::config::Validated;
 use crate::net::{Input, Net, StreamSettings};
+use crate::trunk::Trunk;
 
 /// How many queued inputs are handled before transmits are flushed (batching under load).
 const BATCH: usize = 64;
@@ -35,6 +37,15 @@ async fn main_loop(cfg: Validated) -> anyhow::Result<()> {
     )
     .context("binding listen addresses")?;
     let mut engine = Engine::new(cfg.engine.clone(), Instant::now());
+    let mut trunk = Trunk::start(&cfg.trunk).map_err(|e| anyhow::anyhow!("trunk allowlist: {e}"))?;
+    if let Some(t) = &trunk {
+        engine.set_guard(Box::new(t.guard()));
+    }
+    let (admin_tx, mut admin_rx) = mpsc::channel::<admin::Request>(16);
+    if let Err(e) = admin::serve(&cfg.admin_socket, admin_tx) {
+        tracing::warn!(socket = %cfg.admin_socket.display(), error = %e, "admin socket unavailable; `sbc stats` and `sbc allowlist` will not reach this daemon");
+    }
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("SIGHUP handler")?;
     tracing::info!(
         external_udp = ?cfg.external.udp, external_tcp = ?cfg.external.tcp,
         internal_udp = ?cfg.internal.udp, internal_tcp = ?cfg.internal.tcp,
@@ -48,13 +59,25 @@ async fn main_loop(cfg: Validated) -> anyhow::Result<()> {
             biased;
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            _ = hup.recv() => {
+                if let Some(t) = trunk.as_mut() {
+                    match t.reload() {
+                        Ok(_) => engine.set_guard(Box::new(t.guard())),
+                        Err(e) => tracing::error!(error = %e, "allowlist reload failed; the previous list stays"),
+                    }
+                }
+            }
+            Some(req) = admin_rx.recv() => {
+                let answer = command(&req.command, &mut engine, &mut trunk, &net);
+                let _ = req.reply.send(answer);
+            }
             input = rx.recv() => {
                 let Some(input) = input else { break };
                 let now = Instant::now();
-                handle(&mut engine, &mut net, now, input);
+                handle(&mut engine, &mut net, trunk.as_mut(), now, input);
                 for _ in 0..BATCH {
                     match rx.try_recv() {
-                        Ok(i) => handle(&mut engine, &mut net, now, i),
+                        Ok(i) => handle(&mut engine, &mut net, trunk.as_mut(), now, i),
                         Err(_) => break,
                     }
                 }
@@ -85,7 +108,43 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-fn handle(engine: &mut Engine, net: &mut Net, now: Instant, input: Input) {
+/// Executes an admin command on the engine task.
+fn command(cmd: &str, engine: &mut Engine, trunk: &mut Option<Trunk>, net: &Net) -> Result<String, String> {
+    match cmd {
+        "stats" => {
+            let st = engine.stats();
+            let (s, c, d, r) = engine.sizes();
+            let mut out = format!(
+                "sip.requests_in {}\nsip.responses_in {}\nsip.requests_forwarded {}\nsip.responses_forwarded {}\n\
+                 sip.local_replies {}\nsip.rejected {}\nsip.dropped {}\nsip.retransmissions_absorbed {}\n\
+                 sip.retransmissions_sent {}\nstate.server_transactions {s}\nstate.client_transactions {c}\n\
+                 state.dialogs {d}\nstate.registrations {r}\nstate.tcp_connections {}\n",
+                st.requests_in, st.responses_in, st.requests_forwarded, st.responses_forwarded, st.local_replies,
+                st.rejected, st.dropped, st.retransmissions_absorbed, st.retransmissions_sent, net.connections(),
+            );
+            if let Some(t) = trunk {
+                out.push_str(&t.stats_text());
+            }
+            Ok(out)
+        }
+        "allowlist show" => trunk.as_ref().map(Trunk::show).ok_or_else(|| "no trunk.allowlist configured".to_string()),
+        "allowlist reload" => {
+            let t = trunk.as_mut().ok_or_else(|| "no trunk.allowlist configured".to_string())?;
+            let msg = t.reload()?;
+            engine.set_guard(Box::new(t.guard()));
+            Ok(format!("{msg}\n"))
+        }
+        other => Err(format!("unknown command {other:?} (allowlist show | allowlist reload | stats)")),
+    }
+}
+
+fn handle(engine: &mut Engine, net: &mut Net, trunk: Option<&mut Trunk>, now: Instant, input: Input) {
+    if let (Input::Datagram { flow, .. } | Input::Stream { flow, .. }, Some(t)) = (&input, trunk)
+        && !t.admits_packet(flow)
+    {
+        // Defence in depth behind XDP (and the only filter where XDP is absent): silent.
+        return;
+    }
     match input {
         Input::Datagram { flow, data } => engine.handle_datagram(now, flow, &data),
         Input::Stream { flow, data } => engine.handle_stream_message(now, flow, &data),

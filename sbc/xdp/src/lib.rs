@@ -18,7 +18,6 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
-mod prefix;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -31,7 +30,8 @@ use aya::{
     maps::{Array, ArrayOfMaps, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
     programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
-pub use prefix::{Prefix, PrefixError};
+/// The one prefix type of the project, shared with the allowlist (sbc-proto is pure Rust).
+pub use sbc_proto::allowlist::{Prefix, PrefixError};
 pub use sbc_ebpf_common::Stat as Verdict;
 use sbc_ebpf_common::{
     ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, FlagValue, LPM_FLAGS, PRESENT, PROGRAM_NAME,

@@ -31,7 +31,40 @@ pub struct Raw {
     pub timers: RawTimers,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub trunk: RawTrunk,
+    #[serde(default)]
+    pub admin: RawAdmin,
 }
+
+/// The trunk side's provider allowlist and its XDP filter.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrunk {
+    /// Allowlist file written by `sbc allowlist export`; absent: no trunk filtering.
+    pub allowlist: Option<String>,
+    /// Interface the XDP program attaches to; absent: userspace filtering only.
+    pub interface: Option<String>,
+    /// native | skb | auto
+    pub xdp_mode: Option<String>,
+    /// Protected destinations as "IP:port/udp" or "IP:port/tcp"; default: every external
+    /// listen address.
+    pub protected: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Unix socket for `sbc allowlist show|reload` and `sbc stats` (mode 0600).
+    pub socket: String,
+}
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin { socket: DEFAULT_ADMIN_SOCKET.into() }
+    }
+}
+
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/sbc/admin.sock";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,6 +190,24 @@ pub struct Validated {
     pub max_tcp_connections: usize,
     pub tcp_idle: Duration,
     pub log_level: String,
+    pub trunk: Trunk,
+    pub admin_socket: std::path::PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    Native,
+    Skb,
+    Auto,
+}
+
+#[derive(Debug, Clone)]
+pub struct Trunk {
+    pub allowlist: Option<std::path::PathBuf>,
+    pub interface: Option<String>,
+    pub xdp_mode: XdpMode,
+    /// (address, is_tcp)
+    pub protected: Vec<(SocketAddr, bool)>,
 }
 
 /// Every problem found, each with its path.
@@ -295,6 +346,10 @@ pub fn validate(raw: Raw) -> Result<Validated, Errors> {
             errs.push(format!("topology.strip_headers[{i}]: {h:?} is not a header name"));
         }
     }
+    let trunk = trunk(&raw.trunk, &ext_listen, &mut errs);
+    if raw.admin.socket.is_empty() || !raw.admin.socket.starts_with('/') {
+        errs.push(format!("admin.socket: {:?} must be an absolute path", raw.admin.socket));
+    }
     if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
         errs.push(format!("log.level: {:?} is not a tracing filter", raw.log.level));
     }
@@ -333,7 +388,51 @@ pub fn validate(raw: Raw) -> Result<Validated, Errors> {
         max_tcp_connections: l.max_tcp_connections,
         tcp_idle: Duration::from_secs(l.tcp_idle_secs),
         log_level: raw.log.level,
+        trunk,
+        admin_socket: raw.admin.socket.into(),
     })
+}
+
+fn trunk(raw: &RawTrunk, ext: &Listen, errs: &mut Vec<String>) -> Trunk {
+    let xdp_mode = match raw.xdp_mode.as_deref().unwrap_or("auto") {
+        "native" => XdpMode::Native,
+        "skb" => XdpMode::Skb,
+        "auto" => XdpMode::Auto,
+        other => {
+            errs.push(format!("trunk.xdp_mode: {other:?} is not one of native, skb, auto"));
+            XdpMode::Auto
+        }
+    };
+    if let Some(i) = &raw.interface
+        && (i.is_empty() || i.len() > 15 || i.contains('/') || i.chars().any(char::is_whitespace))
+    {
+        errs.push(format!("trunk.interface: {i:?} is not an interface name"));
+    }
+    if raw.interface.is_some() && raw.allowlist.is_none() {
+        errs.push("trunk.interface: an XDP filter needs trunk.allowlist".into());
+    }
+    let protected = match &raw.protected {
+        Some(list) => {
+            let mut out = Vec::new();
+            for (i, p) in list.iter().enumerate() {
+                let parsed = p.rsplit_once('/').and_then(|(a, t)| {
+                    let tcp = match t.to_ascii_lowercase().as_str() {
+                        "udp" => false,
+                        "tcp" => true,
+                        _ => return None,
+                    };
+                    a.parse::<SocketAddr>().ok().map(|a| (a, tcp))
+                });
+                match parsed {
+                    Some(x) => out.push(x),
+                    None => errs.push(format!("trunk.protected[{i}]: {p:?} is not IP:port/udp or IP:port/tcp")),
+                }
+            }
+            out
+        }
+        None => ext.udp.iter().map(|a| (*a, false)).chain(ext.tcp.iter().map(|a| (*a, true))).collect(),
+    };
+    Trunk { allowlist: raw.allowlist.as_ref().map(Into::into), interface: raw.interface.clone(), xdp_mode, protected }
 }
 
 /// OS-seeded randomness from std (RandomState is keyed from the OS at first use).
