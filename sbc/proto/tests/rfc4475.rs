@@ -4,12 +4,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use sbc_proto::engine::{Config, CoreTarget, Engine, Flow, Side, SideConfig};
+use sbc_proto::engine::{Config, Engine, Flow, Side};
 use sbc_proto::sip::framer::Limits;
 use sbc_proto::sip::uri::Transport;
-use sbc_proto::transaction::Timers;
 
 #[derive(Debug, PartialEq, Eq)]
 enum Expect {
@@ -85,24 +84,7 @@ fn vectors() -> PathBuf {
 }
 
 fn engine(now: Instant) -> Engine {
-    let cfg = Config {
-        external: SideConfig { advertise: "203.0.113.1".into(), udp: Some("203.0.113.1:5060".parse().unwrap()), tcp: None, hide: true },
-        internal: SideConfig { advertise: "10.99.0.1".into(), udp: Some("10.99.0.1:5060".parse().unwrap()), tcp: None, hide: false },
-        cores: vec![CoreTarget { addr: "10.99.0.10:5070".parse().unwrap(), transport: Transport::Udp }],
-        probe_interval: None,
-        probe_timeout: Duration::from_secs(2),
-        limits: Limits::default(),
-        max_transactions: 1000,
-        max_dialogs: 1000,
-        max_registrations: 1000,
-        secret: b"test".to_vec(),
-        strip_headers: vec!["Server".into(), "User-Agent".into()],
-        hidden_hosts: vec![],
-        dialog_idle: Duration::from_secs(3600),
-        timers: Timers::default(),
-        seed: 7,
-    };
-    Engine::new(cfg, now)
+    Engine::new(Config::example(), now)
 }
 
 fn flow() -> Flow {

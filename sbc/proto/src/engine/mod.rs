@@ -132,6 +132,32 @@ pub struct Config {
     pub seed: u64,
 }
 
+impl Config {
+    /// A small valid configuration on documentation addresses: external 203.0.113.1:5060 (UDP,
+    /// hidden), internal 10.99.0.1:5060 (UDP), one core 10.99.0.10:5070, no probing, fixed
+    /// secret and seed. For tests, fuzzing and examples; the daemon builds its own from TOML.
+    pub fn example() -> Config {
+        let sa = |s: &str| s.parse::<SocketAddr>().ok();
+        Config {
+            external: SideConfig { advertise: "203.0.113.1".into(), udp: sa("203.0.113.1:5060"), tcp: None, hide: true },
+            internal: SideConfig { advertise: "10.99.0.1".into(), udp: sa("10.99.0.1:5060"), tcp: None, hide: false },
+            cores: sa("10.99.0.10:5070").map(|addr| CoreTarget { addr, transport: Transport::Udp }).into_iter().collect(),
+            probe_interval: None,
+            probe_timeout: Duration::from_secs(2),
+            limits: Limits::default(),
+            max_transactions: 1000,
+            max_dialogs: 1000,
+            max_registrations: 1000,
+            secret: b"example-secret".to_vec(),
+            strip_headers: vec!["Server".into(), "User-Agent".into()],
+            hidden_hosts: Vec::new(),
+            dialog_idle: Duration::from_secs(3600),
+            timers: Timers::default(),
+            seed: 7,
+        }
+    }
+}
+
 /// Things worth logging or counting, for the daemon (and the guard, later).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {

@@ -12,21 +12,16 @@ const CORE_B: &str = "10.0.0.11:5070";
 
 fn config(cores: &[&str], probe: Option<Duration>) -> Config {
     Config {
-        external: SideConfig { advertise: "203.0.113.1".into(), udp: Some(sa("203.0.113.1:5060")), tcp: Some(sa("203.0.113.1:5060")), hide: true },
+        external: SideConfig { tcp: Some(sa("203.0.113.1:5060")), ..Config::example().external },
         internal: SideConfig { advertise: "10.0.0.1".into(), udp: Some(sa("10.0.0.1:5060")), tcp: None, hide: false },
         cores: cores.iter().map(|c| CoreTarget { addr: sa(c), transport: Transport::Udp }).collect(),
         probe_interval: probe,
-        probe_timeout: Duration::from_secs(2),
-        limits: Limits::default(),
         max_transactions: 100,
         max_dialogs: 100,
         max_registrations: 100,
-        secret: b"unit-test-secret".to_vec(),
-        strip_headers: vec!["Server".into(), "User-Agent".into()],
         hidden_hosts: vec!["core.internal".into()],
-        dialog_idle: Duration::from_secs(3600),
-        timers: Timers::default(),
         seed: 42,
+        ..Config::example()
     }
 }
 
