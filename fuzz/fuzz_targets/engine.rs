@@ -24,14 +24,25 @@ fn engine(now: Instant) -> Engine {
 }
 
 fn external() -> Flow {
-    Flow { side: Side::External, transport: Transport::Udp, local: addr("203.0.113.1:5060"), remote: addr("203.0.113.10:5060") }
+    Flow {
+        side: Side::External,
+        transport: Transport::Udp,
+        local: addr("203.0.113.1:5060"),
+        remote: addr("203.0.113.10:5060"),
+    }
 }
 
 fn internal() -> Flow {
-    Flow { side: Side::Internal, transport: Transport::Udp, local: addr("10.99.0.1:5060"), remote: addr("10.99.0.10:5070") }
+    Flow {
+        side: Side::Internal,
+        transport: Transport::Udp,
+        local: addr("10.99.0.1:5060"),
+        remote: addr("10.99.0.10:5070"),
+    }
 }
 
-const CODES: &[(u16, &str)] = &[(100, "Trying"), (180, "Ringing"), (200, "OK"), (486, "Busy Here"), (503, "Service Unavailable")];
+const CODES: &[(u16, &str)] =
+    &[(100, "Trying"), (180, "Ringing"), (200, "OK"), (486, "Busy Here"), (503, "Service Unavailable")];
 
 /// Drains what the engine sends; requests sent to the internal side are answered once by a
 /// synthetic core with `code`, and those answers are handed back to the engine.
@@ -43,7 +54,10 @@ fn pump(e: &mut Engine, now: Instant, code: (u16, &str), answer: bool) {
             if let Datagram::Message(m) = frame_datagram(&t.data, &Limits::default()) {
                 if m.is_request() && m.method_bytes() != b"ACK" {
                     let flow = Flow { remote: t.flow.remote, local: t.flow.local, ..internal() };
-                    answers.push((flow, reply(&m, code.0, code.1, Some(b"core-tag"), &[("Contact", b"<sip:core@10.99.0.10:5070>")])));
+                    answers.push((
+                        flow,
+                        reply(&m, code.0, code.1, Some(b"core-tag"), &[("Contact", b"<sip:core@10.99.0.10:5070>")]),
+                    ));
                 }
             }
         }

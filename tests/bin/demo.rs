@@ -12,15 +12,43 @@ const CALLS: u64 = 50;
 fn run_pair(lab: &Lab, outbound: bool) -> anyhow::Result<SippStats> {
     let n = CALLS.to_string();
     let (callee_ns, callee_sf, callee_ip, callee_port, caller_ns, caller_sf, caller_ip, target, rsa) = if outbound {
-        (&lab.ext, "uas.xml", EXT_PEER, "5060".to_string(), &lab.core, "uac-nosdp.xml", CORE_ADDR, format!("{EXT_PEER}:5060"), Some(format!("{SBC_INT}:5060")))
+        (
+            &lab.ext,
+            "uas.xml",
+            EXT_PEER,
+            "5060".to_string(),
+            &lab.core,
+            "uac-nosdp.xml",
+            CORE_ADDR,
+            format!("{EXT_PEER}:5060"),
+            Some(format!("{SBC_INT}:5060")),
+        )
     } else {
-        (&lab.core, "uas-nosdp.xml", CORE_ADDR, core_port(), &lab.ext, "uac.xml", EXT_PEER, format!("{SBC_EXT}:5060"), None)
+        (
+            &lab.core,
+            "uas-nosdp.xml",
+            CORE_ADDR,
+            core_port(),
+            &lab.ext,
+            "uac.xml",
+            EXT_PEER,
+            format!("{SBC_EXT}:5060"),
+            None,
+        )
     };
     let callee_sf = scenario(callee_sf).to_string_lossy().into_owned();
-    let mut uas = spawn_sipp(lab, callee_ns, "callee", &["-sf", &callee_sf, "-t", "u1", "-i", callee_ip, "-p", &callee_port, "-m", &n, "-timeout", "60s"])?;
+    let mut uas = spawn_sipp(
+        lab,
+        callee_ns,
+        "callee",
+        &["-sf", &callee_sf, "-t", "u1", "-i", callee_ip, "-p", &callee_port, "-m", &n, "-timeout", "60s"],
+    )?;
     std::thread::sleep(Duration::from_millis(300));
     let caller_sf = scenario(caller_sf).to_string_lossy().into_owned();
-    let mut args = vec!["-sf", &caller_sf, "-t", "u1", "-i", caller_ip, "-p", "5062", "-s", "1000", &target, "-m", &n, "-r", "20", "-d", "200", "-timeout", "60s"];
+    let mut args = vec![
+        "-sf", &caller_sf, "-t", "u1", "-i", caller_ip, "-p", "5062", "-s", "1000", &target, "-m", &n, "-r", "20",
+        "-d", "200", "-timeout", "60s",
+    ];
     if let Some(r) = &rsa {
         args.extend_from_slice(&["-rsa", r]);
     }
@@ -52,7 +80,10 @@ fn main() -> ExitCode {
     let run = capture_both(&lab, || -> anyhow::Result<(u64, u64)> {
         let a = run_pair(&lab, false)?;
         let b = run_pair(&lab, true)?;
-        Ok((a.successful + b.successful, a.failed + b.failed + (2 * CALLS).saturating_sub(a.successful + a.failed + b.successful + b.failed)))
+        Ok((
+            a.successful + b.successful,
+            a.failed + b.failed + (2 * CALLS).saturating_sub(a.successful + a.failed + b.successful + b.failed),
+        ))
     });
     match run {
         Ok((Ok((ok, failed)), cap)) => {

@@ -17,8 +17,17 @@ fn with_captures(lab: &Lab, min_secrets: usize, f: impl FnOnce() -> Result<()>) 
     let (res, cap) = capture_both(lab, f)?;
     res?;
     let report = cap.leak_report();
-    ensure!(report.secrets >= min_secrets, "too few core identifiers found in the internal capture: {}", report.secrets);
-    ensure!(report.leaks.is_empty(), "{} leaks, first:\n{}", report.leaks.len(), report.leaks.first().map_or("", String::as_str));
+    ensure!(
+        report.secrets >= min_secrets,
+        "too few core identifiers found in the internal capture: {}",
+        report.secrets
+    );
+    ensure!(
+        report.leaks.is_empty(),
+        "{} leaks, first:\n{}",
+        report.leaks.len(),
+        report.leaks.first().map_or("", String::as_str)
+    );
     Ok(cap.external.len())
 }
 
@@ -36,8 +45,16 @@ fn calls_from_outside_reach_the_core_and_nothing_of_the_core_leaks() -> Result<(
     let _sbc = lab.start_sbc(no_probe())?;
     let packets = with_captures(&lab, 200, || {
         call_pair(
-            &lab, &lab.core, ("uas-nosdp.xml", CORE_ADDR, &core_port()),
-            &lab.ext, ("uac.xml", EXT_PEER), &format!("{SBC_EXT}:5060"), ("u1", "u1"), 200, 40, &[],
+            &lab,
+            &lab.core,
+            ("uas-nosdp.xml", CORE_ADDR, &core_port()),
+            &lab.ext,
+            ("uac.xml", EXT_PEER),
+            &format!("{SBC_EXT}:5060"),
+            ("u1", "u1"),
+            200,
+            40,
+            &[],
         )
     })?;
     eprintln!("200 calls external → core over UDP; {packets} external packets checked for leaks");
@@ -57,8 +74,16 @@ fn calls_from_the_core_reach_outside_and_nothing_of_the_core_leaks() -> Result<(
     let rsa = format!("{SBC_INT}:5060");
     with_captures(&lab, 400, || {
         call_pair(
-            &lab, &lab.ext, ("uas.xml", EXT_PEER, "5060"),
-            &lab.core, ("uac-nosdp.xml", CORE_ADDR), &format!("{EXT_PEER}:5060"), ("u1", "u1"), 200, 40, &["-rsa", &rsa],
+            &lab,
+            &lab.ext,
+            ("uas.xml", EXT_PEER, "5060"),
+            &lab.core,
+            ("uac-nosdp.xml", CORE_ADDR),
+            &format!("{EXT_PEER}:5060"),
+            ("u1", "u1"),
+            200,
+            40,
+            &["-rsa", &rsa],
         )
     })?;
     Ok(())
@@ -77,8 +102,16 @@ fn leak_check_finds_the_core_when_hiding_is_off() -> Result<()> {
     let rsa = format!("{SBC_INT}:5060");
     let res = with_captures(&lab, 20, || {
         call_pair(
-            &lab, &lab.ext, ("uas.xml", EXT_PEER, "5060"),
-            &lab.core, ("uac-nosdp.xml", CORE_ADDR), &format!("{EXT_PEER}:5060"), ("u1", "u1"), 5, 10, &["-rsa", &rsa],
+            &lab,
+            &lab.ext,
+            ("uas.xml", EXT_PEER, "5060"),
+            &lab.core,
+            ("uac-nosdp.xml", CORE_ADDR),
+            &format!("{EXT_PEER}:5060"),
+            ("u1", "u1"),
+            5,
+            10,
+            &["-rsa", &rsa],
         )
     });
     let err = res.err().map(|e| e.to_string()).unwrap_or_default();
@@ -98,14 +131,69 @@ fn bye_from_either_side_and_reinvite_cross_the_sbc() -> Result<()> {
     let rsa = format!("{SBC_INT}:5060");
     with_captures(&lab, 100, || {
         // The core (callee) hangs up.
-        call_pair(&lab, &lab.core, ("uas-bye-nosdp.xml", CORE_ADDR, &core_port()), &lab.ext, ("uac-waitbye.xml", EXT_PEER), &target, ("u1", "u1"), 20, 10, &[])?;
+        call_pair(
+            &lab,
+            &lab.core,
+            ("uas-bye-nosdp.xml", CORE_ADDR, &core_port()),
+            &lab.ext,
+            ("uac-waitbye.xml", EXT_PEER),
+            &target,
+            ("u1", "u1"),
+            20,
+            10,
+            &[],
+        )?;
         // The outside callee hangs up on a call from the core.
-        call_pair(&lab, &lab.ext, ("uas-bye.xml", EXT_PEER, "5060"), &lab.core, ("uac-waitbye-nosdp.xml", CORE_ADDR), &format!("{EXT_PEER}:5060"), ("u1", "u1"), 20, 10, &["-rsa", &rsa])?;
+        call_pair(
+            &lab,
+            &lab.ext,
+            ("uas-bye.xml", EXT_PEER, "5060"),
+            &lab.core,
+            ("uac-waitbye-nosdp.xml", CORE_ADDR),
+            &format!("{EXT_PEER}:5060"),
+            ("u1", "u1"),
+            20,
+            10,
+            &["-rsa", &rsa],
+        )?;
         // re-INVITE from the caller (outside), then from the callee (core).
-        call_pair(&lab, &lab.core, ("uas-reinvite-nosdp.xml", CORE_ADDR, &core_port()), &lab.ext, ("uac-reinvite.xml", EXT_PEER), &target, ("u1", "u1"), 20, 10, &[])?;
-        call_pair(&lab, &lab.core, ("uas-reinvite-from-callee.xml", CORE_ADDR, &core_port()), &lab.ext, ("uac-accept-reinvite.xml", EXT_PEER), &target, ("u1", "u1"), 20, 10, &[])?;
+        call_pair(
+            &lab,
+            &lab.core,
+            ("uas-reinvite-nosdp.xml", CORE_ADDR, &core_port()),
+            &lab.ext,
+            ("uac-reinvite.xml", EXT_PEER),
+            &target,
+            ("u1", "u1"),
+            20,
+            10,
+            &[],
+        )?;
+        call_pair(
+            &lab,
+            &lab.core,
+            ("uas-reinvite-from-callee.xml", CORE_ADDR, &core_port()),
+            &lab.ext,
+            ("uac-accept-reinvite.xml", EXT_PEER),
+            &target,
+            ("u1", "u1"),
+            20,
+            10,
+            &[],
+        )?;
         // The caller on TCP (the core stays on UDP: its target says udp).
-        call_pair(&lab, &lab.core, ("uas-reinvite-nosdp.xml", CORE_ADDR, &core_port()), &lab.ext, ("uac-reinvite.xml", EXT_PEER), &target, ("u1", "t1"), 20, 10, &[])?;
+        call_pair(
+            &lab,
+            &lab.core,
+            ("uas-reinvite-nosdp.xml", CORE_ADDR, &core_port()),
+            &lab.ext,
+            ("uac-reinvite.xml", EXT_PEER),
+            &target,
+            ("u1", "t1"),
+            20,
+            10,
+            &[],
+        )?;
         Ok(())
     })?;
     Ok(())
@@ -132,20 +220,52 @@ fn register_then_call(prefix: &str, test: &str, transport: &str) -> Result<()> {
     let _k = kamailio(&lab)?;
     with_captures(&lab, 5, || {
         let phone = spawn_sipp(
-            &lab, &lab.ext, "phone",
+            &lab,
+            &lab.ext,
+            "phone",
             &[
-                "-sf", &scenario("phone-register-uas.xml").to_string_lossy(),
-                "-oocsf", &scenario("phone-incoming-call.xml").to_string_lossy(),
-                "-t", transport, "-i", EXT_PEER, "-p", "5060", "-s", "alice", &format!("{SBC_EXT}:5060"),
-                "-m", "1", "-timeout", "60s",
+                "-sf",
+                &scenario("phone-register-uas.xml").to_string_lossy(),
+                "-oocsf",
+                &scenario("phone-incoming-call.xml").to_string_lossy(),
+                "-t",
+                transport,
+                "-i",
+                EXT_PEER,
+                "-p",
+                "5060",
+                "-s",
+                "alice",
+                &format!("{SBC_EXT}:5060"),
+                "-m",
+                "1",
+                "-timeout",
+                "60s",
             ],
         )?;
         std::thread::sleep(Duration::from_millis(1500));
         let core = spawn_sipp(
-            &lab, &lab.core, "core-caller",
+            &lab,
+            &lab.core,
+            "core-caller",
             &[
-                "-sf", &scenario("core-call-user.xml").to_string_lossy(), "-t", transport, "-i", CORE, "-p", "5072",
-                "-s", "alice", &format!("{CORE}:{CORE_PORT}"), "-m", "1", "-d", "200", "-timeout", "30s",
+                "-sf",
+                &scenario("core-call-user.xml").to_string_lossy(),
+                "-t",
+                transport,
+                "-i",
+                CORE,
+                "-p",
+                "5072",
+                "-s",
+                "alice",
+                &format!("{CORE}:{CORE_PORT}"),
+                "-m",
+                "1",
+                "-d",
+                "200",
+                "-timeout",
+                "30s",
             ],
         )?;
         sipp_ok(core, Duration::from_secs(40), 1)?;

@@ -42,9 +42,8 @@ fn trunk_lab(prefix: &str, test: &str) -> Result<(Lab, Proc)> {
         lab.dir.join("allow.txt"),
         allowlist(&[("203.0.113.10/32", "IN", 7, "Carrier"), ("2001:db8:1::10/128", "IN", 7, "Carrier")]),
     )?;
-    let listen = format!(
-        "udp = [\"{SBC_EXT}:5060\", \"[{SBC_EXT6}]:5060\"]\ntcp = [\"{SBC_EXT}:5060\", \"[{SBC_EXT6}]:5060\"]"
-    );
+    let listen =
+        format!("udp = [\"{SBC_EXT}:5060\", \"[{SBC_EXT6}]:5060\"]\ntcp = [\"{SBC_EXT}:5060\", \"[{SBC_EXT6}]:5060\"]");
     let extra = format!(
         "[probe]\ninterval_ms = 0\n[trunk]\nallowlist = \"{}\"\ninterface = \"x0\"\nxdp_mode = \"native\"\n",
         lab.dir.join("allow.txt").display()
@@ -74,14 +73,23 @@ fn listed_carrier_calls_complete_and_unlisted_sources_die_in_xdp() -> Result<()>
     let (lab, sbc) = trunk_lab("sbt1", "trunk_xdp")?;
     // The listed carrier's calls complete.
     call_pair(
-        &lab, &lab.core, ("uas-nosdp.xml", CORE_ADDR, &core_port()),
-        &lab.ext, ("uac.xml", EXT_PEER), &format!("{SBC_EXT}:5060"), ("u1", "u1"), 20, 10, &[],
+        &lab,
+        &lab.core,
+        ("uas-nosdp.xml", CORE_ADDR, &core_port()),
+        &lab.ext,
+        ("uac.xml", EXT_PEER),
+        &format!("{SBC_EXT}:5060"),
+        ("u1", "u1"),
+        20,
+        10,
+        &[],
     )?;
     let before = stats(&lab)?;
     // The attacker: UDP and TCP to the trunk port, over IPv4 and IPv6.
     send_udp(&lab.ext, ATTACKER, addr(SBC_EXT, 5060), &options(ATTACKER), 200, 2000)?;
     send_udp(&lab.ext, ATTACKER6, addr(SBC_EXT6, 5060), &options(ATTACKER6), 100, 2000)?;
-    let connected = try_tcp(&lab.ext, ATTACKER, addr(SBC_EXT, 5060), 3)? + try_tcp(&lab.ext, ATTACKER6, addr(SBC_EXT6, 5060), 3)?;
+    let connected =
+        try_tcp(&lab.ext, ATTACKER, addr(SBC_EXT, 5060), 3)? + try_tcp(&lab.ext, ATTACKER6, addr(SBC_EXT6, 5060), 3)?;
     ensure!(connected == 0, "{connected} TCP connections from the unlisted source got through");
     // Not a protected port: untouched.
     send_udp(&lab.ext, ATTACKER, addr(SBC_EXT, 9999), "hello", 50, 2000)?;
@@ -92,7 +100,11 @@ fn listed_carrier_calls_complete_and_unlisted_sources_die_in_xdp() -> Result<()>
     let d = |name: &str| stat(&after, name).saturating_sub(stat(&before, name));
     ensure!(d("xdp.drop_not_allowed") >= 300 + 6, "XDP drops: {} (want ≥ 306)\n{after}", d("xdp.drop_not_allowed"));
     ensure!(d("xdp.pass_not_protected") >= 50, "unprotected port: {}\n{after}", d("xdp.pass_not_protected"));
-    ensure!(d("sip.requests_in") == 10, "the proxy saw {} requests (want the 10 listed IPv6 OPTIONS)\n{after}", d("sip.requests_in"));
+    ensure!(
+        d("sip.requests_in") == 10,
+        "the proxy saw {} requests (want the 10 listed IPv6 OPTIONS)\n{after}",
+        d("sip.requests_in")
+    );
     ensure!(d("userspace.dropped_not_listed") == 0, "userspace had to drop: XDP let something through\n{after}");
     let log = sbc.log_text();
     ensure!(!log.contains(ATTACKER) && !log.contains(ATTACKER6), "the SBC logged the attacker:\n{log}");
@@ -116,8 +128,16 @@ fn reload_under_load_loses_no_call_and_admits_nothing_unlisted() -> Result<()> {
         std::thread::scope(|s| -> Result<u32> {
             let calls = s.spawn(|| {
                 call_pair(
-                    &lab, &lab.core, ("uas-nosdp.xml", CORE_ADDR, &core_port()),
-                    &lab.ext, ("uac.xml", EXT_PEER), &format!("{SBC_EXT}:5060"), ("u1", "u1"), 200, 25, &[],
+                    &lab,
+                    &lab.core,
+                    ("uas-nosdp.xml", CORE_ADDR, &core_port()),
+                    &lab.ext,
+                    ("uac.xml", EXT_PEER),
+                    &format!("{SBC_EXT}:5060"),
+                    ("u1", "u1"),
+                    200,
+                    25,
+                    &[],
                 )
             });
             let flood = s.spawn(|| send_udp(&lab.ext, ATTACKER, addr(SBC_EXT, 5060), &options(ATTACKER), 2000, 250));
@@ -142,7 +162,7 @@ fn reload_under_load_loses_no_call_and_admits_nothing_unlisted() -> Result<()> {
             let (ok, text) = sbc_cli(&["allowlist", "reload", "--socket", &sock])?;
             ensure!(!ok && text.contains("line 2"), "a broken allowlist was not refused: {text}");
             let (ok, shown) = sbc_cli(&["allowlist", "show", "--socket", &sock])?;
-            ensure!(ok && shown.contains("203.0.113.") , "the previous list is gone: {shown}");
+            ensure!(ok && shown.contains("203.0.113."), "the previous list is gone: {shown}");
             calls.join().map_err(|_| anyhow::anyhow!("call thread panicked"))??;
             flood.join().map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
             Ok(reloads)

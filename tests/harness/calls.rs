@@ -95,16 +95,43 @@ pub fn call_pair(
         callee_ns,
         "callee",
         &[
-            "-sf", &callee_sf.to_string_lossy(), "-t", callee_t, "-i", callee_ip, "-p", callee_port, "-m", &n,
-            "-timeout", "120s",
+            "-sf",
+            &callee_sf.to_string_lossy(),
+            "-t",
+            callee_t,
+            "-i",
+            callee_ip,
+            "-p",
+            callee_port,
+            "-m",
+            &n,
+            "-timeout",
+            "120s",
         ],
     )?;
     std::thread::sleep(Duration::from_millis(300));
     let (caller_sf, caller_ip) = caller;
     let caller_sf = scenario(caller_sf);
     let mut args = vec![
-        "-sf", caller_sf.to_str().unwrap_or_default(), "-t", caller_t, "-i", caller_ip, "-p", "5062", "-s", "1000",
-        target, "-m", &n, "-r", &r, "-d", "200", "-timeout", "120s",
+        "-sf",
+        caller_sf.to_str().unwrap_or_default(),
+        "-t",
+        caller_t,
+        "-i",
+        caller_ip,
+        "-p",
+        "5062",
+        "-s",
+        "1000",
+        target,
+        "-m",
+        &n,
+        "-r",
+        &r,
+        "-d",
+        "200",
+        "-timeout",
+        "120s",
     ];
     args.extend_from_slice(extra_caller);
     let uac = spawn_sipp(lab, caller_ns, "caller", &args)?;

@@ -274,8 +274,10 @@ impl Lab {
 
     /// As [`Lab::start_sbc`], choosing whether the external side is hidden.
     pub fn start_sbc_hiding(&self, hide_external: bool, extra: &str) -> Result<Proc> {
-        let listen = format!(r#"udp = ["{SBC_EXT}:5060"]
-tcp = ["{SBC_EXT}:5060"]"#);
+        let listen = format!(
+            r#"udp = ["{SBC_EXT}:5060"]
+tcp = ["{SBC_EXT}:5060"]"#
+        );
         self.start_sbc_listening(&listen, hide_external, extra)
     }
 
@@ -350,7 +352,10 @@ pub fn try_tcp(ns: &Netns, src: &str, dst: std::net::SocketAddr, count: u32) -> 
 /// Runs `sbc <args>` (the CLI, e.g. `stats --socket ...`) and returns (success, stdout+stderr).
 pub fn sbc_cli(args: &[&str]) -> Result<(bool, String)> {
     let out = Command::new(sbc_bin()).args(args).output()?;
-    Ok((out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))))
+    Ok((
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    ))
 }
 
 /// A counter from `sbc stats` output (`name value` lines).

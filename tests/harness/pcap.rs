@@ -32,7 +32,9 @@ pub fn read(path: &Path) -> Result<Vec<Packet>> {
         0xd4c3b2a1 | 0x4d3cb2a1 => false,
         _ => bail!("{}: bad pcap magic {magic:x}", path.display()),
     };
-    let rd32 = |b: &[u8]| if le { u32::from_le_bytes([b[0], b[1], b[2], b[3]]) } else { u32::from_be_bytes([b[0], b[1], b[2], b[3]]) };
+    let rd32 = |b: &[u8]| {
+        if le { u32::from_le_bytes([b[0], b[1], b[2], b[3]]) } else { u32::from_be_bytes([b[0], b[1], b[2], b[3]]) }
+    };
     let linktype = rd32(&data[20..24]);
     let mut out = Vec::new();
     let mut pos = 24;
@@ -123,7 +125,11 @@ impl Sip {
                 && let Some(first) = parts.first()
             {
                 let v = m.unfolded(via);
-                if let Some(b) = v.get(first.clone()).and_then(|e| values::via(e).ok()).and_then(|via| via.branch().map(<[u8]>::to_vec)) {
+                if let Some(b) = v
+                    .get(first.clone())
+                    .and_then(|e| values::via(e).ok())
+                    .and_then(|via| via.branch().map(<[u8]>::to_vec))
+                {
                     out.push(String::from_utf8_lossy(&b).into_owned());
                 }
             }

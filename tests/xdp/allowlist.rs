@@ -70,12 +70,7 @@ impl Lab {
         for a in ["192.0.2.1/24", "2001:db8:2::1/64"] {
             r.ip(&["addr", "add", a, "dev", "r0", "nodad"]);
         }
-        for a in [
-            "203.0.113.10/24",
-            "198.51.100.66/24",
-            "2001:db8:1::10/64",
-            "2001:db8:1::66/64",
-        ] {
+        for a in ["203.0.113.10/24", "198.51.100.66/24", "2001:db8:1::10/64", "2001:db8:1::66/64"] {
             s.ip(&["addr", "add", a, "dev", "s0", "nodad"]);
         }
         for net in ["203.0.113.0/24", "198.51.100.0/24", "2001:db8:1::/64"] {
@@ -87,56 +82,17 @@ impl Lab {
         // A qdisc on the sending veth: when r0's ring is full, veth stops the queue
         // (backpressure) instead of dropping, so every datagram a socket sent reaches the
         // program. With IP_RECVERR a qdisc overflow is a send error, not a silent loss.
-        netns::run(&[
-            "tc",
-            "-n",
-            s.name(),
-            "qdisc",
-            "replace",
-            "dev",
-            "s0",
-            "root",
-            "pfifo",
-            "limit",
-            "20000",
-        ]);
+        netns::run(&["tc", "-n", s.name(), "qdisc", "replace", "dev", "s0", "root", "pfifo", "limit", "20000"]);
         // Static neighbours: no ARP/ND in the counters, and a blocked IPv6 source (whose
         // neighbour solicitations the filter drops too) still puts its packets on the wire.
         let (r_mac, s_mac) = (mac_string(&r, "r0"), mac_string(&s, "s0"));
         for a in ["192.0.2.1", "2001:db8:2::1"] {
-            s.ip(&[
-                "neigh",
-                "replace",
-                a,
-                "lladdr",
-                &r_mac,
-                "dev",
-                "s0",
-                "nud",
-                "permanent",
-            ]);
+            s.ip(&["neigh", "replace", a, "lladdr", &r_mac, "dev", "s0", "nud", "permanent"]);
         }
-        for a in [
-            "203.0.113.10",
-            "198.51.100.66",
-            "2001:db8:1::10",
-            "2001:db8:1::66",
-        ] {
-            r.ip(&[
-                "neigh",
-                "replace",
-                a,
-                "lladdr",
-                &s_mac,
-                "dev",
-                "r0",
-                "nud",
-                "permanent",
-            ]);
+        for a in ["203.0.113.10", "198.51.100.66", "2001:db8:1::10", "2001:db8:1::66"] {
+            r.ip(&["neigh", "replace", a, "lladdr", &s_mac, "dev", "r0", "nud", "permanent"]);
         }
-        let mut filter = r
-            .enter(|| XdpFilter::attach("r0", AttachMode::Native))
-            .expect("attach XDP natively on r0");
+        let mut filter = r.enter(|| XdpFilter::attach("r0", AttachMode::Native)).expect("attach XDP natively on r0");
         assert_eq!(filter.mode(), Some(AttachMode::Native));
         filter
             .set_protected(&[
@@ -159,19 +115,12 @@ impl Lab {
             let sock = Socket::new(Domain::for_address(bind), Type::DGRAM, None).unwrap();
             sock.set_reuse_address(true).unwrap();
             // Root may exceed net.core.rmem_max; the swap test sends bursts.
-            let _ = nix::sys::socket::setsockopt(
-                &sock,
-                nix::sys::socket::sockopt::RcvBufForce,
-                &(8 << 20),
-            );
-            sock.bind(&bind.into())
-                .unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+            let _ = nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20));
+            sock.bind(&bind.into()).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
             if bind.is_ipv4() {
-                nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Ipv4RecvErr, &true)
-                    .unwrap();
+                nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Ipv4RecvErr, &true).unwrap();
             } else {
-                nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Ipv6RecvErr, &true)
-                    .unwrap();
+                nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Ipv6RecvErr, &true).unwrap();
             }
             UdpSocket::from(sock)
         })
@@ -186,12 +135,7 @@ impl Lab {
     }
 
     /// Connects from `src` (an address of the sender namespace) with a bounded timeout.
-    fn tcp_connect(
-        &self,
-        src: IpAddr,
-        dst: SocketAddr,
-        timeout: Duration,
-    ) -> std::io::Result<TcpStream> {
+    fn tcp_connect(&self, src: IpAddr, dst: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
         self.s.enter(|| {
             let sock = Socket::new(Domain::for_address(dst), Type::STREAM, None)?;
             sock.bind(&SocketAddr::new(src, 0).into())?;
@@ -203,8 +147,7 @@ impl Lab {
 
 /// Receives until nothing arrived for `quiet` (or `limit` passed); returns the sources.
 fn recv_all(sock: &UdpSocket, quiet: Duration, limit: Duration) -> Vec<SocketAddr> {
-    sock.set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     let start = Instant::now();
     let mut last = Instant::now();
     let mut got = Vec::new();
@@ -235,10 +178,7 @@ fn udp_delivered(lab: &Lab, src: IpAddr, dst: SocketAddr, n: usize, len: usize) 
     let tx = Lab::udp(&lab.s, SocketAddr::new(src, 0));
     send_n(&tx, dst, n, len);
     let got = recv_all(&rx, Duration::from_millis(400), Duration::from_secs(5));
-    assert!(
-        got.iter().all(|a| a.ip() == src),
-        "unexpected sources {got:?}"
-    );
+    assert!(got.iter().all(|a| a.ip() == src), "unexpected sources {got:?}");
     got.len()
 }
 
@@ -246,22 +186,14 @@ fn check_udp_tcp(lab: &Lab, listed: IpAddr, unlisted: IpAddr, dst: IpAddr) {
     let d = SocketAddr::new(dst, SIP);
     // UDP from the listed source: all delivered, all counted as allowed.
     let before = lab.stats();
-    assert_eq!(
-        udp_delivered(lab, listed, d, 20, 100),
-        20,
-        "listed UDP lost"
-    );
+    assert_eq!(udp_delivered(lab, listed, d, 20, 100), 20, "listed UDP lost");
     let delta = lab.stats().since(&before);
     assert_eq!(delta.pass_allowed(), 20, "{delta}");
     assert_eq!(delta.drop_not_allowed(), 0, "{delta}");
 
     // UDP from the unlisted source: nothing delivered, each datagram dropped in XDP.
     let before = lab.stats();
-    assert_eq!(
-        udp_delivered(lab, unlisted, d, 20, 100),
-        0,
-        "unlisted UDP got through"
-    );
+    assert_eq!(udp_delivered(lab, unlisted, d, 20, 100), 0, "unlisted UDP got through");
     let delta = lab.stats().since(&before);
     assert_eq!(delta.drop_not_allowed(), 20, "{delta}");
     assert_eq!(delta.pass_allowed(), 0, "{delta}");
@@ -269,9 +201,7 @@ fn check_udp_tcp(lab: &Lab, listed: IpAddr, unlisted: IpAddr, dst: IpAddr) {
     // TCP from the listed source: the handshake completes and data flows.
     let listener = lab.tcp_listen(d);
     let before = lab.stats();
-    let mut c = lab
-        .tcp_connect(listed, d, Duration::from_secs(3))
-        .expect("listed TCP connect");
+    let mut c = lab.tcp_connect(listed, d, Duration::from_secs(3)).expect("listed TCP connect");
     c.write_all(b"OPTIONS sip:x SIP/2.0\r\n\r\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
     let (mut server, peer) = loop {
@@ -285,16 +215,11 @@ fn check_udp_tcp(lab: &Lab, listed: IpAddr, unlisted: IpAddr, dst: IpAddr) {
     };
     assert_eq!(peer.ip(), listed);
     server.set_nonblocking(false).unwrap();
-    server
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .unwrap();
+    server.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let mut buf = [0u8; 7];
     server.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"OPTIONS");
-    assert!(
-        lab.stats().since(&before).pass_allowed() >= 3,
-        "SYN, ACK, data"
-    );
+    assert!(lab.stats().since(&before).pass_allowed() >= 3, "SYN, ACK, data");
     drop((c, server));
 
     // TCP from the unlisted source: the SYN (and its retransmission) is dropped, the
@@ -335,24 +260,16 @@ fn traffic_to_unprotected_port_is_untouched() {
         return;
     }
     let lab = Lab::new("u");
-    for (unlisted, dst) in [
-        (IpAddr::from(UNLISTED_V4), IpAddr::from(R_V4)),
-        (UNLISTED_V6.into(), R_V6.into()),
-    ] {
+    for (unlisted, dst) in [(IpAddr::from(UNLISTED_V4), IpAddr::from(R_V4)), (UNLISTED_V6.into(), R_V6.into())] {
         let d = SocketAddr::new(dst, OTHER_PORT);
         let before = lab.stats();
         assert_eq!(udp_delivered(&lab, unlisted, d, 10, 100), 10);
         let listener = lab.tcp_listen(d);
-        lab.tcp_connect(unlisted, d, Duration::from_secs(3))
-            .expect("TCP to unprotected port");
+        lab.tcp_connect(unlisted, d, Duration::from_secs(3)).expect("TCP to unprotected port");
         drop(listener);
         let delta = lab.stats().since(&before);
         assert!(delta.pass_not_protected() >= 11, "{delta}");
-        assert_eq!(
-            delta.drop_not_allowed() + delta.drop_blocked(),
-            0,
-            "{delta}"
-        );
+        assert_eq!(delta.drop_not_allowed() + delta.drop_blocked(), 0, "{delta}");
     }
     // A protected port on another address of the family is not protected (v6 is exact).
     // (v4 uses the wildcard, so 5060 on any v4 address is protected: covered above.)
@@ -365,11 +282,7 @@ fn blocklist_drops_every_destination_until_unblocked() {
     }
     let mut lab = Lab::new("b");
     for (listed, dst, prefix) in [
-        (
-            IpAddr::from(LISTED_V4),
-            IpAddr::from(R_V4),
-            p("203.0.113.8/29"),
-        ),
+        (IpAddr::from(LISTED_V4), IpAddr::from(R_V4), p("203.0.113.8/29")),
         (LISTED_V6.into(), R_V6.into(), p("2001:db8:1::/64")),
     ] {
         lab.filter.block(prefix).unwrap();
@@ -379,23 +292,12 @@ fn blocklist_drops_every_destination_until_unblocked() {
             0,
             "blocked, unprotected port"
         );
-        assert_eq!(
-            udp_delivered(&lab, listed, SocketAddr::new(dst, SIP), 5, 100),
-            0,
-            "blocked though listed"
-        );
+        assert_eq!(udp_delivered(&lab, listed, SocketAddr::new(dst, SIP), 5, 100), 0, "blocked though listed");
         let delta = lab.stats().since(&before);
         assert_eq!(delta.drop_blocked(), 10, "{delta}");
         assert!(lab.filter.unblock(prefix).unwrap());
-        assert!(
-            !lab.filter.unblock(prefix).unwrap(),
-            "second unblock finds nothing"
-        );
-        assert_eq!(
-            udp_delivered(&lab, listed, SocketAddr::new(dst, SIP), 5, 100),
-            5,
-            "unblocked"
-        );
+        assert!(!lab.filter.unblock(prefix).unwrap(), "second unblock finds nothing");
+        assert_eq!(udp_delivered(&lab, listed, SocketAddr::new(dst, SIP), 5, 100), 5, "unblocked");
     }
 }
 
@@ -407,54 +309,29 @@ fn fragments_first_judged_rest_passed() {
     let lab = Lab::new("f");
     // 4000-byte datagrams over a 1500 MTU: three fragments each.
     for (listed, unlisted, dst) in [
-        (
-            IpAddr::from(LISTED_V4),
-            IpAddr::from(UNLISTED_V4),
-            IpAddr::from(R_V4),
-        ),
+        (IpAddr::from(LISTED_V4), IpAddr::from(UNLISTED_V4), IpAddr::from(R_V4)),
         (LISTED_V6.into(), UNLISTED_V6.into(), R_V6.into()),
     ] {
         let d = SocketAddr::new(dst, SIP);
         let before = lab.stats();
-        assert_eq!(
-            udp_delivered(&lab, listed, d, 3, 4000),
-            3,
-            "listed fragmented datagrams reassembled"
-        );
+        assert_eq!(udp_delivered(&lab, listed, d, 3, 4000), 3, "listed fragmented datagrams reassembled");
         let delta = lab.stats().since(&before);
-        assert_eq!(
-            (delta.pass_allowed(), delta.pass_fragment()),
-            (3, 6),
-            "{delta}"
-        );
+        assert_eq!((delta.pass_allowed(), delta.pass_fragment()), (3, 6), "{delta}");
 
         let before = lab.stats();
-        assert_eq!(
-            udp_delivered(&lab, unlisted, d, 3, 4000),
-            0,
-            "unlisted datagram reassembled"
-        );
+        assert_eq!(udp_delivered(&lab, unlisted, d, 3, 4000), 0, "unlisted datagram reassembled");
         let delta = lab.stats().since(&before);
-        assert_eq!(
-            (delta.drop_not_allowed(), delta.pass_fragment()),
-            (3, 6),
-            "{delta}"
-        );
+        assert_eq!((delta.drop_not_allowed(), delta.pass_fragment()), (3, 6), "{delta}");
     }
 }
 
 /// Injects raw frames on `s0` of the sender namespace (AF_PACKET via python3).
 fn inject(lab: &Lab, frames: &[Vec<u8>]) {
-    let hex: Vec<String> = frames
-        .iter()
-        .map(|f| f.iter().map(|b| format!("{b:02x}")).collect())
-        .collect();
+    let hex: Vec<String> = frames.iter().map(|f| f.iter().map(|b| format!("{b:02x}")).collect()).collect();
     let script = "import socket,sys\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\ns.bind(('s0',0))\nfor h in sys.argv[1:]: s.send(bytes.fromhex(h))\n";
     let mut args = vec!["python3", "-c", script];
     args.extend(hex.iter().map(String::as_str));
-    lab.s
-        .exec(&args)
-        .unwrap_or_else(|e| panic!("inject frames with python3: {e}"));
+    lab.s.exec(&args).unwrap_or_else(|e| panic!("inject frames with python3: {e}"));
 }
 
 fn mac_string(ns: &Netns, ifname: &str) -> String {
@@ -463,10 +340,7 @@ fn mac_string(ns: &Netns, ifname: &str) -> String {
 }
 
 fn mac_of(ns: &Netns, ifname: &str) -> [u8; 6] {
-    let v: Vec<u8> = mac_string(ns, ifname)
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
+    let v: Vec<u8> = mac_string(ns, ifname).split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
     v.try_into().unwrap()
 }
 
@@ -478,44 +352,18 @@ fn vlan_tagged_frames_on_the_wire_are_judged() {
     let lab = Lab::new("v");
     let mac = mac_of(&lab.r, "r0");
     let udp4 = |tags: &[u16], src: Ipv4Addr| {
-        Frame::eth(mac, tags, 0x0800)
-            .ipv4(src, R_V4, frames::UDP, 0, &[], 8 + 4)
-            .udp(40000, SIP, b"ping")
-            .build()
+        Frame::eth(mac, tags, 0x0800).ipv4(src, R_V4, frames::UDP, 0, &[], 8 + 4).udp(40000, SIP, b"ping").build()
     };
     let udp6 = |tags: &[u16], src: Ipv6Addr| {
-        Frame::eth(mac, tags, 0x86dd)
-            .ipv6(src, R_V6, frames::UDP, 8 + 4)
-            .udp(40000, SIP, b"ping")
-            .build()
+        Frame::eth(mac, tags, 0x86dd).ipv6(src, R_V6, frames::UDP, 8 + 4).udp(40000, SIP, b"ping").build()
     };
     type Case = (&'static str, Vec<u8>, fn(&Counters) -> u64);
     let cases: [Case; 5] = [
-        (
-            "v4 tagged, listed",
-            udp4(&[100], LISTED_V4),
-            Counters::pass_allowed,
-        ),
-        (
-            "v4 tagged, unlisted",
-            udp4(&[100], UNLISTED_V4),
-            Counters::drop_not_allowed,
-        ),
-        (
-            "v6 tagged, listed",
-            udp6(&[100], LISTED_V6),
-            Counters::pass_allowed,
-        ),
-        (
-            "v6 tagged, unlisted",
-            udp6(&[100], UNLISTED_V6),
-            Counters::drop_not_allowed,
-        ),
-        (
-            "QinQ (two tags): not parsed, fails open",
-            udp4(&[100, 200], UNLISTED_V4),
-            Counters::pass_unparsed,
-        ),
+        ("v4 tagged, listed", udp4(&[100], LISTED_V4), Counters::pass_allowed),
+        ("v4 tagged, unlisted", udp4(&[100], UNLISTED_V4), Counters::drop_not_allowed),
+        ("v6 tagged, listed", udp6(&[100], LISTED_V6), Counters::pass_allowed),
+        ("v6 tagged, unlisted", udp6(&[100], UNLISTED_V6), Counters::drop_not_allowed),
+        ("QinQ (two tags): not parsed, fails open", udp4(&[100, 200], UNLISTED_V4), Counters::pass_unparsed),
     ];
     for (what, frame, counter) in cases {
         let before = lab.stats();
@@ -546,50 +394,24 @@ fn verdict_table_for_crafted_frames() {
     f.replace_allowlist(&base_allowlist()).unwrap();
     f.block(p("198.51.100.200/32")).unwrap();
     let m = [0x02, 0, 0, 0, 0, 0x02];
-    let v4 = |src: Ipv4Addr, proto: u8, frag: u16| {
-        Frame::eth(m, &[], 0x0800).ipv4(src, R_V4, proto, frag, &[], 12)
-    };
+    let v4 = |src: Ipv4Addr, proto: u8, frag: u16| Frame::eth(m, &[], 0x0800).ipv4(src, R_V4, proto, frag, &[], 12);
     let v6 = |src: Ipv6Addr, next: u8| Frame::eth(m, &[], 0x86dd).ipv6(src, R_V6, next, 16);
     use XdpAction::{Drop, Pass};
     use sbc_xdp::Verdict as V;
     let cases: Vec<(&str, Vec<u8>, XdpAction, V)> = vec![
-        (
-            "v4 udp listed",
-            v4(LISTED_V4, frames::UDP, 0).udp(1, SIP, b"ping").build(),
-            Pass,
-            V::PassAllowed,
-        ),
-        (
-            "v4 udp unlisted",
-            v4(UNLISTED_V4, frames::UDP, 0).udp(1, SIP, b"ping").build(),
-            Drop,
-            V::DropNotAllowed,
-        ),
-        (
-            "v4 tcp syn unlisted",
-            v4(UNLISTED_V4, frames::TCP, 0).tcp_syn(1, SIP).build(),
-            Drop,
-            V::DropNotAllowed,
-        ),
+        ("v4 udp listed", v4(LISTED_V4, frames::UDP, 0).udp(1, SIP, b"ping").build(), Pass, V::PassAllowed),
+        ("v4 udp unlisted", v4(UNLISTED_V4, frames::UDP, 0).udp(1, SIP, b"ping").build(), Drop, V::DropNotAllowed),
+        ("v4 tcp syn unlisted", v4(UNLISTED_V4, frames::TCP, 0).tcp_syn(1, SIP).build(), Drop, V::DropNotAllowed),
         (
             "v4 udp unlisted, other port",
-            v4(UNLISTED_V4, frames::UDP, 0)
-                .udp(1, OTHER_PORT, b"x")
-                .build(),
+            v4(UNLISTED_V4, frames::UDP, 0).udp(1, OTHER_PORT, b"x").build(),
             Pass,
             V::PassNotProtected,
         ),
         (
             "v4 udp unlisted, protected port on another address (exact protection)",
             Frame::eth(m, &[], 0x0800)
-                .ipv4(
-                    UNLISTED_V4,
-                    Ipv4Addr::new(192, 0, 2, 2),
-                    frames::UDP,
-                    0,
-                    &[],
-                    12,
-                )
+                .ipv4(UNLISTED_V4, Ipv4Addr::new(192, 0, 2, 2), frames::UDP, 0, &[], 12)
                 .udp(1, SIP, b"ping")
                 .build(),
             Pass,
@@ -606,56 +428,36 @@ fn verdict_table_for_crafted_frames() {
         ),
         (
             "v4 first fragment (MF, offset 0), unlisted",
-            v4(UNLISTED_V4, frames::UDP, 0x2000)
-                .udp(1, SIP, b"ping")
-                .build(),
+            v4(UNLISTED_V4, frames::UDP, 0x2000).udp(1, SIP, b"ping").build(),
             Drop,
             V::DropNotAllowed,
         ),
         (
             "v4 non-first fragment, unlisted",
-            v4(UNLISTED_V4, frames::UDP, 0x2000 | 185)
-                .raw(&[0; 12])
-                .build(),
+            v4(UNLISTED_V4, frames::UDP, 0x2000 | 185).raw(&[0; 12]).build(),
             Pass,
             V::PassFragment,
         ),
         (
             "v4 blocked source, unprotected port",
-            v4(Ipv4Addr::new(198, 51, 100, 200), frames::UDP, 0)
-                .udp(1, 9, b"x")
-                .build(),
+            v4(Ipv4Addr::new(198, 51, 100, 200), frames::UDP, 0).udp(1, 9, b"x").build(),
             Drop,
             V::DropBlocked,
         ),
         (
             "v4 blocked source, non-first fragment",
-            v4(Ipv4Addr::new(198, 51, 100, 200), frames::UDP, 185)
-                .raw(&[0; 12])
-                .build(),
+            v4(Ipv4Addr::new(198, 51, 100, 200), frames::UDP, 185).raw(&[0; 12]).build(),
             Drop,
             V::DropBlocked,
         ),
         (
             "v4 icmp unlisted",
-            v4(UNLISTED_V4, frames::ICMP, 0)
-                .raw(&[8, 0, 0, 0, 0, 0, 0, 0])
-                .build(),
+            v4(UNLISTED_V4, frames::ICMP, 0).raw(&[8, 0, 0, 0, 0, 0, 0, 0]).build(),
             Pass,
             V::PassOtherProto,
         ),
-        (
-            "v4 truncated before ports",
-            v4(UNLISTED_V4, frames::UDP, 0).raw(&[0x13]).bytes,
-            Pass,
-            V::PassUnparsed,
-        ),
-        (
-            "v4 truncated header",
-            Frame::eth(m, &[], 0x0800).raw(&[0x45, 0, 0, 20]).bytes,
-            Pass,
-            V::PassUnparsed,
-        ),
+        ("v4 truncated before ports", v4(UNLISTED_V4, frames::UDP, 0).raw(&[0x13]).bytes, Pass, V::PassUnparsed),
+        ("v4 truncated header", Frame::eth(m, &[], 0x0800).raw(&[0x45, 0, 0, 20]).bytes, Pass, V::PassUnparsed),
         (
             "v4 bad IHL",
             Frame::eth(m, &[], 0x0800)
@@ -671,19 +473,13 @@ fn verdict_table_for_crafted_frames() {
         ),
         (
             "vlan v4 unlisted",
-            Frame::eth(m, &[7], 0x0800)
-                .ipv4(UNLISTED_V4, R_V4, frames::UDP, 0, &[], 12)
-                .udp(1, SIP, b"ping")
-                .build(),
+            Frame::eth(m, &[7], 0x0800).ipv4(UNLISTED_V4, R_V4, frames::UDP, 0, &[], 12).udp(1, SIP, b"ping").build(),
             Drop,
             V::DropNotAllowed,
         ),
         (
             "vlan v4 listed",
-            Frame::eth(m, &[7], 0x0800)
-                .ipv4(LISTED_V4, R_V4, frames::UDP, 0, &[], 12)
-                .udp(1, SIP, b"ping")
-                .build(),
+            Frame::eth(m, &[7], 0x0800).ipv4(LISTED_V4, R_V4, frames::UDP, 0, &[], 12).udp(1, SIP, b"ping").build(),
             Pass,
             V::PassAllowed,
         ),
@@ -696,18 +492,8 @@ fn verdict_table_for_crafted_frames() {
             Pass,
             V::PassUnparsed,
         ),
-        (
-            "arp",
-            Frame::eth(m, &[], 0x0806).raw(&[0; 28]).build(),
-            Pass,
-            V::PassNonIp,
-        ),
-        (
-            "v6 udp listed",
-            v6(LISTED_V6, frames::UDP).udp(1, SIP, b"ping").build(),
-            Pass,
-            V::PassAllowed,
-        ),
+        ("arp", Frame::eth(m, &[], 0x0806).raw(&[0; 28]).build(), Pass, V::PassNonIp),
+        ("v6 udp listed", v6(LISTED_V6, frames::UDP).udp(1, SIP, b"ping").build(), Pass, V::PassAllowed),
         (
             "v6 udp unlisted (wildcard ::)",
             v6(UNLISTED_V6, frames::UDP).udp(1, SIP, b"ping").build(),
@@ -722,38 +508,23 @@ fn verdict_table_for_crafted_frames() {
         ),
         (
             "v6 hop-by-hop + dst opts, unlisted",
-            v6(UNLISTED_V6, 0)
-                .ext8(60)
-                .ext8(frames::UDP)
-                .udp(1, SIP, b"ping")
-                .build(),
+            v6(UNLISTED_V6, 0).ext8(60).ext8(frames::UDP).udp(1, SIP, b"ping").build(),
             Drop,
             V::DropNotAllowed,
         ),
         (
             "v6 first fragment, unlisted",
-            v6(UNLISTED_V6, 44)
-                .frag6(frames::UDP, 0, true)
-                .udp(1, SIP, b"ping")
-                .build(),
+            v6(UNLISTED_V6, 44).frag6(frames::UDP, 0, true).udp(1, SIP, b"ping").build(),
             Drop,
             V::DropNotAllowed,
         ),
         (
             "v6 non-first fragment, unlisted",
-            v6(UNLISTED_V6, 44)
-                .frag6(frames::UDP, 181, false)
-                .raw(&[0; 16])
-                .build(),
+            v6(UNLISTED_V6, 44).frag6(frames::UDP, 181, false).raw(&[0; 16]).build(),
             Pass,
             V::PassFragment,
         ),
-        (
-            "v6 icmpv6",
-            v6(UNLISTED_V6, 58).raw(&[135, 0, 0, 0, 0, 0, 0, 0]).build(),
-            Pass,
-            V::PassOtherProto,
-        ),
+        ("v6 icmpv6", v6(UNLISTED_V6, 58).raw(&[135, 0, 0, 0, 0, 0, 0, 0]).build(), Pass, V::PassOtherProto),
         (
             "v6 too many extension headers",
             {
@@ -766,12 +537,7 @@ fn verdict_table_for_crafted_frames() {
             Pass,
             V::PassUnparsed,
         ),
-        (
-            "v6 extension header runs off the end",
-            v6(UNLISTED_V6, 0).raw(&[17, 200]).build(),
-            Pass,
-            V::PassUnparsed,
-        ),
+        ("v6 extension header runs off the end", v6(UNLISTED_V6, 0).raw(&[17, 200]).build(), Pass, V::PassUnparsed),
     ];
     let mut failures = Vec::new();
     for (what, frame, action, verdict) in cases {
@@ -779,10 +545,7 @@ fn verdict_table_for_crafted_frames() {
         let got = f.test_run(&frame).expect("test_run");
         let delta = f.stats().unwrap().since(&before);
         if got != action || delta.get(verdict) != 1 || delta.total() != 1 {
-            failures.push(format!(
-                "{what}: got {got:?} [{delta}], want {action:?} {}",
-                verdict.name()
-            ));
+            failures.push(format!("{what}: got {got:?} [{delta}], want {action:?} {}", verdict.name()));
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
@@ -795,16 +558,7 @@ fn filler(n: usize, salt: u32) -> Vec<Prefix> {
             let x = i.wrapping_mul(2_654_435_761).wrapping_add(salt);
             if i % 4 == 3 {
                 Prefix::new_truncating(
-                    IpAddr::V6(Ipv6Addr::new(
-                        0x2001,
-                        0xdb8,
-                        0xff,
-                        (x >> 16) as u16,
-                        x as u16,
-                        0,
-                        0,
-                        1,
-                    )),
+                    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xff, (x >> 16) as u16, x as u16, 0, 0, 1)),
                     96,
                 )
                 .unwrap()
@@ -819,9 +573,7 @@ fn filler(n: usize, salt: u32) -> Vec<Prefix> {
 
 #[test]
 fn allowlist_swap_under_load_drops_no_listed_packet_and_admits_no_unlisted() {
-    if !privileged_or_skip(
-        "allowlist_swap_under_load_drops_no_listed_packet_and_admits_no_unlisted",
-    ) {
+    if !privileged_or_skip("allowlist_swap_under_load_drops_no_listed_packet_and_admits_no_unlisted") {
         return;
     }
     const SWAPS: usize = 200;
@@ -833,20 +585,15 @@ fn allowlist_swap_under_load_drops_no_listed_packet_and_admits_no_unlisted() {
     let listed_tx = Lab::udp(&lab.s, SocketAddr::new(LISTED_V4.into(), 0));
     let unlisted_tx = Lab::udp(&lab.s, SocketAddr::new(UNLISTED_V4.into(), 0));
     // Every list covers LISTED_V4, through a different prefix each time, among others.
-    let lists: Vec<Vec<Prefix>> = [
-        p("203.0.113.10/32"),
-        p("203.0.113.0/24"),
-        p("203.0.0.0/16"),
-        p("203.0.0.0/8"),
-    ]
-    .iter()
-    .enumerate()
-    .map(|(i, cover)| {
-        let mut l = filler(500, i as u32 * 7919);
-        l.insert(l.len() / 2, *cover);
-        l
-    })
-    .collect();
+    let lists: Vec<Vec<Prefix>> = [p("203.0.113.10/32"), p("203.0.113.0/24"), p("203.0.0.0/16"), p("203.0.0.0/8")]
+        .iter()
+        .enumerate()
+        .map(|(i, cover)| {
+            let mut l = filler(500, i as u32 * 7919);
+            l.insert(l.len() / 2, *cover);
+            l
+        })
+        .collect();
     for l in &lists {
         assert!(l.iter().any(|x| x.contains(LISTED_V4.into())));
         assert!(!l.iter().any(|x| x.contains(UNLISTED_V4.into())));
@@ -860,10 +607,7 @@ fn allowlist_swap_under_load_drops_no_listed_packet_and_admits_no_unlisted() {
     let sender = |tx: &UdpSocket| {
         let (mut n, mut attempts) = (0usize, 0usize);
         let first = Instant::now();
-        while !stop.load(Ordering::Relaxed)
-            && attempts < 2 * MAX_PER_SENDER
-            && started.elapsed() < TIME_LIMIT
-        {
+        while !stop.load(Ordering::Relaxed) && attempts < 2 * MAX_PER_SENDER && started.elapsed() < TIME_LIMIT {
             attempts += 1;
             match tx.send_to(&(n as u64).to_be_bytes(), d) {
                 Ok(_) => n += 1,
@@ -880,14 +624,8 @@ fn allowlist_swap_under_load_drops_no_listed_packet_and_admits_no_unlisted() {
     };
     let tx_dropped = || -> u64 {
         let out = lab.s.ip(&["-s", "link", "show", "s0"]);
-        let mut lines = out
-            .lines()
-            .skip_while(|l| !l.trim_start().starts_with("TX:"));
-        lines
-            .nth(1)
-            .and_then(|l| l.split_whitespace().nth(3))
-            .and_then(|v| v.parse().ok())
-            .expect("s0 TX dropped")
+        let mut lines = out.lines().skip_while(|l| !l.trim_start().starts_with("TX:"));
+        lines.nth(1).and_then(|l| l.split_whitespace().nth(3)).and_then(|v| v.parse().ok()).expect("s0 TX dropped")
     };
     let dropped_before = tx_dropped();
     let sender = &sender;
@@ -895,16 +633,8 @@ fn allowlist_swap_under_load_drops_no_listed_packet_and_admits_no_unlisted() {
         let receiver = sc.spawn(|| {
             let mut from_listed = 0usize;
             let mut from_unlisted = 0usize;
-            for a in recv_all(
-                &rx,
-                Duration::from_millis(800),
-                TIME_LIMIT + Duration::from_secs(5),
-            ) {
-                if a.ip() == IpAddr::from(LISTED_V4) {
-                    from_listed += 1
-                } else {
-                    from_unlisted += 1
-                }
+            for a in recv_all(&rx, Duration::from_millis(800), TIME_LIMIT + Duration::from_secs(5)) {
+                if a.ip() == IpAddr::from(LISTED_V4) { from_listed += 1 } else { from_unlisted += 1 }
             }
             (from_listed, from_unlisted)
         });
@@ -917,9 +647,7 @@ fn allowlist_swap_under_load_drops_no_listed_packet_and_admits_no_unlisted() {
             if started.elapsed() > TIME_LIMIT - Duration::from_secs(2) {
                 break;
             }
-            lab.filter
-                .replace_allowlist(&lists[i % lists.len()])
-                .unwrap();
+            lab.filter.replace_allowlist(&lists[i % lists.len()]).unwrap();
             swaps += 1;
         }
         let swap_end = Instant::now();
@@ -927,10 +655,7 @@ fn allowlist_swap_under_load_drops_no_listed_packet_and_admits_no_unlisted() {
         stop.store(true, Ordering::Relaxed);
         let (ls, l_first, l_last) = l.join().unwrap();
         let (us, u_first, u_last) = u.join().unwrap();
-        eprintln!(
-            "{swaps} swaps of ~500 prefixes took {:?}",
-            swap_end - swap_start
-        );
+        eprintln!("{swaps} swaps of ~500 prefixes took {:?}", swap_end - swap_start);
         assert!(
             l_first < swap_start && u_first < swap_start && l_last > swap_end && u_last > swap_end,
             "the streams did not cover every swap (raise MAX_PER_SENDER?)"
@@ -943,28 +668,15 @@ fn allowlist_swap_under_load_drops_no_listed_packet_and_admits_no_unlisted() {
         "veth_dropped={veth_dropped} swaps={swaps_done} listed_sent={listed_sent} unlisted_sent={unlisted_sent} received={received:?} in {:?}; {delta}",
         started.elapsed()
     );
-    assert_eq!(
-        veth_dropped, 0,
-        "the veth lost packets before XDP: counts cannot be attributed (not a filter failure)"
-    );
-    assert!(
-        swaps_done >= 100,
-        "too few swaps during the stream: {swaps_done}"
-    );
+    assert_eq!(veth_dropped, 0, "the veth lost packets before XDP: counts cannot be attributed (not a filter failure)");
+    assert!(swaps_done >= 100, "too few swaps during the stream: {swaps_done}");
     assert!(listed_sent > 1000 && unlisted_sent > 1000);
-    assert_eq!(
-        delta.pass_allowed(),
-        listed_sent as u64,
-        "a listed packet was not passed during a swap: {delta}"
-    );
+    assert_eq!(delta.pass_allowed(), listed_sent as u64, "a listed packet was not passed during a swap: {delta}");
     assert_eq!(
         delta.drop_not_allowed(),
         unlisted_sent as u64,
         "an unlisted packet was not dropped during a swap: {delta}"
     );
     assert_eq!(received.1, 0, "unlisted datagrams reached the socket");
-    assert_eq!(
-        received.0, listed_sent,
-        "listed datagrams lost (socket buffer?)"
-    );
+    assert_eq!(received.0, listed_sent, "listed datagrams lost (socket buffer?)");
 }

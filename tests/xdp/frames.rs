@@ -59,8 +59,7 @@ impl Frame {
     /// IPv6 header; `next` is the first next-header value.
     pub fn ipv6(mut self, src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload_len: usize) -> Frame {
         self.bytes.extend_from_slice(&[0x60, 0, 0, 0]);
-        self.bytes
-            .extend_from_slice(&(payload_len as u16).to_be_bytes());
+        self.bytes.extend_from_slice(&(payload_len as u16).to_be_bytes());
         self.bytes.extend_from_slice(&[next, 64]);
         self.bytes.extend_from_slice(&src.octets());
         self.bytes.extend_from_slice(&dst.octets());
@@ -87,8 +86,7 @@ impl Frame {
     pub fn udp(mut self, sport: u16, dport: u16, payload: &[u8]) -> Frame {
         self.bytes.extend_from_slice(&sport.to_be_bytes());
         self.bytes.extend_from_slice(&dport.to_be_bytes());
-        self.bytes
-            .extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        self.bytes.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
         self.bytes.extend_from_slice(&[0, 0]);
         self.bytes.extend_from_slice(payload);
         self
@@ -98,8 +96,7 @@ impl Frame {
     pub fn tcp_syn(mut self, sport: u16, dport: u16) -> Frame {
         self.bytes.extend_from_slice(&sport.to_be_bytes());
         self.bytes.extend_from_slice(&dport.to_be_bytes());
-        self.bytes
-            .extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        self.bytes.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
         self
     }
 

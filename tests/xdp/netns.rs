@@ -27,25 +27,14 @@ pub fn privileged_or_skip(test: &str) -> bool {
 
 /// Runs a command to completion; panics with its stderr on failure.
 pub fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("spawn {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("spawn {args:?}: {e}"));
+    assert!(out.status.success(), "{args:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs a command; `Err(stderr)` on failure.
 pub fn try_run(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("spawn {args:?}: {e}"))?;
+    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("spawn {args:?}: {e}"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -116,8 +105,7 @@ impl Netns {
         let file = File::open(format!("/var/run/netns/{}", self.name)).expect("open netns");
         std::thread::scope(|s| {
             s.spawn(|| {
-                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                    .expect("setns");
+                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
                 f()
             })
             .join()
@@ -136,21 +124,7 @@ impl Drop for Netns {
 
 /// A veth pair with one end in each namespace, both up.
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
-    run(&[
-        "ip",
-        "link",
-        "add",
-        a_if,
-        "netns",
-        a.name(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        b_if,
-        "netns",
-        b.name(),
-    ]);
+    run(&["ip", "link", "add", a_if, "netns", a.name(), "type", "veth", "peer", "name", b_if, "netns", b.name()]);
     a.ip(&["link", "set", a_if, "up"]);
     b.ip(&["link", "set", b_if, "up"]);
 }

@@ -118,20 +118,13 @@ impl ProtectedKey {
     }
 
     const fn new(addr: [u8; 16], port: u16, proto: u8) -> Self {
-        Self {
-            addr,
-            port: port.to_be_bytes(),
-            proto,
-            pad: 0,
-        }
+        Self { addr, port: port.to_be_bytes(), proto, pad: 0 }
     }
 }
 
 /// `::ffff:a.b.c.d` (RFC 4291 §2.5.5.2).
 pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-    ]
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
 }
 
 /// The wildcard address of the IPv4 family in `PROTECTED` (`::ffff:0.0.0.0`).
@@ -218,10 +211,7 @@ mod tests {
     #[test]
     fn v4_key_is_v4_mapped_with_port_in_network_order() {
         let k = ProtectedKey::v4([192, 0, 2, 1], 5060, proto::UDP);
-        assert_eq!(
-            k.addr,
-            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 1]
-        );
+        assert_eq!(k.addr, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 1]);
         assert_eq!(k.port, [0x13, 0xc4]);
         assert_eq!(k.pad, 0);
     }

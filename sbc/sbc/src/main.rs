@@ -66,7 +66,9 @@ fn main() -> ExitCode {
         Cmd::Stats { socket } => admin_call(&socket, "stats"),
         Cmd::Allowlist { cmd: allowlist_cmd::AllowlistCmd::Export(args) } => allowlist_cmd::export(&args),
         Cmd::Allowlist { cmd: allowlist_cmd::AllowlistCmd::Show { socket } } => admin_call(&socket, "allowlist show"),
-        Cmd::Allowlist { cmd: allowlist_cmd::AllowlistCmd::Reload { socket } } => admin_call(&socket, "allowlist reload"),
+        Cmd::Allowlist { cmd: allowlist_cmd::AllowlistCmd::Reload { socket } } => {
+            admin_call(&socket, "allowlist reload")
+        }
         Cmd::DefaultConfig => {
             print!("{}", config::DEFAULT);
             ExitCode::SUCCESS

@@ -22,11 +22,8 @@ pub fn run(cfg: Validated) -> anyhow::Result<()> {
 
 async fn main_loop(cfg: Validated) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel::<Input>(4096);
-    let settings = StreamSettings {
-        limits: cfg.engine.limits,
-        idle: cfg.tcp_idle,
-        max_connections: cfg.max_tcp_connections,
-    };
+    let settings =
+        StreamSettings { limits: cfg.engine.limits, idle: cfg.tcp_idle, max_connections: cfg.max_tcp_connections };
     let mut net = Net::bind(
         &[
             (Side::External, &cfg.external.udp, &cfg.external.tcp),
@@ -52,7 +49,8 @@ async fn main_loop(cfg: Validated) -> anyhow::Result<()> {
         cores = ?cfg.engine.cores.iter().map(|c| c.addr).collect::<Vec<_>>(),
         "sbc running"
     );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
     loop {
         let deadline = engine.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
@@ -94,8 +92,15 @@ async fn main_loop(cfg: Validated) -> anyhow::Result<()> {
     let (s, c, d, r) = engine.sizes();
     let st = engine.stats();
     tracing::info!(
-        server_txns = s, client_txns = c, dialogs = d, registrations = r, tcp = net.connections(),
-        requests_in = st.requests_in, responses_in = st.responses_in, rejected = st.rejected, dropped = st.dropped,
+        server_txns = s,
+        client_txns = c,
+        dialogs = d,
+        registrations = r,
+        tcp = net.connections(),
+        requests_in = st.requests_in,
+        responses_in = st.responses_in,
+        rejected = st.rejected,
+        dropped = st.dropped,
         "sbc stopping"
     );
     Ok(())
@@ -119,8 +124,16 @@ fn command(cmd: &str, engine: &mut Engine, trunk: &mut Option<Trunk>, net: &Net)
                  sip.local_replies {}\nsip.rejected {}\nsip.dropped {}\nsip.retransmissions_absorbed {}\n\
                  sip.retransmissions_sent {}\nstate.server_transactions {s}\nstate.client_transactions {c}\n\
                  state.dialogs {d}\nstate.registrations {r}\nstate.tcp_connections {}\n",
-                st.requests_in, st.responses_in, st.requests_forwarded, st.responses_forwarded, st.local_replies,
-                st.rejected, st.dropped, st.retransmissions_absorbed, st.retransmissions_sent, net.connections(),
+                st.requests_in,
+                st.responses_in,
+                st.requests_forwarded,
+                st.responses_forwarded,
+                st.local_replies,
+                st.rejected,
+                st.dropped,
+                st.retransmissions_absorbed,
+                st.retransmissions_sent,
+                net.connections(),
             );
             if let Some(t) = trunk {
                 out.push_str(&t.stats_text());

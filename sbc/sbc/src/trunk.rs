@@ -50,8 +50,13 @@ impl Trunk {
             return Ok(None);
         };
         let list = read_list(&file)?;
-        let mut trunk =
-            Trunk { file, list: Arc::new(list), xdp: None, protected: cfg.protected.clone(), stats: UserStats::default() };
+        let mut trunk = Trunk {
+            file,
+            list: Arc::new(list),
+            xdp: None,
+            protected: cfg.protected.clone(),
+            stats: UserStats::default(),
+        };
         if let Some(iface) = &cfg.interface {
             let mode = match cfg.xdp_mode {
                 XdpMode::Native => AttachMode::Native,
@@ -87,7 +92,8 @@ impl Trunk {
     pub fn reload(&mut self) -> Result<String, String> {
         let list = read_list(&self.file)?;
         if let Some(x) = self.xdp.as_mut() {
-            x.replace_allowlist(&list.xdp_prefixes()).map_err(|e| format!("XDP swap failed, previous list kept: {e}"))?;
+            x.replace_allowlist(&list.xdp_prefixes())
+                .map_err(|e| format!("XDP swap failed, previous list kept: {e}"))?;
         }
         let n = list.len();
         self.list = Arc::new(list);

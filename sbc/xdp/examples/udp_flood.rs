@@ -12,8 +12,7 @@ use std::{
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (mut src, mut dst, mut count, mut seconds, mut len) =
-        (None, None, 1_000_000u64, 30u64, 200usize);
+    let (mut src, mut dst, mut count, mut seconds, mut len) = (None, None, 1_000_000u64, 30u64, 200usize);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let v = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -49,9 +48,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    println!(
-        "sent={sent} errors={errors} seconds={secs:.3} pps={:.0}",
-        sent as f64 / secs
-    );
+    println!("sent={sent} errors={errors} seconds={secs:.3} pps={:.0}", sent as f64 / secs);
     Ok(())
 }

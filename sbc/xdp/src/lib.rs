@@ -13,11 +13,7 @@
 //! Not done here: resource limits. Since Linux 5.11 BPF memory is charged to the
 //! cgroup, not `RLIMIT_MEMLOCK`; on older kernels the caller must raise that limit.
 
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
-)]
-
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -30,18 +26,16 @@ use aya::{
     maps::{Array, ArrayOfMaps, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
     programs::{ProgramError, TestRun as _, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
-/// The one prefix type of the project, shared with the allowlist (sbc-proto is pure Rust).
-pub use sbc_proto::allowlist::{Prefix, PrefixError};
 pub use sbc_ebpf_common::Stat as Verdict;
 use sbc_ebpf_common::{
-    ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, FlagValue, LPM_FLAGS, PRESENT, PROGRAM_NAME,
-    PROTECTED_MAX_ENTRIES, ProtectedKey, Stat, V4_WILDCARD, V6_WILDCARD, config, map, port_flags,
-    proto,
+    ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, FlagValue, LPM_FLAGS, PRESENT, PROGRAM_NAME, PROTECTED_MAX_ENTRIES,
+    ProtectedKey, Stat, V4_WILDCARD, V6_WILDCARD, config, map, port_flags, proto,
 };
+/// The one prefix type of the project, shared with the allowlist (sbc-proto is pure Rust).
+pub use sbc_proto::allowlist::{Prefix, PrefixError};
 
 /// The eBPF object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
-static PROGRAM_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sbc-ebpf-xdp"));
+static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sbc-ebpf-xdp"));
 
 /// How to attach.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,11 +121,7 @@ pub enum XdpError {
         source: MapError,
     },
     #[error("{what}: {count} entries exceed the capacity {max}")]
-    TooMany {
-        what: &'static str,
-        count: usize,
-        max: u32,
-    },
+    TooMany { what: &'static str, count: usize, max: u32 },
 }
 
 fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> XdpError {
@@ -256,13 +246,7 @@ impl XdpFilter {
         let mut filter = Self::load()?;
         let program = filter.program_mut()?;
         let attach = |program: &mut Xdp, m: AttachMode, xm: XdpMode| {
-            program
-                .attach(iface, xm)
-                .map_err(|source| XdpError::Attach {
-                    iface: iface.to_owned(),
-                    mode: m,
-                    source,
-                })
+            program.attach(iface, xm).map_err(|source| XdpError::Attach { iface: iface.to_owned(), mode: m, source })
         };
         let (link, used) = match mode {
             AttachMode::Native => (attach(program, mode, XdpMode::Driver)?, mode),
@@ -271,10 +255,7 @@ impl XdpFilter {
                 Ok(link) => (link, AttachMode::Native),
                 Err(native) => {
                     tracing::warn!(%iface, error = %native, "native XDP refused; trying generic (skb) mode");
-                    (
-                        attach(program, AttachMode::Skb, XdpMode::Skb)?,
-                        AttachMode::Skb,
-                    )
+                    (attach(program, AttachMode::Skb, XdpMode::Skb)?, AttachMode::Skb)
                 }
             },
         };
@@ -292,22 +273,14 @@ impl XdpFilter {
         if PROGRAM_OBJECT.is_empty() {
             return Err(XdpError::NoObject);
         }
-        let mut ebpf = EbpfLoader::new()
-            .load(PROGRAM_OBJECT)
-            .map_err(XdpError::Load)?;
+        let mut ebpf = EbpfLoader::new().load(PROGRAM_OBJECT).map_err(XdpError::Load)?;
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(XdpError::Missing(name));
-        let protected =
-            HashMap::try_from(take(map::PROTECTED)?).map_err(map_err(map::PROTECTED, "open"))?;
-        let allow_v4 =
-            ArrayOfMaps::try_from(take(map::ALLOW_V4)?).map_err(map_err(map::ALLOW_V4, "open"))?;
-        let allow_v6 =
-            ArrayOfMaps::try_from(take(map::ALLOW_V6)?).map_err(map_err(map::ALLOW_V6, "open"))?;
-        let block_v4 =
-            LpmTrie::try_from(take(map::BLOCK_V4)?).map_err(map_err(map::BLOCK_V4, "open"))?;
-        let block_v6 =
-            LpmTrie::try_from(take(map::BLOCK_V6)?).map_err(map_err(map::BLOCK_V6, "open"))?;
-        let stats =
-            PerCpuArray::try_from(take(map::STATS)?).map_err(map_err(map::STATS, "open"))?;
+        let protected = HashMap::try_from(take(map::PROTECTED)?).map_err(map_err(map::PROTECTED, "open"))?;
+        let allow_v4 = ArrayOfMaps::try_from(take(map::ALLOW_V4)?).map_err(map_err(map::ALLOW_V4, "open"))?;
+        let allow_v6 = ArrayOfMaps::try_from(take(map::ALLOW_V6)?).map_err(map_err(map::ALLOW_V6, "open"))?;
+        let block_v4 = LpmTrie::try_from(take(map::BLOCK_V4)?).map_err(map_err(map::BLOCK_V4, "open"))?;
+        let block_v6 = LpmTrie::try_from(take(map::BLOCK_V6)?).map_err(map_err(map::BLOCK_V6, "open"))?;
+        let stats = PerCpuArray::try_from(take(map::STATS)?).map_err(map_err(map::STATS, "open"))?;
         let ports = Array::try_from(take(map::PORTS)?).map_err(map_err(map::PORTS, "open"))?;
         let config = Array::try_from(take(map::CONFIG)?).map_err(map_err(map::CONFIG, "open"))?;
 
@@ -335,11 +308,7 @@ impl XdpFilter {
     }
 
     fn program_mut(&mut self) -> Result<&mut Xdp, XdpError> {
-        self.ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or(XdpError::Missing(PROGRAM_NAME))?
-            .try_into()
-            .map_err(XdpError::Verify)
+        self.ebpf.program_mut(PROGRAM_NAME).ok_or(XdpError::Missing(PROGRAM_NAME))?.try_into().map_err(XdpError::Verify)
     }
 
     fn program(&self) -> Option<&Xdp> {
@@ -351,11 +320,7 @@ impl XdpFilter {
     /// packet. For tests and diagnostics (`sbc xdp explain`-style tools).
     pub fn test_run(&self, frame: &[u8]) -> Result<XdpAction, XdpError> {
         let program = self.program().ok_or(XdpError::Missing(PROGRAM_NAME))?;
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            repeat: 1,
-            ..Default::default()
-        };
+        let opts = TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() };
         let r = program.test_run(opts).map_err(XdpError::TestRun)?;
         Ok(XdpAction::from_raw(r.return_value))
     }
@@ -392,30 +357,16 @@ impl XdpFilter {
         }
         let new_ports = port_table(&keys);
         for k in &keys {
-            self.protected
-                .insert(k, PRESENT, 0)
-                .map_err(map_err(map::PROTECTED, "insert"))?;
+            self.protected.insert(k, PRESENT, 0).map_err(map_err(map::PROTECTED, "insert"))?;
         }
         // Union first, then removals, then the exact new flags.
-        let touched: BTreeSet<u16> = self
-            .ports_now
-            .keys()
-            .chain(new_ports.keys())
-            .copied()
-            .collect();
+        let touched: BTreeSet<u16> = self.ports_now.keys().chain(new_ports.keys()).copied().collect();
         for &port in &touched {
-            let union = self.ports_now.get(&port).copied().unwrap_or(0)
-                | new_ports.get(&port).copied().unwrap_or(0);
-            self.ports
-                .set(u32::from(port), union, 0)
-                .map_err(map_err(map::PORTS, "set"))?;
+            let union = self.ports_now.get(&port).copied().unwrap_or(0) | new_ports.get(&port).copied().unwrap_or(0);
+            self.ports.set(u32::from(port), union, 0).map_err(map_err(map::PORTS, "set"))?;
         }
-        let stale: Vec<ProtectedKey> = self
-            .protected
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !keys.contains(k))
-            .collect();
+        let stale: Vec<ProtectedKey> =
+            self.protected.keys().filter_map(Result::ok).filter(|k| !keys.contains(k)).collect();
         for k in &stale {
             match self.protected.remove(k) {
                 Ok(()) => {}
@@ -425,9 +376,7 @@ impl XdpFilter {
         }
         for &port in &touched {
             let flags = new_ports.get(&port).copied().unwrap_or(0);
-            self.ports
-                .set(u32::from(port), flags, 0)
-                .map_err(map_err(map::PORTS, "set"))?;
+            self.ports.set(u32::from(port), flags, 0).map_err(map_err(map::PORTS, "set"))?;
         }
         self.protected_now = keys;
         self.ports_now = new_ports;
@@ -442,35 +391,21 @@ impl XdpFilter {
         let (v4, v6) = lpm_keys(prefixes);
         for (what, n) in [("IPv4 allowlist", v4.len()), ("IPv6 allowlist", v6.len())] {
             if n > ALLOW_MAX_ENTRIES as usize {
-                return Err(XdpError::TooMany {
-                    what,
-                    count: n,
-                    max: ALLOW_MAX_ENTRIES,
-                });
+                return Err(XdpError::TooMany { what, count: n, max: ALLOW_MAX_ENTRIES });
             }
         }
-        let mut new_v4 = AllowV4::create(ALLOW_MAX_ENTRIES, LPM_FLAGS)
-            .map_err(map_err(map::ALLOW_V4, "create"))?;
+        let mut new_v4 = AllowV4::create(ALLOW_MAX_ENTRIES, LPM_FLAGS).map_err(map_err(map::ALLOW_V4, "create"))?;
         for k in &v4 {
-            new_v4
-                .insert(k, PRESENT, 0)
-                .map_err(map_err(map::ALLOW_V4, "insert"))?;
+            new_v4.insert(k, PRESENT, 0).map_err(map_err(map::ALLOW_V4, "insert"))?;
         }
-        let mut new_v6 = AllowV6::create(ALLOW_MAX_ENTRIES, LPM_FLAGS)
-            .map_err(map_err(map::ALLOW_V6, "create"))?;
+        let mut new_v6 = AllowV6::create(ALLOW_MAX_ENTRIES, LPM_FLAGS).map_err(map_err(map::ALLOW_V6, "create"))?;
         for k in &v6 {
-            new_v6
-                .insert(k, PRESENT, 0)
-                .map_err(map_err(map::ALLOW_V6, "insert"))?;
+            new_v6.insert(k, PRESENT, 0).map_err(map_err(map::ALLOW_V6, "insert"))?;
         }
         // The swap. Each returns after an RCU grace period, so no program run still uses
         // the old trie; our fd to the new one can be dropped, the slot holds a reference.
-        self.allow_v4
-            .set(0, &new_v4, 0)
-            .map_err(map_err(map::ALLOW_V4, "swap"))?;
-        self.allow_v6
-            .set(0, &new_v6, 0)
-            .map_err(map_err(map::ALLOW_V6, "swap"))?;
+        self.allow_v4.set(0, &new_v4, 0).map_err(map_err(map::ALLOW_V4, "swap"))?;
+        self.allow_v6.set(0, &new_v6, 0).map_err(map_err(map::ALLOW_V6, "swap"))?;
         Ok(())
     }
 
@@ -479,27 +414,13 @@ impl XdpFilter {
         if self.blocked.contains(&prefix) {
             return Ok(());
         }
-        let family_len = self
-            .blocked
-            .iter()
-            .filter(|p| p.is_ipv4() == prefix.is_ipv4())
-            .count();
+        let family_len = self.blocked.iter().filter(|p| p.is_ipv4() == prefix.is_ipv4()).count();
         if family_len >= BLOCK_MAX_ENTRIES as usize {
-            return Err(XdpError::TooMany {
-                what: "blocklist",
-                count: family_len + 1,
-                max: BLOCK_MAX_ENTRIES,
-            });
+            return Err(XdpError::TooMany { what: "blocklist", count: family_len + 1, max: BLOCK_MAX_ENTRIES });
         }
         match lpm_key(prefix) {
-            LpmKey::V4(k) => self
-                .block_v4
-                .insert(&k, PRESENT, 0)
-                .map_err(map_err(map::BLOCK_V4, "insert"))?,
-            LpmKey::V6(k) => self
-                .block_v6
-                .insert(&k, PRESENT, 0)
-                .map_err(map_err(map::BLOCK_V6, "insert"))?,
+            LpmKey::V4(k) => self.block_v4.insert(&k, PRESENT, 0).map_err(map_err(map::BLOCK_V4, "insert"))?,
+            LpmKey::V6(k) => self.block_v6.insert(&k, PRESENT, 0).map_err(map_err(map::BLOCK_V6, "insert"))?,
         }
         self.blocked.insert(prefix);
         self.sync_block_len(prefix.is_ipv4())
@@ -529,24 +450,15 @@ impl XdpFilter {
     /// Tells the program how many prefixes a blocklist holds (0: skip the lookup).
     fn sync_block_len(&mut self, v4: bool) -> Result<(), XdpError> {
         let n = self.blocked.iter().filter(|p| p.is_ipv4() == v4).count() as u32;
-        let index = if v4 {
-            config::BLOCK_V4_LEN
-        } else {
-            config::BLOCK_V6_LEN
-        };
-        self.config
-            .set(index, n, 0)
-            .map_err(map_err(map::CONFIG, "set"))
+        let index = if v4 { config::BLOCK_V4_LEN } else { config::BLOCK_V6_LEN };
+        self.config.set(index, n, 0).map_err(map_err(map::CONFIG, "set"))
     }
 
     /// The verdict counters summed over all CPUs.
     pub fn stats(&self) -> Result<Counters, XdpError> {
         let mut c = Counters::default();
         for (i, slot) in c.values.iter_mut().enumerate() {
-            let per_cpu = self
-                .stats
-                .get(&(i as u32), 0)
-                .map_err(map_err(map::STATS, "read"))?;
+            let per_cpu = self.stats.get(&(i as u32), 0).map_err(map_err(map::STATS, "read"))?;
             *slot = per_cpu.iter().sum();
         }
         Ok(c)
@@ -653,10 +565,7 @@ mod tests {
         assert!(PROGRAM_OBJECT.len() > 64, "object missing");
         assert_eq!(&PROGRAM_OBJECT[..4], b"\x7fELF");
         // e_machine (offset 18, little-endian) = EM_BPF (247)
-        assert_eq!(
-            u16::from_le_bytes([PROGRAM_OBJECT[18], PROGRAM_OBJECT[19]]),
-            247
-        );
+        assert_eq!(u16::from_le_bytes([PROGRAM_OBJECT[18], PROGRAM_OBJECT[19]]), 247);
     }
 
     #[test]
@@ -684,24 +593,16 @@ mod tests {
         ]);
         let t = port_table(&keys);
         assert_eq!(t.len(), 2);
-        assert_eq!(
-            t[&5060],
-            port_flags::UDP_ANY_V4 | port_flags::TCP_ANY_V6 | port_flags::TCP_EXACT
-        );
+        assert_eq!(t[&5060], port_flags::UDP_ANY_V4 | port_flags::TCP_ANY_V6 | port_flags::TCP_EXACT);
         assert_eq!(t[&5061], port_flags::UDP_EXACT);
     }
 
     #[test]
     fn lpm_keys_split_families_and_dedup() {
-        let ps: Vec<Prefix> = [
-            "203.0.113.0/24",
-            "2001:db8::/32",
-            "203.0.113.0/24",
-            "198.51.100.7",
-        ]
-        .iter()
-        .map(|s| s.parse().unwrap())
-        .collect();
+        let ps: Vec<Prefix> = ["203.0.113.0/24", "2001:db8::/32", "203.0.113.0/24", "198.51.100.7"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
         let (v4, v6) = lpm_keys(&ps);
         assert_eq!(v4.len(), 2);
         assert_eq!(v6.len(), 1);

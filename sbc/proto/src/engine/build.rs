@@ -139,7 +139,9 @@ pub(super) fn cancel_or_ack(invite: &[u8], method: &str, to: Option<&[u8]>, max_
             _ => {}
         }
     }
-    out.extend_from_slice(format!("CSeq: {} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n", cseq?).as_bytes());
+    out.extend_from_slice(
+        format!("CSeq: {} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n", cseq?).as_bytes(),
+    );
     Some(out)
 }
 
@@ -212,7 +214,10 @@ fn pct_decode(v: &[u8]) -> Vec<u8> {
     let mut i = 0;
     while let Some(&b) = v.get(i) {
         if b == b'%'
-            && let Some(h) = v.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok())
+            && let Some(h) = v
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(h);
             i += 3;
@@ -317,7 +322,11 @@ impl Engine {
                 v = x;
             }
             if replace_hosts
-                && let Some(x) = rewrite_uri_host(&v, |host| self.internal_hosts.iter().any(|k| k.eq_ignore_ascii_case(host)), adv.as_bytes())
+                && let Some(x) = rewrite_uri_host(
+                    &v,
+                    |host| self.internal_hosts.iter().any(|k| k.eq_ignore_ascii_case(host)),
+                    adv.as_bytes(),
+                )
             {
                 v = x;
             }
@@ -337,9 +346,14 @@ impl Engine {
             let adv = self.cfg.external.advertise.clone();
             for (i, h) in c.msg.headers.iter().enumerate() {
                 let identity = h.name == HeaderName::ReferredBy
-                    || (h.name == HeaderName::Other && c.msg.slice(&h.name_span).eq_ignore_ascii_case(b"P-Asserted-Identity"));
+                    || (h.name == HeaderName::Other
+                        && c.msg.slice(&h.name_span).eq_ignore_ascii_case(b"P-Asserted-Identity"));
                 if identity
-                    && let Some(x) = rewrite_uri_host(&c.msg.unfolded(h), |host| self.internal_hosts.iter().any(|k| k.eq_ignore_ascii_case(host)), adv.as_bytes())
+                    && let Some(x) = rewrite_uri_host(
+                        &c.msg.unfolded(h),
+                        |host| self.internal_hosts.iter().any(|k| k.eq_ignore_ascii_case(host)),
+                        adv.as_bytes(),
+                    )
                 {
                     s.replace_at(i, x);
                 }
@@ -418,7 +432,13 @@ impl Engine {
     /// §16.7 response forwarding: our Via removed, the requester's Vias, From, To, Call-ID and
     /// Record-Route restored as it sent them (the To gaining the responder's tag, crossed), the
     /// responder's Record-Route and Contact replaced.
-    pub(super) fn build_response(&mut self, c: &Checked<'_>, from: Side, st: &ServerTxn, contact: Option<Vec<u8>>) -> Vec<u8> {
+    pub(super) fn build_response(
+        &mut self,
+        c: &Checked<'_>,
+        from: Side,
+        st: &ServerTxn,
+        contact: Option<Vec<u8>>,
+    ) -> Vec<u8> {
         let msg = &c.msg;
         let to = st.flow;
         let mut s = Splice::new(msg);

@@ -12,12 +12,12 @@
 //! * Nothing here panics on input; every failure is a response or a counted drop.
 
 mod build;
-mod timer;
 #[cfg(test)]
 mod tests;
+mod timer;
 
-use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -29,9 +29,7 @@ use crate::sip::sanity::{self, Checked};
 use crate::sip::uri::{self, SipUri, Transport};
 use crate::sip::{Method, Reaction, SipError, values};
 use crate::topology::Masker;
-use crate::transaction::{
-    ClientState, ClientTxn, Purpose, ServerKey, ServerState, ServerTxn, Timers, client_key,
-};
+use crate::transaction::{ClientState, ClientTxn, Purpose, ServerKey, ServerState, ServerTxn, Timers, client_key};
 
 pub use timer::Timer;
 
@@ -139,9 +137,17 @@ impl Config {
     pub fn example() -> Config {
         let sa = |s: &str| s.parse::<SocketAddr>().ok();
         Config {
-            external: SideConfig { advertise: "203.0.113.1".into(), udp: sa("203.0.113.1:5060"), tcp: None, hide: true },
+            external: SideConfig {
+                advertise: "203.0.113.1".into(),
+                udp: sa("203.0.113.1:5060"),
+                tcp: None,
+                hide: true,
+            },
             internal: SideConfig { advertise: "10.99.0.1".into(), udp: sa("10.99.0.1:5060"), tcp: None, hide: false },
-            cores: sa("10.99.0.10:5070").map(|addr| CoreTarget { addr, transport: Transport::Udp }).into_iter().collect(),
+            cores: sa("10.99.0.10:5070")
+                .map(|addr| CoreTarget { addr, transport: Transport::Udp })
+                .into_iter()
+                .collect(),
             probe_interval: None,
             probe_timeout: Duration::from_secs(2),
             limits: Limits::default(),
@@ -161,14 +167,27 @@ impl Config {
 /// Things worth logging or counting, for the daemon (and the guard, later).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    CoreUp { addr: SocketAddr },
-    CoreDown { addr: SocketAddr },
+    CoreUp {
+        addr: SocketAddr,
+    },
+    CoreDown {
+        addr: SocketAddr,
+    },
     /// A request answered with an error by the SBC itself.
-    Rejected { flow: Flow, code: u16, error: String },
+    Rejected {
+        flow: Flow,
+        code: u16,
+        error: String,
+    },
     /// A message discarded (bad response, stray response, unroutable ACK...).
-    Dropped { flow: Flow, reason: String },
+    Dropped {
+        flow: Flow,
+        reason: String,
+    },
     /// A limit was hit.
-    Overload { what: &'static str },
+    Overload {
+        what: &'static str,
+    },
 }
 
 /// The guard seam: rate limits, bans and the userspace allowlist plug in here, before routing.
@@ -479,7 +498,8 @@ impl Engine {
                         ServerState::Completed | ServerState::Confirmed => {
                             st.state = ServerState::Confirmed;
                             st.retransmit = None;
-                            let linger = if flow.transport == Transport::Udp { self.cfg.timers.t4 } else { Duration::ZERO };
+                            let linger =
+                                if flow.transport == Transport::Udp { self.cfg.timers.t4 } else { Duration::ZERO };
                             st.expires = now + linger;
                             self.schedule(now + linger, Timer::Server(key));
                             self.stats.retransmissions_absorbed += 1;
@@ -650,7 +670,8 @@ impl Engine {
             }
             ctx.creates_dialog = true;
             let salt = self.random().to_le_bytes();
-            ctx.dialog = Some(self.masker.token(b'd', &[&req.call_id, req.from_tag.as_deref().unwrap_or_default(), &salt]));
+            ctx.dialog =
+                Some(self.masker.token(b'd', &[&req.call_id, req.from_tag.as_deref().unwrap_or_default(), &salt]));
             ctx.requester_contact = build::contact_uri(&req.msg);
             ctx.requester_route_set = build::record_routes(&req.msg);
             ctx.requester_call_id = req.call_id.to_vec();
@@ -663,7 +684,16 @@ impl Engine {
             Some(self.contact_value(to_flow, ctx.dialog.as_deref()))
         };
         let branch = self.new_branch();
-        let data = self.build_request(req, flow.side, to_flow, ruri.as_deref(), &route_set, contact, &branch, ctx.call_id_native);
+        let data = self.build_request(
+            req,
+            flow.side,
+            to_flow,
+            ruri.as_deref(),
+            &route_set,
+            contact,
+            &branch,
+            ctx.call_id_native,
+        );
         tracing::debug!(to = %to_flow.remote, to_side = to_flow.side.as_str(), %branch, "request forwarded");
         self.start_client(now, to_flow, req.method, data, branch, Purpose::Forward(Box::new(ctx)), Some(server));
         self.stats.requests_forwarded += 1;
@@ -782,7 +812,8 @@ impl Engine {
         let caller = d.caller;
         let branch = self.new_branch();
         let contact = Some(self.contact_value(to.flow, Some(&route)));
-        let data = self.build_request(req, flow.side, to.flow, Some(&to.target), &to.route_set, contact, &branch, caller);
+        let data =
+            self.build_request(req, flow.side, to.flow, Some(&to.target), &to.route_set, contact, &branch, caller);
         self.send(to.flow, data);
         self.stats.requests_forwarded += 1;
     }
@@ -1044,7 +1075,16 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn upsert_dialog(&mut self, now: Instant, token: &str, ctx: &ForwardCtx, requester: Flow, responder: Flow, resp: &Checked<'_>, code: u16) {
+    fn upsert_dialog(
+        &mut self,
+        now: Instant,
+        token: &str,
+        ctx: &ForwardCtx,
+        requester: Flow,
+        responder: Flow,
+        resp: &Checked<'_>,
+        code: u16,
+    ) {
         let target = build::contact_uri(&resp.msg);
         let confirmed = code >= 200;
         if let Some(d) = self.dialogs.get_mut(token) {
@@ -1087,12 +1127,19 @@ impl Engine {
             };
             self.dialog_index.insert((side, id), token.to_string());
         }
-        self.dialogs.insert(token.to_string(), Dialog { token: token.to_string(), legs, caller, call_ids, confirmed, expires });
+        self.dialogs
+            .insert(token.to_string(), Dialog { token: token.to_string(), legs, caller, call_ids, confirmed, expires });
     }
 
     /// REGISTER responses: the registrar's view (our token URIs) back to the UA's own Contacts,
     /// with the expiry the registrar granted; bindings follow the registrar.
-    fn registered_contacts(&mut self, now: Instant, resp: &Checked<'_>, ctx: &ForwardCtx, code: u16) -> Option<Vec<u8>> {
+    fn registered_contacts(
+        &mut self,
+        now: Instant,
+        resp: &Checked<'_>,
+        ctx: &ForwardCtx,
+        code: u16,
+    ) -> Option<Vec<u8>> {
         if code >= 300 {
             for t in &ctx.registration {
                 if self.bindings.get(t).is_some_and(|b| !b.confirmed) {
@@ -1104,11 +1151,8 @@ impl Engine {
         if code < 200 {
             return None;
         }
-        let default_expires = resp
-            .msg
-            .value(HeaderName::Expires)
-            .and_then(|v| values::parse_u32_lenient(v).ok())
-            .unwrap_or(3600);
+        let default_expires =
+            resp.msg.value(HeaderName::Expires).and_then(|v| values::parse_u32_lenient(v).ok()).unwrap_or(3600);
         let mut out: Vec<Vec<u8>> = Vec::new();
         let mut seen = Vec::new();
         for h in resp.msg.all(HeaderName::Contact) {
@@ -1119,7 +1163,8 @@ impl Engine {
                 let Ok(na) = values::name_addr(elem) else { continue };
                 let uri_b = elem.get(na.uri.clone()).unwrap_or_default();
                 let params = elem.get(na.params.clone()).unwrap_or_default();
-                let Some(token) = uri::user_part(uri_b).and_then(|u| std::str::from_utf8(u).ok()).map(str::to_owned) else {
+                let Some(token) = uri::user_part(uri_b).and_then(|u| std::str::from_utf8(u).ok()).map(str::to_owned)
+                else {
                     continue;
                 };
                 if !ctx.registration.contains(&token) {
@@ -1209,7 +1254,8 @@ impl Engine {
             Timer::Server(key) => self.server_timer(now, key),
             Timer::Probe => self.probe(now),
             Timer::Sweep => {
-                let expired: Vec<String> = self.dialogs.values().filter(|d| d.expires <= now).map(|d| d.token.clone()).collect();
+                let expired: Vec<String> =
+                    self.dialogs.values().filter(|d| d.expires <= now).map(|d| d.token.clone()).collect();
                 for t in expired {
                     self.remove_dialog(&t);
                 }

@@ -230,7 +230,10 @@ fn a_call_hides_the_core_and_routes_mid_dialog_requests_both_ways() {
     let to = header(to_ua, "To").unwrap();
     assert!(to.starts_with("<sip:1000@203.0.113.1>;tag=sbcm"), "{to}");
     let contact = header(to_ua, "Contact").unwrap();
-    assert_eq!(contact.trim_start_matches("<sip:").split('@').next(), sbc_contact_int.trim_start_matches("<sip:").split('@').next());
+    assert_eq!(
+        contact.trim_start_matches("<sip:").split('@').next(),
+        sbc_contact_int.trim_start_matches("<sip:").split('@').next()
+    );
     // The core hangs up: its BYE reaches the caller's Contact, hidden.
     let bye = format!(
         "BYE {} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.10:5070;branch=z9hG4bKcorebye\r\nFrom: <sip:1000@core.internal>;tag=core-tag-1\r\n\

@@ -200,7 +200,9 @@ mod tests {
     fn untouched_headers_are_copied_byte_exact() {
         let m = Message::index(REQ, 16).unwrap();
         let mut s = Splice::new(&m);
-        s.remove(HeaderName::Via).prepend("Via", b"SIP/2.0/UDP sbc;branch=z9hG4bKx").set(HeaderName::Contact, b"<sip:t@sbc>");
+        s.remove(HeaderName::Via)
+            .prepend("Via", b"SIP/2.0/UDP sbc;branch=z9hG4bKx")
+            .set(HeaderName::Contact, b"<sip:t@sbc>");
         let out = s.finish();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(

@@ -33,7 +33,10 @@ pub enum Datagram<'a> {
     Keepalive,
     Message(Message<'a>),
     /// Framing failed; `msg` is what could be indexed (enough to answer with an error response).
-    Invalid { msg: Option<Message<'a>>, error: SipError },
+    Invalid {
+        msg: Option<Message<'a>>,
+        error: SipError,
+    },
 }
 
 fn skip_crlfs(buf: &[u8]) -> usize {
@@ -206,7 +209,8 @@ pub fn index_stream_message<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Mess
 mod tests {
     use super::*;
 
-    const OPT: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nContent-Length: 4\r\n\r\nabcd";
+    const OPT: &[u8] =
+        b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nContent-Length: 4\r\n\r\nabcd";
 
     #[test]
     fn two_messages_in_one_read_are_both_returned() {

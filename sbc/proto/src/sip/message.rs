@@ -101,10 +101,7 @@ impl HeaderName {
             (b"session-expires", HeaderName::SessionExpires),
             (b"path", HeaderName::Path),
         ];
-        TABLE
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map_or(HeaderName::Other, |(_, h)| *h)
+        TABLE.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map_or(HeaderName::Other, |(_, h)| *h)
     }
 
     /// The canonical spelling used when the proxy writes a header of its own.

@@ -230,10 +230,7 @@ pub fn params(p: &[u8]) -> impl Iterator<Item = Result<(&[u8], Option<&[u8]>), V
 
 /// The value of parameter `name` (case-insensitive) in a params section.
 pub fn param<'a>(p: &'a [u8], name: &str) -> Option<&'a [u8]> {
-    params(p)
-        .map_while(Result::ok)
-        .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-        .and_then(|(_, v)| v)
+    params(p).map_while(Result::ok).find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).and_then(|(_, v)| v)
 }
 
 /// Whether parameter `name` is present (with or without a value).

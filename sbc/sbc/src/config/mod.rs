@@ -319,7 +319,10 @@ pub fn validate(raw: Raw) -> Result<Validated, Errors> {
     range(&mut errs, "limits.max_headers", l.max_headers as u64, 16, 1024);
     range(&mut errs, "limits.max_body_bytes", l.max_body_bytes as u64, 0, 65535);
     if l.max_body_bytes > l.max_message_bytes {
-        errs.push(format!("limits.max_body_bytes: {} exceeds limits.max_message_bytes {}", l.max_body_bytes, l.max_message_bytes));
+        errs.push(format!(
+            "limits.max_body_bytes: {} exceeds limits.max_message_bytes {}",
+            l.max_body_bytes, l.max_message_bytes
+        ));
     }
     range(&mut errs, "limits.max_transactions", l.max_transactions as u64, 1, 10_000_000);
     range(&mut errs, "limits.max_dialogs", l.max_dialogs as u64, 1, 10_000_000);
@@ -366,7 +369,11 @@ pub fn validate(raw: Raw) -> Result<Validated, Errors> {
         cores,
         probe_interval: (p.interval_ms > 0).then(|| Duration::from_millis(p.interval_ms)),
         probe_timeout: Duration::from_millis(p.timeout_ms),
-        limits: Limits { max_message_bytes: l.max_message_bytes, max_headers: l.max_headers, max_body_bytes: l.max_body_bytes },
+        limits: Limits {
+            max_message_bytes: l.max_message_bytes,
+            max_headers: l.max_headers,
+            max_body_bytes: l.max_body_bytes,
+        },
         max_transactions: l.max_transactions,
         max_dialogs: l.max_dialogs,
         max_registrations: l.max_registrations,
@@ -497,7 +504,8 @@ max_message_bytes = 70000
 
     #[test]
     fn unknown_keys_are_refused() {
-        let e = parse("[external]\nudp=[\"127.0.0.1:5060\"]\nudpp=[]\n[internal]\nudp=[\"127.0.0.2:5060\"]\n").unwrap_err();
+        let e =
+            parse("[external]\nudp=[\"127.0.0.1:5060\"]\nudpp=[]\n[internal]\nudp=[\"127.0.0.2:5060\"]\n").unwrap_err();
         assert!(e.to_string().contains("udpp"), "{e}");
     }
 

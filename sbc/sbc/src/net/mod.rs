@@ -126,7 +126,16 @@ impl Net {
                     net.tcp_local.insert(*side, local);
                 }
                 let first = *net.tcp_local.get(side).unwrap_or(&local);
-                tokio::spawn(accept_loop(Tcp, *side, first, l, net.tx.clone(), settings, net.open.clone(), (i as u64 + 1) << 48));
+                tokio::spawn(accept_loop(
+                    Tcp,
+                    *side,
+                    first,
+                    l,
+                    net.tx.clone(),
+                    settings,
+                    net.open.clone(),
+                    (i as u64 + 1) << 48,
+                ));
             }
         }
         Ok(net)
@@ -157,9 +166,9 @@ impl Net {
     }
 
     fn send_udp(&mut self, t: Transmit) {
-        let sock = self.udp.get(&t.flow.local).or_else(|| self.udp.values().find(|s| {
-            s.local_addr().is_ok_and(|a| a.is_ipv4() == t.flow.remote.is_ipv4())
-        }));
+        let sock = self.udp.get(&t.flow.local).or_else(|| {
+            self.udp.values().find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == t.flow.remote.is_ipv4()))
+        });
         let Some(sock) = sock.cloned() else {
             tracing::warn!(local = %t.flow.local, "no UDP socket for this flow; message dropped");
             return;
