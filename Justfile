@@ -39,6 +39,12 @@ bench-sip:
     cargo build --release -p sbc
     bash bench/sip/run.sh
 
+# Our XDP program (run by the SBC) vs xdp-filter on the same veth, a bounded flood. Into bench/RESULTS.md.
+bench-xdp:
+    cargo build --release -p sbc
+    cargo build --release -p sbc-xdp --example udp_flood
+    bash bench/xdp/run.sh
+
 # Fuzz the framer and the header index (cargo-fuzz, nightly), SECONDS each.
 fuzz SECONDS="60":
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

@@ -1,136 +1,440 @@
 #!/usr/bin/env bash
-# XDP drop cost: our sbc_xdp vs xdp-filter (Debian xdp-tools), same veth, same flood.
+# XDP trunk filter benchmark: the SBC daemon's own XDP program vs xdp-filter (Debian's
+# xdp-tools) on the same veth, the same bounded flood from an unlisted source, in one run.
+# Appends a dated section to bench/RESULTS.md (and prints it).
 #
-# Lab: netns hx-xbs-$$ (sender, 198.51.100.66 unlisted / 203.0.113.10 listed) ── veth ──
-#      netns hx-xbr-$$ (r0, 192.0.2.1; the program under test attached in native mode).
-# For each program: a bounded UDP flood (udp_flood example, --count/--seconds) from the
-# unlisted source to 192.0.2.1:5060, measured with kernel.bpf_stats_enabled=1
-# (bpftool prog show: run_time_ns / run_cnt), then BPF_PROG_TEST_RUN of the same frame
-# (bpftool prog run, repeat N) as a noise-free cross-check.
+#   cargo build --release -p sbc && cargo build --release -p sbc-xdp --example udp_flood
+#   sudo bench/xdp/run.sh                       # `just bench-xdp` does all three
 #
-# Configs compared, both "drop what is not allowed":
-#   sbc_xdp:    protected 192.0.2.1:5060 udp+tcp (exact), allowlist 203.0.113.0/24 + filler
-#               prefixes (ALLOW_PREFIXES, default 200), empty blocklist.
-#   xdp-filter: policy deny (drop unmatched), allow src 203.0.113.10.
+# Lab (two network namespaces, one veth pair, nothing else on the link):
+#   hb-xs-PID: s0  198.51.100.66 (unlisted: the flood), 203.0.113.10 (the listed carrier)
+#   hb-xr-PID: r0  192.0.2.1 — the SBC's external side (udp+tcp 192.0.2.1:5060); its internal
+#              side and the (absent) core on the namespace's loopback. Static neighbours both
+#              ways (no ARP on the link), IPv6 off (no ND/MLD noise in the counters).
+# Phases, each with a fresh SBC (`sbc run`, release build) on r0:
+#   sbc         [trunk] interface = "r0", xdp_mode = "native": the daemon attaches its XDP
+#               program itself; protected = the external listen addresses (the default);
+#               allowlist = 203.0.113.10/32 + ALLOW_PREFIXES filler /32s.
+#   xdp-filter  the same SBC and allowlist, but [trunk] without `interface` (userspace list
+#               only), and xdp-filter in native mode on r0 in front of it (configuration below).
+#   floor       (FLOOR=1) the same SBC behind the smallest XDP program there is, two
+#               instructions returning XDP_DROP (bench/xdp/xdp_drop_floor.py): what any XDP
+#               program costs on this machine, so the figures above it can be read.
+#   none        (BASELINE=1) no XDP at all: the SBC's userspace filter takes the flood. The
+#               reference for "the SBC's CPU during the flood should be near zero".
+# Each phase: a bounded flood (udp_flood example: one thread, COUNT datagrams or SECONDS_MAX
+# seconds, whichever first, LEN-byte payload) from 198.51.100.66 to 192.0.2.1:5060/udp, and
+#   - datagrams sent and the flood's duration (udp_flood's own report);
+#   - drops: `sbc stats` xdp.drop_not_allowed delta (sbc), xdp-filter's XDP_DROP delta
+#     (xdp-filter), userspace.dropped_not_listed delta (none); drop rate = drops / duration;
+#   - ns/packet of the attached program: kernel.bpf_stats_enabled=1, `bpftool prog show`
+#     run_time_ns/run_cnt deltas (these include bpf_stats' own two clock reads per run: see the
+#     floor); plus BPF_PROG_TEST_RUN of the flood's frame (REPEAT times, bpf_stats off) as a
+#     cross-check without the network stack or the clock reads;
+#   - the SBC process's CPU (utime+stime, all threads, /proc/PID/stat; and the sum of its
+#     threads' schedstat run time, ns) and its sip.requests_in delta over the flood (must be 0);
+#   - afterwards, 5 SIP OPTIONS from the listed carrier must reach the SBC (the filter is not
+#     just dropping everything on that port).
 #
-# Usage: sudo bench/xdp/run.sh   (env: COUNT=1000000 SECONDS_MAX=30 REPEAT=2000000 ALLOW_PREFIXES=200)
-# Needs: root, bpftool, xdp-filter, cargo. Cleans up namespaces, processes (by PID), the
-# bpf_stats sysctl and a bpffs mount it made, also on failure.
+# What xdp-filter is configured with (it cannot match "port AND source", so the equivalent job
+# is built from its deny policy): `xdp-filter load r0 --mode native --policy deny` (every
+# feature: tcp,udp,ipv6,ipv4,ethernet — no smaller build of it has both IP and port matching),
+# `xdp-filter ip 203.0.113.10 --mode src` (the carrier passes), and every destination port
+# except 5060 allowed for UDP and TCP (65534 entries written into its pinned port map with
+# `bpftool batch`, as `xdp-filter port P --mode dst --proto tcp,udp` would, in 1 s instead of
+# 65534 invocations). Net effect: UDP/TCP to port 5060 is dropped unless it comes from
+# 203.0.113.10; other UDP/TCP ports pass. It is broader than ours on two counts: the port rule
+# holds for every destination address, not only 192.0.2.1, and it drops non-UDP/TCP IP traffic
+# and ARP from unlisted sources (ours passes those). Per flood packet both parse to UDP, miss
+# and drop: xdp-filter with four hash lookups (MAC dst/src in an empty map, IPv4 dst/src) and
+# two port-array reads; ours with array reads (ports, config), one hash lookup (the exact
+# protected address) and one LPM-trie lookup (the allowlist, 201 prefixes by default).
+#
+# Environment (defaults in brackets): COUNT [2000000] SECONDS_MAX [20] LEN [200]
+#   REPEAT [1000000] ALLOW_PREFIXES [200] FLOOR [1] BASELINE [1] RESULTS [bench/RESULTS.md]
+#   SBC [target/release/sbc] FLOOD [target/release/examples/udp_flood] KEEP=1 keeps the logs
+# Needs root, bpftool, xdp-filter, nsenter, python3. Cleans up (also on failure): the
+# namespaces, every process it started (by PID), xdp-filter, the private bpffs it mounted for
+# libxdp (LIBXDP_BPFFS, so the host's /sys/fs/bpf is untouched), kernel.bpf_stats_enabled.
 set -euo pipefail
 
-COUNT=${COUNT:-1000000}
-SECONDS_MAX=${SECONDS_MAX:-30}
-REPEAT=${REPEAT:-2000000}
+COUNT=${COUNT:-2000000}
+SECONDS_MAX=${SECONDS_MAX:-20}
+LEN=${LEN:-200}
+REPEAT=${REPEAT:-1000000}
 ALLOW_PREFIXES=${ALLOW_PREFIXES:-200}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-NS_S=hx-xbs-$$
-NS_R=hx-xbr-$$
-WORK=$(mktemp -d /tmp/hx-xdp-bench.XXXXXX)
-HOLD_PID=""
-MOUNTED_BPFFS=0
-OLD_STATS=$(sysctl -n kernel.bpf_stats_enabled)
+BASELINE=${BASELINE:-1}
+FLOOR=${FLOOR:-1}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+SBC=${SBC:-$target_dir/release/sbc}
+FLOOD=${FLOOD:-$target_dir/release/examples/udp_flood}
+RESULTS=${RESULTS:-$root/bench/RESULTS.md}
 
-[[ $(id -u) == 0 ]] || { echo "bench-xdp: needs root" >&2; exit 1; }
-for t in bpftool xdp-filter ip nsenter; do
-  command -v "$t" >/dev/null || { echo "bench-xdp: $t not found (apt-get install bpftool xdp-tools iproute2)" >&2; exit 1; }
+NS_S=hb-xs-$$
+NS_R=hb-xr-$$
+R_IP=192.0.2.1 PORT=5060
+BAD_IP=198.51.100.66 GOOD_IP=203.0.113.10
+
+log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[[ $(id -u) == 0 ]] || die "needs root (network namespaces, XDP)"
+for t in bpftool xdp-filter ip nsenter python3 awk sysctl mount; do
+  command -v "$t" >/dev/null || die "$t not found (apt-get install bpftool xdp-tools iproute2 util-linux python3)"
 done
+[[ -x $SBC ]] || die "$SBC not found: cargo build --release -p sbc (or set SBC=)"
+[[ -x $FLOOD ]] || die "$FLOOD not found: cargo build --release -p sbc-xdp --example udp_flood (or set FLOOD=)"
+[[ $COUNT =~ ^[0-9]+$ && $SECONDS_MAX =~ ^[0-9]+$ && $COUNT -gt 0 && $SECONDS_MAX -gt 0 ]] ||
+  die "COUNT and SECONDS_MAX must be positive integers (the flood is always bounded)"
+
+work=$(mktemp -d /tmp/hb-xdp-bench.XXXXXX)
+export LIBXDP_BPFFS=$work/bpffs
+OLD_STATS=$(sysctl -n kernel.bpf_stats_enabled)
+pids=()            # every background process started, stopped by PID at exit
+bpffs_mounted=0
+ns_made=0
 
 in_r() { nsenter --net="/var/run/netns/$NS_R" -- "$@"; }
 in_s() { nsenter --net="/var/run/netns/$NS_S" -- "$@"; }
 
 cleanup() {
+  local rc=$? p
   set +e
-  if [[ -n $HOLD_PID ]] && kill -0 "$HOLD_PID" 2>/dev/null; then
-    touch "$WORK/stop"
-    for _ in $(seq 50); do kill -0 "$HOLD_PID" 2>/dev/null || break; sleep 0.1; done
-    kill "$HOLD_PID" 2>/dev/null
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  for p in "${pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null
+    wait "$p" 2>/dev/null
+  done
+  if [[ $ns_made == 1 ]]; then
+    in_r xdp-filter unload r0 >/dev/null 2>&1
+    ip netns del "$NS_S" 2>/dev/null
+    ip netns del "$NS_R" 2>/dev/null
   fi
-  in_r xdp-filter unload r0 >/dev/null 2>&1
-  ip netns del "$NS_S" 2>/dev/null
-  ip netns del "$NS_R" 2>/dev/null
   sysctl -qw kernel.bpf_stats_enabled="$OLD_STATS"
-  [[ $MOUNTED_BPFFS == 1 ]] && umount /sys/fs/bpf
-  rm -rf "$WORK"
+  [[ $bpffs_mounted == 1 ]] && umount "$LIBXDP_BPFFS"
+  if [[ ${KEEP:-0} == 1 || $rc != 0 ]]; then log "logs kept in $work"; else rm -rf "$work"; fi
+  exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-echo "== building (release) sbc-xdp examples" >&2
-(cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -q -p sbc-xdp --examples)
-HOLD=$TARGET_DIR/release/examples/xdp_hold
-FLOOD=$TARGET_DIR/release/examples/udp_flood
+forget_pid() {
+  local p keep=()
+  for p in "${pids[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+  pids=("${keep[@]}")
+}
 
-# libxdp (xdp-filter) keeps its state in bpffs.
-if ! mountpoint -q /sys/fs/bpf; then mount -t bpf bpf /sys/fs/bpf; MOUNTED_BPFFS=1; fi
+# --- the lab -------------------------------------------------------------------------------
 
+mkdir -p "$LIBXDP_BPFFS"
+mount -t bpf bpf "$LIBXDP_BPFFS"
+bpffs_mounted=1
+
+ns_made=1
 ip netns add "$NS_S"
 ip netns add "$NS_R"
+for ns in "$NS_S" "$NS_R"; do
+  ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+  ip -n "$ns" link set lo up
+done
 ip link add s0 netns "$NS_S" type veth peer name r0 netns "$NS_R"
 ip -n "$NS_S" link set s0 up
 ip -n "$NS_R" link set r0 up
-ip -n "$NS_R" addr add 192.0.2.1/24 dev r0
-ip -n "$NS_S" addr add 198.51.100.66/24 dev s0
-ip -n "$NS_S" addr add 203.0.113.10/24 dev s0
+ip -n "$NS_R" addr add "$R_IP/24" dev r0
+ip -n "$NS_S" addr add "$BAD_IP/24" dev s0
+ip -n "$NS_S" addr add "$GOOD_IP/24" dev s0
 ip -n "$NS_S" route replace 192.0.2.0/24 dev s0
+ip -n "$NS_R" route replace 198.51.100.0/24 dev r0
+ip -n "$NS_R" route replace 203.0.113.0/24 dev r0
 R_MAC=$(ip -n "$NS_R" -br link show r0 | awk '{print $3}')
 S_MAC=$(ip -n "$NS_S" -br link show s0 | awk '{print $3}')
-ip -n "$NS_S" neigh replace 192.0.2.1 lladdr "$R_MAC" dev s0 nud permanent
-ip -n "$NS_R" neigh replace 198.51.100.66 lladdr "$S_MAC" dev r0 nud permanent
-sysctl -qw kernel.bpf_stats_enabled=1
+ip -n "$NS_S" neigh replace "$R_IP" lladdr "$R_MAC" dev s0 nud permanent
+ip -n "$NS_R" neigh replace "$BAD_IP" lladdr "$S_MAC" dev r0 nud permanent
+ip -n "$NS_R" neigh replace "$GOOD_IP" lladdr "$S_MAC" dev r0 nud permanent
 
-# The flood's frame, for BPF_PROG_TEST_RUN: Ethernet / IPv4 198.51.100.66 -> 192.0.2.1 /
-# UDP 40000 -> 5060 / 200 bytes of 'f' (same size as the flood's datagrams).
-hex2bin() { local h=$1 out=""; for ((i = 0; i < ${#h}; i += 2)); do out+="\\x${h:i:2}"; done; printf "%b" "$out"; }
-{ hex2bin 0200000000020200000000010800450000e40001000040118d91c6336442c00002019c4013c400d00000
-  printf 'f%.0s' $(seq 200); } > "$WORK/frame.bin"
+# The allowlist: the carrier, plus filler prefixes so the trie is not trivially small.
+{
+  echo "# sbc-allowlist v1"
+  echo "# source: bench/xdp/run.sh"
+  echo "$GOOD_IP/32 IN 7 \"Carrier\" 1 ip"
+  for ((i = 0; i < ALLOW_PREFIXES; i++)); do
+    echo "198.18.$((i / 256)).$((i % 256))/32 IN 9 \"Filler\" $((i + 2)) ip"
+  done
+} >"$work/allow.txt"
+
+# sbc config: $1 = extra [trunk] lines
+write_config() {
+  cat >"$work/sbc.toml" <<EOF
+[external]
+udp = ["$R_IP:$PORT"]
+tcp = ["$R_IP:$PORT"]
+[internal]
+udp = ["127.0.0.2:5060"]
+tcp = ["127.0.0.2:5060"]
+[[core]]
+address = "127.0.0.3:5080"
+transport = "udp"
+[probe]
+interval_ms = 0
+[log]
+level = "info"
+[admin]
+socket = "$work/admin/sbc.sock"
+[trunk]
+allowlist = "$work/allow.txt"
+$1
+EOF
+}
+
+sbc_pid=""
+start_sbc() { # $1 = phase name, $2 = extra [trunk] lines
+  write_config "$2"
+  # nsenter execs the daemon (no fork for a net namespace), so $! is the SBC itself
+  nsenter --net="/var/run/netns/$NS_R" -- "$SBC" run -c "$work/sbc.toml" >"$work/sbc-$1.log" 2>&1 &
+  sbc_pid=$!
+  pids+=("$sbc_pid")
+  for _ in $(seq 100); do
+    grep -q "sbc running" "$work/sbc-$1.log" 2>/dev/null && [[ -S $work/admin/sbc.sock ]] && break
+    kill -0 "$sbc_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  grep -q "sbc running" "$work/sbc-$1.log" || { tail -20 "$work/sbc-$1.log" >&2; die "the SBC did not start ($1)"; }
+  [[ $(cat "/proc/$sbc_pid/comm") == sbc ]] || die "PID $sbc_pid is not the sbc process"
+}
+
+stop_sbc() {
+  kill "$sbc_pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$sbc_pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$sbc_pid" 2>/dev/null || true
+  wait "$sbc_pid" 2>/dev/null || true
+  forget_pid "$sbc_pid"
+  sbc_pid=""
+  rm -f "$work/admin/sbc.sock"
+}
+
+sbc_stats() { "$SBC" stats --socket "$work/admin/sbc.sock"; }
+stat_of() { awk -v n="$2" '$1 == n {print $2; f = 1} END {if (!f) print 0}' <<<"$1"; }
+
+# CPU of the SBC: "ticks ns" = utime+stime (clock ticks, whole process) and the sum of every
+# thread's schedstat run time (ns).
+sbc_cpu() {
+  local ticks ns=0 t
+  ticks=$(sed 's/^.*) //' "/proc/$sbc_pid/stat" | awk '{print $12 + $13}')
+  for t in /proc/"$sbc_pid"/task/*/schedstat; do
+    ns=$((ns + $(awk '{print $1}' "$t" 2>/dev/null || echo 0)))
+  done
+  echo "$ticks $ns"
+}
+
+xdp_prog_id() { in_r ip -d link show r0 | sed -n 's/.*prog\/xdp id \([0-9]*\).*/\1/p' | head -1; }
 
 prog_stats() { # id -> "run_time_ns run_cnt"
   bpftool prog show id "$1" | sed -n 's/.*run_time_ns \([0-9]*\) run_cnt \([0-9]*\).*/\1 \2/p' | grep . || echo "0 0"
 }
 
-measure() { # name prog_id -> one result line
-  local name=$1 id=$2 t0 c0 t1 c1 flood pr
-  read -r t0 c0 < <(prog_stats "$id")
-  flood=$(in_s "$FLOOD" --src 198.51.100.66 --dst 192.0.2.1:5060 --count "$COUNT" --seconds "$SECONDS_MAX")
-  read -r t1 c1 < <(prog_stats "$id")
-  pr=$(bpftool prog run id "$id" data_in "$WORK/frame.bin" repeat "$REPEAT" 2>&1 | sed -n 's/.*Return value: \([0-9]*\), duration (average): \([0-9]*\)ns.*/ret=\1 \2/p')
-  local secs sent runs=$((c1 - c0)) ns=$((t1 - t0))
-  secs=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$flood")
-  sent=$(sed -n 's/.*sent=\([0-9]*\).*/\1/p' <<<"$flood")
-  awk -v n="$name" -v ns="$ns" -v runs="$runs" -v sent="$sent" -v secs="$secs" -v pr="$pr" 'BEGIN {
-    printf "%s|%d|%d|%.1f|%.0f|%s\n", n, sent, runs, (runs ? ns / runs : 0), (secs ? runs / secs : 0), pr }'
+xf_drops() { # xdp-filter's own XDP_DROP counter (its xdp_stats_map, summed over CPUs)
+  in_r xdp-filter status | awk '/^ *XDP_DROP/ && !n++ {print $2}'
 }
 
-echo "== sbc_xdp" >&2
-ALLOW_ARGS=(--allow 203.0.113.0/24)
-for ((i = 0; i < ALLOW_PREFIXES; i++)); do ALLOW_ARGS+=(--allow "198.18.$((i / 256)).$((i % 256))/32"); done
-in_r "$HOLD" --iface r0 --mode native --protect 192.0.2.1:5060/udp --protect 192.0.2.1:5060/tcp \
-  "${ALLOW_ARGS[@]}" --stop-file "$WORK/stop" --seconds $((SECONDS_MAX * 2 + 60)) > "$WORK/hold.out" 2>&1 &
-HOLD_PID=$!
-for _ in $(seq 100); do grep -q '^ready' "$WORK/hold.out" 2>/dev/null && break; sleep 0.1; done
-OURS_ID=$(sed -n 's/^ready prog_id=\([0-9]*\).*/\1/p' "$WORK/hold.out")
-[[ -n $OURS_ID ]] || { cat "$WORK/hold.out" >&2; exit 1; }
-OURS=$(measure sbc_xdp "$OURS_ID")
-touch "$WORK/stop"; wait "$HOLD_PID"; HOLD_PID=""
-grep '^stats' "$WORK/hold.out" >&2
+# The flood's frame, for BPF_PROG_TEST_RUN: Ethernet / IPv4 198.51.100.66 -> 192.0.2.1 /
+# UDP 40000 -> 5060 / 200 bytes of 'f' (what udp_flood sends).
+hex2bin() { local h=$1 out=""; for ((i = 0; i < ${#h}; i += 2)); do out+="\\x${h:i:2}"; done; printf "%b" "$out"; }
+{ hex2bin 0200000000020200000000010800450000e40001000040118d91c6336442c00002019c4013c400d00000
+  printf 'f%.0s' $(seq 200); } >"$work/frame.bin"
 
-echo "== xdp-filter" >&2
+test_run_ns() { # id -> average ns per run of the frame, REPEAT times, with bpf_stats off (its two
+  # clock reads per run cost more than a small program on this kind of VM)
+  sysctl -qw kernel.bpf_stats_enabled=0
+  bpftool prog run id "$1" data_in "$work/frame.bin" repeat "$REPEAT" 2>&1 |
+    sed -n 's/.*duration (average): \([0-9]*\)ns.*/\1/p' | head -1
+  sysctl -qw kernel.bpf_stats_enabled=1
+}
+
+# 5 SIP OPTIONS from the listed carrier to the SBC (after the measured window).
+send_listed() {
+  in_s python3 -c '
+import socket, sys
+src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src, 0))
+for i in range(5):
+    m = ("OPTIONS sip:probe@%s SIP/2.0\r\nVia: SIP/2.0/UDP %s:%d;branch=z9hG4bK-hb%d\r\n"
+         "From: <sip:bench@%s>;tag=%d\r\nTo: <sip:probe@%s>\r\nCall-ID: hb-%d@%s\r\n"
+         "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+         % (dst, src, s.getsockname()[1], i, src, i, dst, i, src))
+    s.sendto(m.encode(), (dst, port))
+' "$GOOD_IP" "$R_IP" "$PORT"
+}
+
+# --- one phase ------------------------------------------------------------------------------
+
+declare -A sent secs pps drops runs nspp trns cpu_s cpu_ms req listed
+sysctl -qw kernel.bpf_stats_enabled=1
+
+measure() { # $1 = phase; $2 = prog id ("" for none); drops come from drop_counter
+  local ph=$1 id=$2 t0=0 c0=0 t1=0 c1=0 d0 d1 s0 s1 k0 n0 k1 n1 out hz r0 r1
+  hz=$(getconf CLK_TCK)
+  s0=$(sbc_stats)
+  d0=$(drop_counter "$s0")
+  [[ -n $id ]] && read -r t0 c0 < <(prog_stats "$id")
+  read -r k0 n0 < <(sbc_cpu)
+  log "$ph: flood $COUNT datagrams max, ${SECONDS_MAX}s max, $BAD_IP -> $R_IP:$PORT"
+  out=$(timeout $((SECONDS_MAX + 30)) nsenter --net="/var/run/netns/$NS_S" -- \
+    "$FLOOD" --src "$BAD_IP" --dst "$R_IP:$PORT" --count "$COUNT" --seconds "$SECONDS_MAX" --len "$LEN")
+  sleep 0.5   # let the receiving side drain
+  read -r k1 n1 < <(sbc_cpu)
+  [[ -n $id ]] && read -r t1 c1 < <(prog_stats "$id")
+  s1=$(sbc_stats)
+  d1=$(drop_counter "$s1")
+  log "$ph: $out"
+  sent[$ph]=$(sed -n 's/.*sent=\([0-9]*\).*/\1/p' <<<"$out")
+  secs[$ph]=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$out")
+  pps[$ph]=$(sed -n 's/.*pps=\([0-9]*\).*/\1/p' <<<"$out")
+  drops[$ph]=$((d1 - d0))
+  runs[$ph]=$((c1 - c0))
+  nspp[$ph]=$(awk -v t=$((t1 - t0)) -v c=$((c1 - c0)) 'BEGIN {if (c) printf "%.1f", t / c; else print "—"}')
+  trns[$ph]="—"
+  [[ -n $id ]] && trns[$ph]=$(test_run_ns "$id")
+  cpu_s[$ph]=$(awk -v k=$((k1 - k0)) -v hz="$hz" 'BEGIN {printf "%.2f", k / hz}')
+  cpu_ms[$ph]=$(awk -v n=$((n1 - n0)) 'BEGIN {printf "%.1f", n / 1e6}')
+  r0=$(stat_of "$s0" sip.requests_in)
+  r1=$(stat_of "$s1" sip.requests_in)
+  req[$ph]=$((r1 - r0))
+  # The listed carrier still gets through.
+  send_listed
+  sleep 0.5
+  listed[$ph]="$(($(stat_of "$(sbc_stats)" sip.requests_in) - r1))/5"
+  log "$ph: sent ${sent[$ph]} in ${secs[$ph]}s, dropped ${drops[$ph]}, runs ${runs[$ph]}, ${nspp[$ph]} ns/pkt (test run ${trns[$ph]} ns), SBC CPU ${cpu_s[$ph]} s (${cpu_ms[$ph]} ms schedstat), requests_in +${req[$ph]}, listed ${listed[$ph]}"
+  echo "$s1" >"$work/stats-$ph.txt"
+}
+
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# 1. Our program, attached by the daemon itself.
+log "sbc: starting the SBC with its XDP program on r0 (native)"
+start_sbc sbc "interface = \"r0\"
+xdp_mode = \"native\""
+grep -q "XDP filter attached" "$work/sbc-sbc.log" || { tail -20 "$work/sbc-sbc.log" >&2; die "the SBC did not attach XDP"; }
+OURS_ID=$(xdp_prog_id)
+[[ -n $OURS_ID ]] || die "no XDP program on r0"
+OURS_NAME=$(bpftool prog show id "$OURS_ID" | sed -n 's/^[0-9]*: xdp *name \([^ ]*\).*/\1/p')
+drop_counter() { stat_of "$1" xdp.drop_not_allowed; }
+measure sbc "$OURS_ID"
+stop_sbc
+if [[ -n $(xdp_prog_id) ]]; then
+  log "warning: the SBC left its program on r0; detaching"
+  in_r ip link set r0 xdp off
+fi
+
+# 2. xdp-filter in front of the same SBC (userspace list only), same veth.
+log "xdp-filter: loading (native, deny policy) on r0"
 in_r xdp-filter load r0 --mode native --policy deny >/dev/null
-in_r xdp-filter ip 203.0.113.10 --mode src >/dev/null
-XF_ID=$(in_r ip -d link show r0 | sed -n 's/.*prog\/xdp id \([0-9]*\).*/\1/p' | head -1)
-XF=$(measure xdp-filter "$XF_ID")
+in_r xdp-filter ip "$GOOD_IP" --mode src >/dev/null
+ports_map=$LIBXDP_BPFFS/xdp-filter/filter_ports
+[[ -e $ports_map ]] || die "xdp-filter's port map is not at $ports_map"
+# MAP_FLAG_DST|MAP_FLAG_TCP|MAP_FLAG_UDP = 0x0e, key = the port in network byte order
+awk -v m="$ports_map" -v skip="$PORT" 'BEGIN {
+  for (p = 1; p < 65536; p++) if (p != skip)
+    printf "map update pinned %s key 0x%02x 0x%02x 0 0 value 0x0e 0 0 0 0 0 0 0\n", m, int(p / 256), p % 256 }' \
+  >"$work/ports.batch"
+bpftool batch file "$work/ports.batch" >/dev/null
+XF_ID=$(xdp_prog_id)
+[[ -n $XF_ID ]] || die "no XDP program on r0 after xdp-filter load"
+XF_NAME=$(bpftool prog show id "$XF_ID" | sed -n 's/^[0-9]*: [a-z]* *name \([^ ]*\).*/\1/p')
+XF_FEATURES=$(in_r xdp-filter status | awk '/r0 \(native mode\)/ && !n++ {print $NF}')
+start_sbc xdp-filter ""
+drop_counter() { xf_drops; }
+measure xdp-filter "$XF_ID"
+stop_sbc
 in_r xdp-filter unload r0 >/dev/null
 
-echo
-echo "XDP drop of a bounded UDP flood from an unlisted source ($COUNT datagrams max, ${SECONDS_MAX}s max), $(uname -r), $(nproc) CPUs"
-echo
-echo "| program | datagrams sent | program runs | ns/packet (bpf_stats, live) | drops/s (sender-bound) | BPF_PROG_TEST_RUN ns (x$REPEAT) |"
-echo "|---|---|---|---|---|---|"
-for row in "$OURS" "$XF"; do
-  IFS='|' read -r n sent runs nspp pps pr <<<"$row"
-  echo "| $n | $sent | $runs | $nspp | $pps | ${pr#ret=? } |"
-done
-IFS='|' read -r _ _ _ ours_ns _ ours_pr <<<"$OURS"
-IFS='|' read -r _ _ _ xf_ns _ xf_pr <<<"$XF"
-awk -v a="$ours_ns" -v b="$xf_ns" -v c="${ours_pr##* }" -v d="${xf_pr##* }" 'BEGIN {
-  printf "\nratio sbc_xdp / xdp-filter: live %.2f, test-run %.2f (below 1 = ours cheaper)\n", a / b, c / d }'
+# 3. The floor: XDP_DROP and nothing else, same veth, same SBC behind it.
+if [[ $FLOOR == 1 ]]; then
+  log "floor: a two-instruction XDP_DROP program on r0 (native)"
+  nsenter --net="/var/run/netns/$NS_R" -- python3 "$root/bench/xdp/xdp_drop_floor.py" --iface r0 \
+    --stop-file "$work/floor.stop" --seconds $((SECONDS_MAX + 120)) >"$work/floor.out" 2>&1 &
+  floor_pid=$!
+  pids+=("$floor_pid")
+  for _ in $(seq 100); do grep -q '^ready' "$work/floor.out" 2>/dev/null && break; sleep 0.1; done
+  FLOOR_ID=$(sed -n 's/^ready prog_id=\([0-9]*\).*/\1/p' "$work/floor.out")
+  [[ -n $FLOOR_ID && $(xdp_prog_id) == "$FLOOR_ID" ]] || { cat "$work/floor.out" >&2; die "the floor program did not attach"; }
+  start_sbc floor ""
+  drop_counter() { prog_stats "$FLOOR_ID" | awk '{print $2}'; }   # every run is a drop
+  measure floor "$FLOOR_ID"
+  stop_sbc
+  touch "$work/floor.stop"
+  wait "$floor_pid" || true
+  forget_pid "$floor_pid"
+  [[ -z $(xdp_prog_id) ]] || die "the floor program is still attached"
+fi
+
+# 4. Reference: no XDP, the SBC's userspace filter takes the flood.
+if [[ $BASELINE == 1 ]]; then
+  log "none: the SBC with its userspace filter only, no XDP on r0"
+  start_sbc none ""
+  drop_counter() { stat_of "$1" userspace.dropped_not_listed; }
+  measure none ""
+  stop_sbc
+fi
+
+# --- report ---------------------------------------------------------------------------------
+
+ratio() {
+  awk -v a="$1" -v b="$2" 'BEGIN {
+    gsub(/[^0-9.-]/, "", a); gsub(/[^0-9.-]/, "", b)
+    if (a == "" || b == "" || b + 0 == 0) print "—"; else printf "%.2f", a / b }'
+}
+rate() { awk -v d="$1" -v s="$2" 'BEGIN {if (s > 0) printf "%.0f", d / s; else print "—"}'; }
+pct() { awk -v d="$1" -v n="$2" 'BEGIN {if (n > 0) printf "%.2f%%", d * 100 / n; else print "—"}'; }
+
+cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+grep -qw hypervisor /proc/cpuinfo && cpu_model+=", a virtual machine"
+rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+xf_ver=$(dpkg-query -W -f '${Version}' xdp-tools 2>/dev/null || echo unknown)
+rate_sbc=$(rate "${drops[sbc]}" "${secs[sbc]}")
+rate_xf=$(rate "${drops[xdp-filter]}" "${secs[xdp-filter]}")
+cmd="COUNT=$COUNT SECONDS_MAX=$SECONDS_MAX LEN=$LEN REPEAT=$REPEAT ALLOW_PREFIXES=$ALLOW_PREFIXES FLOOR=$FLOOR BASELINE=$BASELINE bench/xdp/run.sh"
+if [[ ! -s $RESULTS ]]; then
+  printf '# Benchmark results\n\nSide-by-side runs, appended by the bench scripts (newest last).\n' >"$RESULTS"
+fi
+{
+  echo
+  echo "## $(date -u '+%Y-%m-%d %H:%M UTC') — XDP trunk filter: the SBC's program vs xdp-filter"
+  echo
+  echo "- machine: $(nproc) CPUs ($cpu_model), Linux $(uname -r); load average $load_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
+  echo "- peers: sbc @ $rev ($SBC), its XDP program \`$OURS_NAME\` attached natively to the veth by the daemon (\`[trunk] interface = \"r0\"\`, \`xdp_mode = \"native\"\`); xdp-filter from Debian's xdp-tools $xf_ver (program \`$XF_NAME\`, features $XF_FEATURES), native mode, same veth; $(bpftool version 2>/dev/null | head -1)"
+  echo "- command: \`$cmd\` (\`just bench-xdp\` builds and runs it with the defaults)"
+  echo "- flood: udp_flood (one thread) from the unlisted $BAD_IP to $R_IP:$PORT/udp, $LEN-byte payload, at most $COUNT datagrams and ${SECONDS_MAX} s, netns → veth → netns; sender and receiver share the same $(nproc) CPUs"
+  echo "- SBC: external udp+tcp $R_IP:$PORT, protected = those (the default), allowlist $GOOD_IP/32 + $ALLOW_PREFIXES filler /32s; with xdp-filter the same SBC runs without \`[trunk] interface\` (userspace list only) behind it"
+  echo "- xdp-filter: \`xdp-filter load r0 --mode native --policy deny\`, \`xdp-filter ip $GOOD_IP --mode src\`, and UDP+TCP destination ports 1–65535 except $PORT allowed (65534 entries written to its pinned port map, value dst|tcp|udp, what \`xdp-filter port P --mode dst --proto tcp,udp\` writes): UDP/TCP to port $PORT dropped unless from $GOOD_IP, other ports pass; broader than ours (the port rule holds for every destination address; non-UDP/TCP IP and ARP from unlisted sources dropped)"
+  echo "- ns/packet: kernel.bpf_stats_enabled=1 during the run (restored to $OLD_STATS), \`bpftool prog show\` run_time_ns / run_cnt over the flood; includes bpf_stats' own timing of each run (see the floor); BPF_PROG_TEST_RUN: the flood's frame, repeat $REPEAT, bpf_stats off"
+  echo
+  echo "| | SBC (its XDP) | xdp-filter | SBC / xdp-filter |"
+  echo "|---|---:|---:|---:|"
+  echo "| datagrams sent (flood duration) | ${sent[sbc]} (${secs[sbc]} s) | ${sent[xdp-filter]} (${secs[xdp-filter]} s) | |"
+  echo "| dropped in XDP (share of sent) | ${drops[sbc]} ($(pct "${drops[sbc]}" "${sent[sbc]}")) | ${drops[xdp-filter]} ($(pct "${drops[xdp-filter]}" "${sent[xdp-filter]}")) | |"
+  echo "| drop rate, drops/s over the flood (higher is better; sender-bound) | $rate_sbc | $rate_xf | $(ratio "$rate_sbc" "$rate_xf") |"
+  echo "| ns/packet in the program, live (bpf_stats; lower is better) | ${nspp[sbc]} | ${nspp[xdp-filter]} | $(ratio "${nspp[sbc]}" "${nspp[xdp-filter]}") |"
+  echo "| ns/packet, BPF_PROG_TEST_RUN ×$REPEAT (lower is better) | ${trns[sbc]} | ${trns[xdp-filter]} | $(ratio "${trns[sbc]}" "${trns[xdp-filter]}") |"
+  if [[ $FLOOR == 1 ]]; then
+    above_sbc=$(awk -v a="${nspp[sbc]}" -v f="${nspp[floor]}" 'BEGIN {printf "%.1f", a - f}')
+    above_xf=$(awk -v a="${nspp[xdp-filter]}" -v f="${nspp[floor]}" 'BEGIN {printf "%.1f", a - f}')
+    echo "| ns/packet above the floor, live (the program's own work) | $above_sbc | $above_xf | $(ratio "$above_sbc" "$above_xf") |"
+    above_sbc=$(awk -v a="${trns[sbc]}" -v f="${trns[floor]}" 'BEGIN {printf "%.0f", a - f}')
+    above_xf=$(awk -v a="${trns[xdp-filter]}" -v f="${trns[floor]}" 'BEGIN {printf "%.0f", a - f}')
+    echo "| ns/packet above the floor, BPF_PROG_TEST_RUN | $above_sbc | $above_xf | $(ratio "$above_sbc" "$above_xf") |"
+  fi
+  echo "| SBC process CPU s during the flood, utime+stime (schedstat ms) | ${cpu_s[sbc]} (${cpu_ms[sbc]} ms) | ${cpu_s[xdp-filter]} (${cpu_ms[xdp-filter]} ms) | |"
+  echo "| SBC sip.requests_in delta during the flood | ${req[sbc]} | ${req[xdp-filter]} | |"
+  echo "| then 5 OPTIONS from the listed $GOOD_IP reached the SBC | ${listed[sbc]} | ${listed[xdp-filter]} | |"
+  echo
+  if [[ $FLOOR == 1 ]]; then
+    echo "- floor, the two-instruction XDP_DROP program (bench/xdp/xdp_drop_floor.py, native, same veth, same SBC behind it): ${sent[floor]} sent in ${secs[floor]} s, ${drops[floor]} dropped, $(rate "${drops[floor]}" "${secs[floor]}") drops/s, ${nspp[floor]} ns/packet live, ${trns[floor]} ns test run; SBC CPU ${cpu_s[floor]} s (${cpu_ms[floor]} ms), requests_in +${req[floor]}"
+  fi
+  if [[ $BASELINE == 1 ]]; then
+    echo "- reference, no XDP (the SBC's userspace filter alone, same flood): ${sent[none]} sent in ${secs[none]} s, userspace.dropped_not_listed +${drops[none]} ($(pct "${drops[none]}" "${sent[none]}"); $((sent[none] - drops[none])) never read by the SBC), SBC CPU ${cpu_s[none]} s (${cpu_ms[none]} ms), requests_in +${req[none]}, listed ${listed[none]}"
+  fi
+} | tee -a "$RESULTS"
+log "appended to $RESULTS"
