@@ -45,8 +45,11 @@ bench-xdp:
     cargo build --release -p sbc-xdp --example udp_flood
     bash bench/xdp/run.sh
 
-# Fuzz the framer and the header index (cargo-fuzz, nightly), SECONDS each.
+# Fuzz the framer, the header index and the engine (cargo-fuzz, nightly), SECONDS each,
+# seeded with the RFC 4475 vectors. A crash becomes a file in tests/vectors/fuzz/.
 fuzz SECONDS="60":
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-    cd fuzz && cargo +nightly fuzz run framer -- -max_total_time={{SECONDS}}
-    cd fuzz && cargo +nightly fuzz run header_index -- -max_total_time={{SECONDS}}
+    for t in framer header_index engine; do mkdir -p fuzz/corpus/$t && cp tests/vectors/rfc4475/*.sip fuzz/corpus/$t/; done
+    cd fuzz && cargo +nightly fuzz run framer -- -max_total_time={{SECONDS}} -dict=sip.dict
+    cd fuzz && cargo +nightly fuzz run header_index -- -max_total_time={{SECONDS}} -dict=sip.dict
+    cd fuzz && cargo +nightly fuzz run engine -- -max_total_time={{SECONDS}} -dict=sip.dict
