@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use sbc_lab::calls::{CORE_ADDR, call_pair, capture_both, core_port, sipp_ok, spawn_sipp};
-use sbc_lab::{CORE, CORE_PORT, EXT_PEER, Lab, Proc, SBC_EXT, SBC_INT, lab_lock, privileged, scenario};
+use sbc_lab::calls::{Calls, capture_both, run_calls, sipp_ok, spawn_sipp};
+use sbc_lab::{CORE, CORE_PORT, EXT_PEER, Lab, Proc, SBC_EXT, lab_lock, privileged, scenario};
 
 /// Captures on both SBC veths around `f`, then asserts nothing of the core leaked outside and
 /// that the check had at least `min_secrets` core identifiers to look for.
@@ -43,20 +43,7 @@ fn calls_from_outside_reach_the_core_and_nothing_of_the_core_leaks() -> Result<(
     let _g = lab_lock();
     let lab = Lab::new("sbl1", "calls_from_outside")?;
     let _sbc = lab.start_sbc(no_probe())?;
-    let packets = with_captures(&lab, 200, || {
-        call_pair(
-            &lab,
-            &lab.core,
-            ("uas-nosdp.xml", CORE_ADDR, &core_port()),
-            &lab.ext,
-            ("uac.xml", EXT_PEER),
-            &format!("{SBC_EXT}:5060"),
-            ("u1", "u1"),
-            200,
-            40,
-            &[],
-        )
-    })?;
+    let packets = with_captures(&lab, 200, || run_calls(&lab, &Calls::inbound("uas-nosdp.xml", "uac.xml", 200, 40)))?;
     eprintln!("200 calls external → core over UDP; {packets} external packets checked for leaks");
     Ok(())
 }
@@ -70,22 +57,8 @@ fn calls_from_the_core_reach_outside_and_nothing_of_the_core_leaks() -> Result<(
     let lab = Lab::new("sbl2", "calls_from_core")?;
     let _sbc = lab.start_sbc(no_probe())?;
     // The core uses the SBC as outbound proxy: the Request-URI names the outside callee,
-    // the packets go to the SBC's internal address (-rsa).
-    let rsa = format!("{SBC_INT}:5060");
-    with_captures(&lab, 400, || {
-        call_pair(
-            &lab,
-            &lab.ext,
-            ("uas.xml", EXT_PEER, "5060"),
-            &lab.core,
-            ("uac-nosdp.xml", CORE_ADDR),
-            &format!("{EXT_PEER}:5060"),
-            ("u1", "u1"),
-            200,
-            40,
-            &["-rsa", &rsa],
-        )
-    })?;
+    // the packets go to the SBC's internal address (Way::Outbound).
+    with_captures(&lab, 400, || run_calls(&lab, &Calls::outbound("uas.xml", "uac-nosdp.xml", 200, 40)))?;
     Ok(())
 }
 
@@ -99,21 +72,7 @@ fn leak_check_finds_the_core_when_hiding_is_off() -> Result<()> {
     let _g = lab_lock();
     let lab = Lab::new("sbl6", "leak_check_can_fail")?;
     let _sbc = lab.start_sbc_hiding(false, no_probe())?;
-    let rsa = format!("{SBC_INT}:5060");
-    let res = with_captures(&lab, 20, || {
-        call_pair(
-            &lab,
-            &lab.ext,
-            ("uas.xml", EXT_PEER, "5060"),
-            &lab.core,
-            ("uac-nosdp.xml", CORE_ADDR),
-            &format!("{EXT_PEER}:5060"),
-            ("u1", "u1"),
-            5,
-            10,
-            &["-rsa", &rsa],
-        )
-    });
+    let res = with_captures(&lab, 20, || run_calls(&lab, &Calls::outbound("uas.xml", "uac-nosdp.xml", 5, 10)));
     let err = res.err().map(|e| e.to_string()).unwrap_or_default();
     ensure!(err.contains("leaks, first"), "expected the leak check to fire, got {err:?}");
     Ok(())
@@ -127,73 +86,16 @@ fn bye_from_either_side_and_reinvite_cross_the_sbc() -> Result<()> {
     let _g = lab_lock();
     let lab = Lab::new("sbl3", "bye_and_reinvite")?;
     let _sbc = lab.start_sbc(no_probe())?;
-    let target = format!("{SBC_EXT}:5060");
-    let rsa = format!("{SBC_INT}:5060");
     with_captures(&lab, 100, || {
         // The core (callee) hangs up.
-        call_pair(
-            &lab,
-            &lab.core,
-            ("uas-bye-nosdp.xml", CORE_ADDR, &core_port()),
-            &lab.ext,
-            ("uac-waitbye.xml", EXT_PEER),
-            &target,
-            ("u1", "u1"),
-            20,
-            10,
-            &[],
-        )?;
+        run_calls(&lab, &Calls::inbound("uas-bye-nosdp.xml", "uac-waitbye.xml", 20, 10))?;
         // The outside callee hangs up on a call from the core.
-        call_pair(
-            &lab,
-            &lab.ext,
-            ("uas-bye.xml", EXT_PEER, "5060"),
-            &lab.core,
-            ("uac-waitbye-nosdp.xml", CORE_ADDR),
-            &format!("{EXT_PEER}:5060"),
-            ("u1", "u1"),
-            20,
-            10,
-            &["-rsa", &rsa],
-        )?;
+        run_calls(&lab, &Calls::outbound("uas-bye.xml", "uac-waitbye-nosdp.xml", 20, 10))?;
         // re-INVITE from the caller (outside), then from the callee (core).
-        call_pair(
-            &lab,
-            &lab.core,
-            ("uas-reinvite-nosdp.xml", CORE_ADDR, &core_port()),
-            &lab.ext,
-            ("uac-reinvite.xml", EXT_PEER),
-            &target,
-            ("u1", "u1"),
-            20,
-            10,
-            &[],
-        )?;
-        call_pair(
-            &lab,
-            &lab.core,
-            ("uas-reinvite-from-callee.xml", CORE_ADDR, &core_port()),
-            &lab.ext,
-            ("uac-accept-reinvite.xml", EXT_PEER),
-            &target,
-            ("u1", "u1"),
-            20,
-            10,
-            &[],
-        )?;
+        run_calls(&lab, &Calls::inbound("uas-reinvite-nosdp.xml", "uac-reinvite.xml", 20, 10))?;
+        run_calls(&lab, &Calls::inbound("uas-reinvite-from-callee.xml", "uac-accept-reinvite.xml", 20, 10))?;
         // The caller on TCP (the core stays on UDP: its target says udp).
-        call_pair(
-            &lab,
-            &lab.core,
-            ("uas-reinvite-nosdp.xml", CORE_ADDR, &core_port()),
-            &lab.ext,
-            ("uac-reinvite.xml", EXT_PEER),
-            &target,
-            ("u1", "t1"),
-            20,
-            10,
-            &[],
-        )?;
+        run_calls(&lab, &Calls::inbound("uas-reinvite-nosdp.xml", "uac-reinvite.xml", 20, 10).caller_over("t1"))?;
         Ok(())
     })?;
     Ok(())

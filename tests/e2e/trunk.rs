@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use sbc_lab::calls::{CORE_ADDR, call_pair, capture_both, core_port};
+use sbc_lab::calls::{Calls, capture_both, run_calls};
 use sbc_lab::{EXT_PEER, Lab, Proc, SBC_EXT, lab_lock, privileged, sbc_cli, send_udp, stat, try_tcp};
 
 const ATTACKER: &str = "203.0.113.66";
@@ -72,18 +72,7 @@ fn listed_carrier_calls_complete_and_unlisted_sources_die_in_xdp() -> Result<()>
     let _g = lab_lock();
     let (lab, sbc) = trunk_lab("sbt1", "trunk_xdp")?;
     // The listed carrier's calls complete.
-    call_pair(
-        &lab,
-        &lab.core,
-        ("uas-nosdp.xml", CORE_ADDR, &core_port()),
-        &lab.ext,
-        ("uac.xml", EXT_PEER),
-        &format!("{SBC_EXT}:5060"),
-        ("u1", "u1"),
-        20,
-        10,
-        &[],
-    )?;
+    run_calls(&lab, &Calls::inbound("uas-nosdp.xml", "uac.xml", 20, 10))?;
     let before = stats(&lab)?;
     // The attacker: UDP and TCP to the trunk port, over IPv4 and IPv6.
     send_udp(&lab.ext, ATTACKER, addr(SBC_EXT, 5060), &options(ATTACKER), 200, 2000)?;
@@ -126,20 +115,7 @@ fn reload_under_load_loses_no_call_and_admits_nothing_unlisted() -> Result<()> {
     let before = stats(&lab)?;
     let (res, cap) = capture_both(&lab, || -> Result<u32> {
         std::thread::scope(|s| -> Result<u32> {
-            let calls = s.spawn(|| {
-                call_pair(
-                    &lab,
-                    &lab.core,
-                    ("uas-nosdp.xml", CORE_ADDR, &core_port()),
-                    &lab.ext,
-                    ("uac.xml", EXT_PEER),
-                    &format!("{SBC_EXT}:5060"),
-                    ("u1", "u1"),
-                    200,
-                    25,
-                    &[],
-                )
-            });
+            let calls = s.spawn(|| run_calls(&lab, &Calls::inbound("uas-nosdp.xml", "uac.xml", 200, 25)));
             let flood = s.spawn(|| send_udp(&lab.ext, ATTACKER, addr(SBC_EXT, 5060), &options(ATTACKER), 2000, 250));
             let mut reloads = 0;
             for i in 0..20 {

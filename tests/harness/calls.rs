@@ -7,7 +7,10 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 
 use crate::pcap::Packet;
-use crate::{CORE, CORE_PORT, Capture, Lab, Netns, Proc, core_secrets, leaks, scenario, sipp, sipp_stats};
+use crate::{
+    CORE, CORE_PORT, Capture, EXT_PEER, Lab, Netns, Proc, SBC_EXT, SBC_INT, core_secrets, leaks, scenario, sipp,
+    sipp_stats,
+};
 
 pub const CORE_ADDR: &str = CORE;
 
@@ -71,52 +74,68 @@ pub fn spawn_sipp(lab: &Lab, ns: &Netns, name: &str, args: &[&str]) -> Result<Pr
     Proc::spawn(name, sipp(ns, &lab.dir, args), lab.dir.join(format!("{name}.log")))
 }
 
-/// Starts the callee (`scenario`, ip, port), then the caller (`scenario`, ip) toward `target`;
-/// both must complete `calls` calls. Transports are (callee, caller): sipp's -t values.
-#[allow(clippy::too_many_arguments)]
-pub fn call_pair(
-    lab: &Lab,
-    callee_ns: &Netns,
-    callee: (&str, &str, &str),
-    caller_ns: &Netns,
-    caller: (&str, &str),
-    target: &str,
-    (callee_t, caller_t): (&str, &str),
-    calls: u64,
-    rate: u32,
-    extra_caller: &[&str],
-) -> Result<()> {
-    let n = calls.to_string();
-    let r = rate.to_string();
-    let (callee_sf, callee_ip, callee_port) = callee;
-    let callee_sf = scenario(callee_sf);
+/// Which way calls cross the SBC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// The caller is outside (203.0.113.10) and calls the SBC's external address; the callee
+    /// is the core (10.99.0.10:5070).
+    Inbound,
+    /// The caller is the core, using the SBC's internal address as outbound proxy (`-rsa`);
+    /// the Request-URI names the callee outside (203.0.113.10:5060).
+    Outbound,
+}
+
+/// One batch of calls between a sipp callee and a sipp caller across the SBC.
+#[derive(Debug, Clone, Copy)]
+pub struct Calls<'a> {
+    pub way: Way,
+    /// Scenario files (tests/peers/scenarios).
+    pub callee: &'a str,
+    pub caller: &'a str,
+    /// sipp -t of the caller (the callee is on UDP, as the core target is).
+    pub caller_transport: &'a str,
+    pub calls: u64,
+    pub rate: u32,
+}
+
+impl<'a> Calls<'a> {
+    pub fn inbound(callee: &'a str, caller: &'a str, calls: u64, rate: u32) -> Self {
+        Calls { way: Way::Inbound, callee, caller, caller_transport: "u1", calls, rate }
+    }
+    pub fn outbound(callee: &'a str, caller: &'a str, calls: u64, rate: u32) -> Self {
+        Calls { way: Way::Outbound, callee, caller, caller_transport: "u1", calls, rate }
+    }
+    pub fn caller_over(self, transport: &'a str) -> Self {
+        Calls { caller_transport: transport, ..self }
+    }
+}
+
+/// Starts the callee, then the caller; returns (caller, callee) still running.
+pub fn start_calls(lab: &Lab, c: &Calls<'_>) -> Result<(Proc, Proc)> {
+    let n = c.calls.to_string();
+    let r = c.rate.to_string();
+    let core_port = core_port();
+    let ext_target = format!("{EXT_PEER}:5060");
+    let sbc_ext = format!("{SBC_EXT}:5060");
+    let rsa = format!("{SBC_INT}:5060");
+    let (callee_ns, callee_ip, callee_port, caller_ns, caller_ip, target) = match c.way {
+        Way::Inbound => (&lab.core, CORE_ADDR, core_port.as_str(), &lab.ext, EXT_PEER, sbc_ext.as_str()),
+        Way::Outbound => (&lab.ext, EXT_PEER, "5060", &lab.core, CORE_ADDR, ext_target.as_str()),
+    };
+    let callee_sf = scenario(c.callee).to_string_lossy().into_owned();
     let uas = spawn_sipp(
         lab,
         callee_ns,
         "callee",
-        &[
-            "-sf",
-            &callee_sf.to_string_lossy(),
-            "-t",
-            callee_t,
-            "-i",
-            callee_ip,
-            "-p",
-            callee_port,
-            "-m",
-            &n,
-            "-timeout",
-            "120s",
-        ],
+        &["-sf", &callee_sf, "-t", "u1", "-i", callee_ip, "-p", callee_port, "-m", &n, "-timeout", "120s"],
     )?;
     std::thread::sleep(Duration::from_millis(300));
-    let (caller_sf, caller_ip) = caller;
-    let caller_sf = scenario(caller_sf);
+    let caller_sf = scenario(c.caller).to_string_lossy().into_owned();
     let mut args = vec![
         "-sf",
-        caller_sf.to_str().unwrap_or_default(),
+        &caller_sf,
         "-t",
-        caller_t,
+        c.caller_transport,
         "-i",
         caller_ip,
         "-p",
@@ -133,9 +152,17 @@ pub fn call_pair(
         "-timeout",
         "120s",
     ];
-    args.extend_from_slice(extra_caller);
+    if c.way == Way::Outbound {
+        args.extend_from_slice(&["-rsa", &rsa]);
+    }
     let uac = spawn_sipp(lab, caller_ns, "caller", &args)?;
-    sipp_ok(uac, Duration::from_secs(150), calls)?;
-    sipp_ok(uas, Duration::from_secs(20), calls)?;
+    Ok((uac, uas))
+}
+
+/// Runs a batch of calls; every call must succeed on both sides.
+pub fn run_calls(lab: &Lab, c: &Calls<'_>) -> Result<()> {
+    let (uac, uas) = start_calls(lab, c)?;
+    sipp_ok(uac, Duration::from_secs(150), c.calls)?;
+    sipp_ok(uas, Duration::from_secs(20), c.calls)?;
     Ok(())
 }
