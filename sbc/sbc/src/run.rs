@@ -49,13 +49,15 @@ async fn main_loop(cfg: Validated) -> anyhow::Result<()> {
         cores = ?cfg.engine.cores.iter().map(|c| c.addr).collect::<Vec<_>>(),
         "sbc running"
     );
+    let mut int =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("SIGINT handler")?;
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
     loop {
         let deadline = engine.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
             biased;
-            _ = tokio::signal::ctrl_c() => break,
+            _ = int.recv() => break,
             _ = term.recv() => break,
             _ = hup.recv() => {
                 if let Some(t) = trunk.as_mut() {

@@ -469,12 +469,12 @@ impl Engine {
 
     /// The transaction id of a request (§17.2.3), with the RFC 2543 fallback (§17.2.3 last
     /// paragraph) when the branch lacks the magic cookie.
-    fn txn_branch(req: &Checked<'_>) -> Vec<u8> {
+    fn txn_branch(&self, req: &Checked<'_>) -> Vec<u8> {
         match &req.branch {
             Some(b) if b.starts_with(b"z9hG4bK") => b.to_vec(),
             _ => {
                 let top = req.msg.value(HeaderName::Via).unwrap_or_default();
-                let h = crate::topology::Masker::new(b"2543").token(
+                let h = self.masker.token(
                     b'x',
                     &[&req.call_id, &req.cseq.to_le_bytes(), req.from_tag.as_deref().unwrap_or_default(), top],
                 );
@@ -488,7 +488,7 @@ impl Engine {
 
     fn on_request(&mut self, now: Instant, flow: Flow, req: &Checked<'_>) {
         let side = flow.side;
-        let branch = Self::txn_branch(req);
+        let branch = self.txn_branch(req);
         let key = ServerKey { side, branch, cancel: false };
         match req.method {
             Method::Ack => {
@@ -602,6 +602,13 @@ impl Engine {
                 let Some(remote) = target.socket_addr() else {
                     return Err((404, "Not Found"));
                 };
+                let ours = [&self.cfg.external, &self.cfg.internal]
+                    .iter()
+                    .any(|c| c.udp == Some(remote) || c.tcp == Some(remote));
+                if ours {
+                    // A Request-URI naming the SBC itself without a token of ours: it would loop.
+                    return Err((482, "Loop Detected"));
+                }
                 let transport = target.transport.unwrap_or(Transport::Udp);
                 let local = self.cfg.external.local(transport).ok_or((503, "Service Unavailable"))?;
                 Ok(Route::Address(Flow { side: Side::External, transport, local, remote }))

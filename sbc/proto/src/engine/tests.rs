@@ -340,3 +340,16 @@ fn refer_to_is_pointed_at_the_sbc_and_its_replaces_is_unmasked() {
     assert!(refer_to.contains("to-tag%3Dcore-tag-2"), "the core gets its own tag back: {refer_to}");
     assert_eq!(header(m, "To"), Some("<sip:1000@203.0.113.1>;tag=core-tag-2"));
 }
+
+#[test]
+fn a_core_request_naming_the_sbc_without_a_token_is_a_loop() {
+    let now = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], None), now);
+    let inv = "INVITE sip:bob@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.10:5070;branch=z9hG4bKloop\r\n\
+               From: <sip:a@10.0.0.10>;tag=1\r\nTo: <sip:bob@10.0.0.1>\r\nCall-ID: loop-1\r\nCSeq: 1 INVITE\r\n\
+               Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+    e.handle_datagram(now, core(CORE_A), inv.as_bytes());
+    let out = drain(&mut e);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(first_line(&out[0].1), "SIP/2.0 482 Loop Detected");
+}
