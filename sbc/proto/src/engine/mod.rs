@@ -58,8 +58,9 @@ impl Side {
 }
 
 /// A transport-level path: which side, which transport, our address, the peer's address.
-/// For TCP, `local` is the side's listening address whatever the socket's real port, so a flow
-/// names the connection to `remote` on that side.
+/// For TCP, `local` is the listening address the connection belongs to (for connections the SBC
+/// opens, the side's first TCP address), not the socket's ephemeral port: with the side, a flow
+/// names the connection to `remote`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Flow {
     pub side: Side,

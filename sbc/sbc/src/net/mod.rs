@@ -87,7 +87,7 @@ pub struct StreamSettings {
 /// The daemon's sockets.
 pub struct Net {
     udp: HashMap<SocketAddr, Arc<UdpSocket>>,
-    /// Side → TCP listen address (the `local` of every TCP flow on that side).
+    /// Side → the TCP listen address connections we open are attributed to (the side's first).
     tcp_local: HashMap<Side, SocketAddr>,
     conns: HashMap<ConnKey, (u64, mpsc::Sender<Vec<u8>>)>,
     next_id: u64,
@@ -125,11 +125,10 @@ impl Net {
                 if i == 0 {
                     net.tcp_local.insert(*side, local);
                 }
-                let first = *net.tcp_local.get(side).unwrap_or(&local);
                 tokio::spawn(accept_loop(
                     Tcp,
                     *side,
-                    first,
+                    local,
                     l,
                     net.tx.clone(),
                     settings,
