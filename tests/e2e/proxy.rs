@@ -192,3 +192,18 @@ fn register_then_call_from_core_reaches_the_phone_over_its_tcp_connection() -> R
     }
     register_then_call("sbl5", "register_tcp", "t1")
 }
+
+#[test]
+fn refer_and_notify_cross_the_sbc_with_refer_to_pointed_at_it() -> Result<()> {
+    if !privileged("refer") {
+        return Ok(());
+    }
+    let _g = lab_lock();
+    let lab = Lab::new("sbl7", "refer")?;
+    let _sbc = lab.start_sbc(no_probe())?;
+    // The core (callee) transfers the caller: REFER with Refer-To at the core's own address;
+    // the caller fails the call unless it arrives pointed at the SBC (203.0.113.1:5060), then
+    // answers 202, sends the NOTIFY (message/sipfrag) and hangs up.
+    with_captures(&lab, 20, || run_calls(&lab, &Calls::inbound("uas-refer-nosdp.xml", "uac-accept-refer.xml", 10, 5)))?;
+    Ok(())
+}

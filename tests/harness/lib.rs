@@ -209,7 +209,7 @@ pub struct Capture {
 impl Capture {
     pub fn start(ns: &Netns, ifname: &str, file: PathBuf, dir: &Path) -> Result<Capture> {
         let mut c = ns.cmd("tcpdump");
-        c.args(["-i", ifname, "-U", "-n", "-s", "0", "-w"]).arg(&file);
+        c.args(["-i", ifname, "--immediate-mode", "-U", "-n", "-s", "0", "-w"]).arg(&file);
         let proc = Proc::spawn(&format!("tcpdump {ifname}"), c, dir.join(format!("tcpdump-{ifname}.log")))?;
         // tcpdump prints "listening on" once the capture is armed.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -219,10 +219,18 @@ impl Capture {
         Ok(Capture { proc, file })
     }
 
-    /// Stops the capture and returns the packets' transport payloads.
+    /// Stops the capture and returns the packets' transport payloads. Fails when tcpdump
+    /// captured fewer packets than its filter received: a leak check must see everything.
     pub fn finish(mut self) -> Result<Vec<pcap::Packet>> {
         std::thread::sleep(Duration::from_millis(200));
         self.proc.stop();
+        let log = self.proc.log_text();
+        let count = |what: &str| -> Option<u64> {
+            log.lines().find(|l| l.ends_with(what)).and_then(|l| l.split_whitespace().next()?.parse().ok())
+        };
+        if let (Some(captured), Some(received)) = (count("packets captured"), count("packets received by filter")) {
+            ensure!(captured >= received, "{}: captured {captured} of {received} packets", self.proc.name);
+        }
         pcap::read(&self.file)
     }
 }
