@@ -32,7 +32,8 @@ use std::{
 };
 
 use frames::Frame;
-use netns::{Netns, privileged_or_skip, veth};
+use netns::{Netns, veth};
+use sbc_lab::privileged;
 use sbc_xdp::{AttachMode, Counters, Prefix, Proto, XdpAction, XdpFilter};
 use socket2::{Domain, Socket, Type};
 
@@ -238,7 +239,7 @@ fn check_udp_tcp(lab: &Lab, listed: IpAddr, unlisted: IpAddr, dst: IpAddr) {
 
 #[test]
 fn ipv4_udp_and_tcp_to_protected_port_listed_pass_unlisted_dropped() {
-    if !privileged_or_skip("ipv4_udp_and_tcp_to_protected_port_listed_pass_unlisted_dropped") {
+    if !privileged("ipv4_udp_and_tcp_to_protected_port_listed_pass_unlisted_dropped") {
         return;
     }
     let lab = Lab::new("4");
@@ -247,7 +248,7 @@ fn ipv4_udp_and_tcp_to_protected_port_listed_pass_unlisted_dropped() {
 
 #[test]
 fn ipv6_udp_and_tcp_to_protected_port_listed_pass_unlisted_dropped() {
-    if !privileged_or_skip("ipv6_udp_and_tcp_to_protected_port_listed_pass_unlisted_dropped") {
+    if !privileged("ipv6_udp_and_tcp_to_protected_port_listed_pass_unlisted_dropped") {
         return;
     }
     let lab = Lab::new("6");
@@ -256,7 +257,7 @@ fn ipv6_udp_and_tcp_to_protected_port_listed_pass_unlisted_dropped() {
 
 #[test]
 fn traffic_to_unprotected_port_is_untouched() {
-    if !privileged_or_skip("traffic_to_unprotected_port_is_untouched") {
+    if !privileged("traffic_to_unprotected_port_is_untouched") {
         return;
     }
     let lab = Lab::new("u");
@@ -277,7 +278,7 @@ fn traffic_to_unprotected_port_is_untouched() {
 
 #[test]
 fn blocklist_drops_every_destination_until_unblocked() {
-    if !privileged_or_skip("blocklist_drops_every_destination_until_unblocked") {
+    if !privileged("blocklist_drops_every_destination_until_unblocked") {
         return;
     }
     let mut lab = Lab::new("b");
@@ -303,7 +304,7 @@ fn blocklist_drops_every_destination_until_unblocked() {
 
 #[test]
 fn fragments_first_judged_rest_passed() {
-    if !privileged_or_skip("fragments_first_judged_rest_passed") {
+    if !privileged("fragments_first_judged_rest_passed") {
         return;
     }
     let lab = Lab::new("f");
@@ -346,7 +347,7 @@ fn mac_of(ns: &Netns, ifname: &str) -> [u8; 6] {
 
 #[test]
 fn vlan_tagged_frames_on_the_wire_are_judged() {
-    if !privileged_or_skip("vlan_tagged_frames_on_the_wire_are_judged") {
+    if !privileged("vlan_tagged_frames_on_the_wire_are_judged") {
         return;
     }
     let lab = Lab::new("v");
@@ -381,7 +382,7 @@ fn vlan_tagged_frames_on_the_wire_are_judged() {
 /// BPF_PROG_TEST_RUN on crafted frames: the parser's corner cases, one verdict each.
 #[test]
 fn verdict_table_for_crafted_frames() {
-    if !privileged_or_skip("verdict_table_for_crafted_frames") {
+    if !privileged("verdict_table_for_crafted_frames") {
         return;
     }
     let mut f = XdpFilter::load().expect("load XDP program");
@@ -573,7 +574,7 @@ fn filler(n: usize, salt: u32) -> Vec<Prefix> {
 
 #[test]
 fn allowlist_swap_under_load_drops_no_listed_packet_and_admits_no_unlisted() {
-    if !privileged_or_skip("allowlist_swap_under_load_drops_no_listed_packet_and_admits_no_unlisted") {
+    if !privileged("allowlist_swap_under_load_drops_no_listed_packet_and_admits_no_unlisted") {
         return;
     }
     const SWAPS: usize = 200;

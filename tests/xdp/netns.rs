@@ -12,19 +12,6 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-/// Root, or skip: when `SBC_REQUIRE_PRIVILEGED=1` a skip is a failure.
-/// Returns `false` when the test should return early.
-pub fn privileged_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("SBC_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("{test}: needs root (netns, XDP) and SBC_REQUIRE_PRIVILEGED=1 forbids skipping");
-    }
-    eprintln!("SKIP {test}: needs root (netns, XDP)");
-    false
-}
-
 /// Runs a command to completion; panics with its stderr on failure.
 pub fn run(args: &[&str]) -> String {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("spawn {args:?}: {e}"));
