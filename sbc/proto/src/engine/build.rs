@@ -147,37 +147,26 @@ pub(super) fn cancel_or_ack(invite: &[u8], method: &str, to: Option<&[u8]>, max_
 
 /// A final response the SBC makes for a server transaction whose request it no longer holds.
 pub(super) fn local_response(st: &ServerTxn, code: u16, reason: &str) -> Vec<u8> {
-    // The stored last response (at least our 100 Trying for INVITE) has the right Via, From,
-    // To, Call-ID and CSeq for this side; otherwise fall back to a minimal message.
+    // §8.2.6.2: the request's Via, From, Call-ID and CSeq; its To with our tag added.
     let mut out = format!("SIP/2.0 {code} {reason}\r\n").into_bytes();
-    for v in &st.vias {
-        out.extend_from_slice(b"Via: ");
-        out.extend_from_slice(v);
+    let mut header = |name: &str, value: &[u8]| {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
+    };
+    for v in &st.vias {
+        header("Via", v);
     }
-    if let Some(prev) = &st.last_response
-        && let Ok(m) = Message::index(prev, 256)
-    {
-        for h in &m.headers {
-            match h.name {
-                HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
-                    out.extend_from_slice(m.slice(&h.line_span));
-                }
-                HeaderName::To => {
-                    let v = m.unfolded(h);
-                    let tagged = rewrite_param(&v, "tag", |t| Some(t.to_vec())).is_some();
-                    out.extend_from_slice(b"To: ");
-                    out.extend_from_slice(&v);
-                    if !tagged {
-                        out.extend_from_slice(b";tag=");
-                        out.extend_from_slice(st.local_tag.as_bytes());
-                    }
-                    out.extend_from_slice(b"\r\n");
-                }
-                _ => {}
-            }
-        }
+    header("From", &st.from);
+    let mut to = st.to.clone();
+    if rewrite_param(&to, "tag", |t| Some(t.to_vec())).is_none() {
+        to.extend_from_slice(b";tag=");
+        to.extend_from_slice(st.local_tag.as_bytes());
     }
+    header("To", &to);
+    header("Call-ID", &st.call_id);
+    header("CSeq", &st.cseq);
     out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
     out
 }

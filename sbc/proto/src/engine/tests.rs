@@ -353,3 +353,23 @@ fn a_core_request_naming_the_sbc_without_a_token_is_a_loop() {
     assert_eq!(out.len(), 1, "{out:#?}");
     assert_eq!(first_line(&out[0].1), "SIP/2.0 482 Loop Detected");
 }
+
+#[test]
+fn timer_f_answers_a_non_invite_with_a_complete_408() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], None), t0);
+    let opt = invite("z9hG4bKopt").replace("INVITE sip", "OPTIONS sip").replace("CSeq: 1 INVITE", "CSeq: 1 OPTIONS");
+    e.handle_datagram(t0, ext(Transport::Udp), opt.as_bytes());
+    assert_eq!(drain(&mut e).len(), 1, "forwarded, no 100 for a non-INVITE");
+    e.handle_timeout(t0 + Duration::from_secs(32));
+    let to_ua: Vec<String> =
+        drain(&mut e).into_iter().filter(|(f, _)| f.side == Side::External).map(|(_, m)| m).collect();
+    assert_eq!(to_ua.len(), 1);
+    let m = &to_ua[0];
+    assert_eq!(first_line(m), "SIP/2.0 408 Request Timeout");
+    assert_eq!(header(m, "Via"), Some("SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKopt"));
+    assert_eq!(header(m, "From"), Some("<sip:alice@198.51.100.7>;tag=ua-tag"));
+    assert!(header(m, "To").unwrap().starts_with("<sip:1000@203.0.113.1>;tag="));
+    assert_eq!(header(m, "Call-ID"), Some("ua-call@198.51.100.7"));
+    assert_eq!(header(m, "CSeq"), Some("1 OPTIONS"));
+}

@@ -61,6 +61,7 @@ pub struct ServerTxn {
     pub from: Vec<u8>,
     pub to: Vec<u8>,
     pub call_id: Vec<u8>,
+    pub cseq: Vec<u8>,
     /// Record-Route of a dialog-creating request, echoed in its responses (§12.1.1).
     pub record_route: Vec<Vec<u8>>,
     pub state: ServerState,
