@@ -3,7 +3,10 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 export PATH := env_var('HOME') + "/.cargo/bin:" + env_var('PATH')
 
-# Install what a fresh machine lacks (Debian packages, nightly rust-src, bpf-linker).
+# The dated nightly that builds the XDP program and runs cargo-fuzz (pinned in one file).
+ebpf_toolchain := `sed -n 's/^channel *= *"\(.*\)"/\1/p' ebpf/xdp/rust-toolchain.toml`
+
+# Install what a fresh machine lacks (Debian packages, the pinned nightly with rust-src, bpf-linker, just).
 setup:
     bash .ci/install-deps
 
@@ -48,8 +51,8 @@ bench-xdp:
 # Fuzz the framer, the header index and the engine (cargo-fuzz, nightly), SECONDS each,
 # seeded with the RFC 4475 vectors. A crash becomes a file in tests/vectors/fuzz/.
 fuzz SECONDS="60":
-    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    cargo-fuzz --version 2>/dev/null | grep -qw 0.13.2 || cargo install cargo-fuzz@0.13.2 --locked --force
     for t in framer header_index engine; do mkdir -p fuzz/corpus/$t && cp tests/vectors/rfc4475/*.sip fuzz/corpus/$t/; done
-    cd fuzz && cargo +nightly fuzz run framer -- -max_total_time={{SECONDS}} -dict=sip.dict
-    cd fuzz && cargo +nightly fuzz run header_index -- -max_total_time={{SECONDS}} -dict=sip.dict
-    cd fuzz && cargo +nightly fuzz run engine -- -max_total_time={{SECONDS}} -dict=sip.dict
+    cd fuzz && cargo +{{ebpf_toolchain}} fuzz run framer -- -max_total_time={{SECONDS}} -dict=sip.dict
+    cd fuzz && cargo +{{ebpf_toolchain}} fuzz run header_index -- -max_total_time={{SECONDS}} -dict=sip.dict
+    cd fuzz && cargo +{{ebpf_toolchain}} fuzz run engine -- -max_total_time={{SECONDS}} -dict=sip.dict

@@ -1,9 +1,10 @@
 //! Builds the XDP program (`ebpf/xdp`, target bpfel-unknown-none) with aya-build and leaves
 //! the object in `$OUT_DIR/sbc-ebpf-xdp`, which `src/lib.rs` embeds.
 //!
-//! Needs a nightly toolchain with `rust-src` (for `-Z build-std=core`) and `bpf-linker` on
-//! PATH. `SBC_EBPF_TOOLCHAIN` picks the toolchain (default `nightly`; e.g.
-//! `nightly-2026-10-29`). `AYA_BUILD_SKIP=1` skips the eBPF build and embeds an empty
+//! Needs the dated nightly named in `ebpf/xdp/rust-toolchain.toml` with `rust-src` (for
+//! `-Z build-std=core`) and `bpf-linker` on PATH (`.ci/install-deps` installs both).
+//! `SBC_EBPF_TOOLCHAIN` overrides the toolchain (e.g. to try a newer nightly before moving the
+//! pin). `AYA_BUILD_SKIP=1` skips the eBPF build and embeds an empty
 //! object: the crate compiles (for clippy, docs, hosts without nightly) and
 //! `XdpFilter::attach` returns `XdpError::NoObject`.
 //!
@@ -22,6 +23,7 @@ fn main() -> aya_build::Result<()> {
     println!("cargo:rerun-if-changed={}", common_dir.join("src").display());
     println!("cargo:rerun-if-changed={}", common_dir.join("Cargo.toml").display());
     println!("cargo:rerun-if-env-changed=SBC_EBPF_TOOLCHAIN");
+    println!("cargo:rerun-if-changed={}", xdp_dir.join("rust-toolchain.toml").display());
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
 
     let out = PathBuf::from(env::var("OUT_DIR")?).join("sbc-ebpf-xdp");
@@ -31,7 +33,10 @@ fn main() -> aya_build::Result<()> {
         return Ok(());
     }
 
-    let toolchain = env::var("SBC_EBPF_TOOLCHAIN").unwrap_or_else(|_| "nightly".to_owned());
+    let toolchain = match env::var("SBC_EBPF_TOOLCHAIN") {
+        Ok(t) => t,
+        Err(_) => pinned_channel(&xdp_dir.join("rust-toolchain.toml"))?,
+    };
     env::set_current_dir(&xdp_dir)?;
     let root_dir =
         xdp_dir.to_str().ok_or_else(|| std::io::Error::other(format!("non-UTF-8 path {}", xdp_dir.display())))?;
@@ -43,4 +48,15 @@ fn main() -> aya_build::Result<()> {
         return Err(std::io::Error::other(format!("aya-build produced no {}", out.display())).into());
     }
     Ok(())
+}
+
+/// The `channel = "…"` of the eBPF crate's `rust-toolchain.toml`: the one pinned nightly.
+fn pinned_channel(file: &std::path::Path) -> std::io::Result<String> {
+    let text = fs::read_to_string(file)?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("channel"))
+        .filter_map(|rest| rest.trim_start().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .find(|v| !v.is_empty())
+        .ok_or_else(|| std::io::Error::other(format!("{}: no `channel = \"…\"` line", file.display())))
 }
