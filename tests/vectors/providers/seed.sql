@@ -1,6 +1,7 @@
--- The operator's currency, providers and providers_ips tables, transcribed from
--- ../shared/seeds/003_*.txt: the CREATE TABLE statements verbatim (HeidiSQL's style), the rows
--- as the article lists them (an empty cell is NULL). currency is here for providers' foreign key.
+-- The operator's currency, providers and providers_ips tables: the schema and rows of the
+-- operator design the allowlist comes from (a published article on a VoIP operator's billing
+-- database), kept here as the project's documented fixture. The CREATE TABLE statements are
+-- verbatim (HeidiSQL's style), the rows as the article lists them (an empty cell is NULL). currency is here for providers' foreign key.
 -- Loaded into a real MariaDB by tests/e2e/allowlist_export.rs, and read directly by
 -- `sbc allowlist export --sql`. The expected export is expected.allowlist beside this file.
 SET NAMES utf8mb4;

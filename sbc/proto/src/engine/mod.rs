@@ -33,6 +33,9 @@ use crate::transaction::{ClientState, ClientTxn, Purpose, ServerKey, ServerState
 
 pub use timer::Timer;
 
+/// The methods the SBC relays, for `Allow` in its own answers.
+const ALLOW: &[u8] = b"INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO, MESSAGE, SUBSCRIBE, NOTIFY, REFER";
+
 /// The two sides of the SBC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Side {
@@ -535,6 +538,11 @@ impl Engine {
             Admit::Reject { code, reason } => return self.local_reply(flow, req, code, reason, &[]),
             Admit::Drop => return self.drop_msg(flow, "refused by guard".into()),
         }
+        if req.method == Method::Options && req.to_tag.is_none() && self.addressed_to_sbc(req, flow) {
+            // RFC 3261 §11.2: an OPTIONS naming the SBC itself (a keepalive, a health check) is
+            // answered by the SBC, not relayed to the core.
+            return self.local_reply(flow, req, 200, "OK", &[("Allow", ALLOW), ("Accept", b"application/sdp")]);
+        }
         if self.server.len() >= self.cfg.max_transactions {
             self.events.push_back(Event::Overload { what: "transactions" });
             return self.local_reply(flow, req, 503, "Service Unavailable", &[("Retry-After", b"5")]);
@@ -575,6 +583,21 @@ impl Engine {
         if let Err((code, reason)) = self.forward_request(now, flow, req, route, key.clone()) {
             self.answer_server(now, &key, code, reason);
         }
+    }
+
+    /// A Request-URI without a user part whose host and port are the address the request
+    /// arrived on (or the side's advertised host): the request is for the SBC itself.
+    fn addressed_to_sbc(&self, req: &Checked<'_>, flow: Flow) -> bool {
+        let Ok(target) = SipUri::parse(req.msg.request_uri()) else { return false };
+        if target.user.is_some() {
+            return false;
+        }
+        let port = target.port.unwrap_or(if target.sips { 5061 } else { 5060 });
+        let host_is_ours = match &target.host {
+            uri::Host::Ip(ip) => *ip == flow.local.ip(),
+            uri::Host::Name(n) => n.eq_ignore_ascii_case(&self.side_cfg(flow.side).advertise),
+        };
+        host_is_ours && port == flow.local.port()
     }
 
     fn route_request(&self, req: &Checked<'_>, flow: Flow) -> Result<Route, (u16, &'static str)> {

@@ -373,3 +373,26 @@ fn timer_f_answers_a_non_invite_with_a_complete_408() {
     assert_eq!(header(m, "Call-ID"), Some("ua-call@198.51.100.7"));
     assert_eq!(header(m, "CSeq"), Some("1 OPTIONS"));
 }
+
+#[test]
+fn options_to_the_sbc_itself_is_answered_locally_rfc3261_11_2() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], None), t0);
+    let ping = |uri: &str| {
+        invite("z9hG4bKping")
+            .replace("INVITE sip:1000@203.0.113.1", &format!("OPTIONS {uri}"))
+            .replace("CSeq: 1 INVITE", "CSeq: 1 OPTIONS")
+    };
+    e.handle_datagram(t0, ext(Transport::Udp), ping("sip:203.0.113.1").as_bytes());
+    let out = drain(&mut e);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].0, ext(Transport::Udp));
+    assert_eq!(first_line(&out[0].1), "SIP/2.0 200 OK");
+    assert!(header(&out[0].1, "Allow").unwrap().contains("INVITE"));
+    // A user part, or another port, is a request for someone else: relayed to the core.
+    for (i, uri) in ["sip:1000@203.0.113.1", "sip:203.0.113.1:5070"].into_iter().enumerate() {
+        e.handle_datagram(t0, ext(Transport::Udp), ping(uri).replace("z9hG4bKping", &format!("z9hG4bKp{i}")).as_bytes());
+        let out = drain(&mut e);
+        assert!(out.iter().any(|(f, m)| f.side == Side::Internal && m.starts_with("OPTIONS ")), "{uri}: {out:#?}");
+    }
+}
