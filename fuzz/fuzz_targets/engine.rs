@@ -56,7 +56,7 @@ fn pump(e: &mut Engine, now: Instant, code: (u16, &str), answer: bool) {
                     let flow = Flow { remote: t.flow.remote, local: t.flow.local, ..internal() };
                     answers.push((
                         flow,
-                        reply(&m, code.0, code.1, Some(b"core-tag"), &[("Contact", b"<sip:core@10.99.0.10:5070>")]),
+                        reply(&m, t.flow.local, code.0, code.1, Some(b"core-tag"), &[("Contact", b"<sip:core@10.99.0.10:5070>")]),
                     ));
                 }
             }

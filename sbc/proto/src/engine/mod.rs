@@ -34,7 +34,8 @@ use crate::transaction::{ClientState, ClientTxn, Purpose, ServerKey, ServerState
 pub use timer::Timer;
 
 /// The methods the SBC relays, for `Allow` in its own answers.
-const ALLOW: &[u8] = b"INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO, MESSAGE, SUBSCRIBE, NOTIFY, REFER";
+const ALLOW: &[u8] =
+    b"INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO, MESSAGE, SUBSCRIBE, NOTIFY, REFER";
 
 /// The two sides of the SBC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -418,7 +419,7 @@ impl Engine {
                     _ => Vec::new(),
                 };
                 let tag = self.random_hex();
-                self.send(flow, reply(msg, code, reason, Some(tag.as_bytes()), &extra));
+                self.send(flow, reply(msg, flow.remote, code, reason, Some(tag.as_bytes()), &extra));
                 self.stats.rejected += 1;
                 self.events.push_back(Event::Rejected { flow, code, error: error.to_string() });
             }
@@ -432,7 +433,7 @@ impl Engine {
         }
         tracing::debug!(code, reason, "answered locally");
         let tag = self.random_hex();
-        self.send(flow, reply(&req.msg, code, reason, Some(tag.as_bytes()), extra));
+        self.send(flow, reply(&req.msg, flow.remote, code, reason, Some(tag.as_bytes()), extra));
         self.stats.local_replies += 1;
         if code >= 300 {
             self.events.push_back(Event::Rejected { flow, code, error: reason.to_string() });
@@ -493,7 +494,7 @@ impl Engine {
     fn on_request(&mut self, now: Instant, flow: Flow, req: &Checked<'_>) {
         let side = flow.side;
         let branch = self.txn_branch(req);
-        let key = ServerKey { side, branch, cancel: false };
+        let key = ServerKey::new(side, branch, req.sent_by.clone(), req.method);
         match req.method {
             Method::Ack => {
                 if let Some(st) = self.server.get_mut(&key) {
@@ -553,11 +554,15 @@ impl Engine {
         };
         if req.method == Method::Invite {
             // §16.2: a stateful proxy answers INVITE with 100 Trying itself.
-            let trying = reply(&req.msg, 100, "Trying", None, &[]);
+            let trying = reply(&req.msg, flow.remote, 100, "Trying", None, &[]);
             self.send(flow, trying);
         }
         let local_tag = self.random_hex();
-        let vias = build::via_values(&req.msg);
+        let mut vias = build::via_values(&req.msg);
+        if let Some(top) = vias.first_mut() {
+            // §18.2.1 / RFC 3581 §4: responses tell the UA where its request came from.
+            *top = crate::sip::edit::stamp_via(top, flow.remote);
+        }
         let header = |n: HeaderName| req.msg.first(n).map(|h| req.msg.unfolded(h).into_owned()).unwrap_or_default();
         let mut st = ServerTxn {
             flow,
@@ -576,7 +581,7 @@ impl Engine {
             expires: now + self.cfg.timers.t64() * 3,
         };
         if req.method == Method::Invite {
-            st.last_response = Some(reply(&req.msg, 100, "Trying", None, &[]));
+            st.last_response = Some(reply(&req.msg, flow.remote, 100, "Trying", None, &[]));
         }
         self.server.insert(key.clone(), st);
         self.schedule(now + self.cfg.timers.t64() * 3, Timer::Server(key.clone()));
@@ -850,8 +855,10 @@ impl Engine {
         self.stats.requests_forwarded += 1;
     }
 
-    fn on_cancel(&mut self, now: Instant, flow: Flow, req: &Checked<'_>, invite_key: ServerKey) {
-        let cancel_key = ServerKey { cancel: true, ..invite_key.clone() };
+    /// §9.2: `cancel_key` is the CANCEL's own transaction; the INVITE it cancels has the same
+    /// branch and sent-by (§17.2.3).
+    fn on_cancel(&mut self, now: Instant, flow: Flow, req: &Checked<'_>, cancel_key: ServerKey) {
+        let invite_key = ServerKey { method: Method::Invite, ..cancel_key.clone() };
         if let Some(st) = self.server.get(&cancel_key) {
             if let Some(r) = st.last_response.clone() {
                 self.send(flow, r);
@@ -866,7 +873,7 @@ impl Engine {
         let tag = st.local_tag.clone();
         let proceeding = st.state == ServerState::Proceeding;
         let client = st.client.clone();
-        let ok = reply(&req.msg, 200, "OK", Some(tag.as_bytes()), &[]);
+        let ok = reply(&req.msg, flow.remote, 200, "OK", Some(tag.as_bytes()), &[]);
         self.send(flow, ok.clone());
         let linger = if flow.transport == Transport::Udp { self.cfg.timers.t64() } else { Duration::ZERO };
         self.server.insert(

@@ -391,8 +391,66 @@ fn options_to_the_sbc_itself_is_answered_locally_rfc3261_11_2() {
     assert!(header(&out[0].1, "Allow").unwrap().contains("INVITE"));
     // A user part, or another port, is a request for someone else: relayed to the core.
     for (i, uri) in ["sip:1000@203.0.113.1", "sip:203.0.113.1:5070"].into_iter().enumerate() {
-        e.handle_datagram(t0, ext(Transport::Udp), ping(uri).replace("z9hG4bKping", &format!("z9hG4bKp{i}")).as_bytes());
+        e.handle_datagram(
+            t0,
+            ext(Transport::Udp),
+            ping(uri).replace("z9hG4bKping", &format!("z9hG4bKp{i}")).as_bytes(),
+        );
         let out = drain(&mut e);
         assert!(out.iter().any(|(f, m)| f.side == Side::Internal && m.starts_with("OPTIONS ")), "{uri}: {out:#?}");
     }
+}
+
+#[test]
+fn branch_reused_by_another_method_or_sent_by_is_a_new_transaction_rfc3261_17_2_3() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], None), t0);
+    let as_method = |m: &str| {
+        invite("z9hG4bKsame")
+            .replace("INVITE sip", &format!("{m} sip"))
+            .replace("CSeq: 1 INVITE", &format!("CSeq: 1 {m}"))
+    };
+    e.handle_datagram(t0, ext(Transport::Udp), as_method("OPTIONS").as_bytes());
+    let out = drain(&mut e);
+    assert!(out.iter().any(|(f, m)| f.side == Side::Internal && m.starts_with("OPTIONS ")), "{out:#?}");
+    // The same request again is a retransmission: absorbed.
+    e.handle_datagram(t0, ext(Transport::Udp), as_method("OPTIONS").as_bytes());
+    assert!(drain(&mut e).is_empty());
+    // Same branch and sent-by, another method: a request of its own.
+    for m in ["REGISTER", "MESSAGE"] {
+        e.handle_datagram(t0, ext(Transport::Udp), as_method(m).as_bytes());
+        let out = drain(&mut e);
+        assert!(out.iter().any(|(f, x)| f.side == Side::Internal && x.starts_with(&format!("{m} "))), "{m}: {out:#?}");
+    }
+    // Same branch and method, another UA (sent-by): a request of its own.
+    let other =
+        invite("z9hG4bKsame").replace("Via: SIP/2.0/UDP 198.51.100.7:5060", "Via: SIP/2.0/UDP 198.51.100.8:5060");
+    let flow = Flow { remote: sa("198.51.100.8:5060"), ..ext(Transport::Udp) };
+    e.handle_datagram(t0, flow, invite("z9hG4bKsame").as_bytes());
+    e.handle_datagram(t0, flow, other.as_bytes());
+    let out = drain(&mut e);
+    let invites = out.iter().filter(|(f, m)| f.side == Side::Internal && m.starts_with("INVITE ")).count();
+    assert_eq!(invites, 2, "{out:#?}");
+}
+
+#[test]
+fn responses_carry_received_and_rport_rfc3261_18_2_1_rfc3581_4() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], None), t0);
+    let nat = Flow { remote: sa("203.0.113.50:40001"), ..ext(Transport::Udp) };
+    let req = invite("z9hG4bKnat").replace(
+        "Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKnat",
+        "Via: SIP/2.0/UDP 192.168.77.2:5060;branch=z9hG4bKnat;rport",
+    );
+    e.handle_datagram(t0, nat, req.as_bytes());
+    let out = drain(&mut e);
+    let stamped = "SIP/2.0/UDP 192.168.77.2:5060;branch=z9hG4bKnat;received=203.0.113.50;rport=40001";
+    let trying = out.iter().find(|(f, m)| *f == nat && m.starts_with("SIP/2.0 100")).expect("100 Trying");
+    assert_eq!(header(&trying.1, "Via"), Some(stamped));
+    let fwd = out.iter().find(|(f, _)| f.side == Side::Internal).unwrap().1.clone();
+    e.handle_datagram(t0, core(CORE_A), respond(&fwd, 486, "Busy Here", Some("c1"), "").as_bytes());
+    let out = drain(&mut e);
+    let busy =
+        out.iter().find(|(f, m)| *f == nat && m.starts_with("SIP/2.0 486")).expect("486 relayed to the NAT flow");
+    assert_eq!(header(&busy.1, "Via"), Some(stamped));
 }

@@ -1,6 +1,6 @@
 //! SIP methods (RFC 3261 §7.1 and the extension RFCs the proxy treats specially).
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Method {
     Invite,
     Ack,

@@ -20,6 +20,9 @@ pub struct Checked<'a> {
     pub to_tag: Option<Cow<'a, [u8]>>,
     /// The branch of the topmost Via (None for RFC 2543 peers, RFC 4475 §3.4.1).
     pub branch: Option<Cow<'a, [u8]>>,
+    /// The topmost Via's sent-by, normalised for matching: host in lower case, `:port` always
+    /// written (the transport's default when absent). RFC 3261 §17.2.3 matches on it.
+    pub sent_by: Vec<u8>,
     pub max_forwards: Option<u32>,
 }
 
@@ -67,6 +70,7 @@ pub fn check<'a>(msg: Message<'a>) -> Result<Checked<'a>, Box<(Message<'a>, SipE
             from_tag: parts.from_tag,
             to_tag: parts.to_tag,
             branch: parts.branch,
+            sent_by: parts.sent_by,
             max_forwards: parts.max_forwards,
         }),
         Err(e) => Err(Box::new((msg, e))),
@@ -80,7 +84,17 @@ struct Parts<'a> {
     from_tag: Option<Cow<'a, [u8]>>,
     to_tag: Option<Cow<'a, [u8]>>,
     branch: Option<Cow<'a, [u8]>>,
+    sent_by: Vec<u8>,
     max_forwards: Option<u32>,
+}
+
+/// `host:port` of a Via, host lower-cased, the transport's default port written out.
+fn normalised_sent_by(via: &values::Via<'_>) -> Vec<u8> {
+    let port = via.port.unwrap_or(if via.transport.eq_ignore_ascii_case(b"TLS") { 5061 } else { 5060 });
+    let mut out = via.host.to_ascii_lowercase();
+    out.push(b':');
+    out.extend_from_slice(port.to_string().as_bytes());
+    out
 }
 
 fn check_inner<'a>(msg: &Message<'a>) -> Result<Parts<'a>, SipError> {
@@ -125,6 +139,7 @@ fn check_inner<'a>(msg: &Message<'a>) -> Result<Parts<'a>, SipError> {
     }
     // Every Via element must parse; the top one's branch identifies the transaction.
     let mut branch: Option<Cow<'a, [u8]>> = None;
+    let mut sent_by = Vec::new();
     let mut first = true;
     for h in msg.all(HeaderName::Via) {
         let v = msg.unfolded(h);
@@ -132,6 +147,7 @@ fn check_inner<'a>(msg: &Message<'a>) -> Result<Parts<'a>, SipError> {
             let via = values::via(v.get(r).unwrap_or_default()).map_err(bad(HeaderName::Via))?;
             if first {
                 branch = via.branch().map(|b| Cow::Owned(b.to_vec()));
+                sent_by = normalised_sent_by(&via);
                 first = false;
             }
         }
@@ -171,7 +187,7 @@ fn check_inner<'a>(msg: &Message<'a>) -> Result<Parts<'a>, SipError> {
         }
         Kind::Response => Method::from_bytes(cseq_method),
     };
-    Ok(Parts { method, cseq, call_id, from_tag, to_tag, branch, max_forwards })
+    Ok(Parts { method, cseq, call_id, from_tag, to_tag, branch, sent_by, max_forwards })
 }
 
 fn check_request_line(msg: &Message<'_>) -> Result<Method, SipError> {

@@ -28,13 +28,25 @@ impl Timers {
     }
 }
 
-/// §17.2.3: a server transaction is matched by the top Via branch, the side it arrived on, and
-/// whether the request is a CANCEL (ACK matches its INVITE).
+/// §17.2.3: a server transaction is matched by the top Via's branch *and* sent-by, and the
+/// method (an ACK matches its INVITE; a CANCEL is a transaction of its own), on the side it
+/// arrived on. A UA that reuses a branch for another request, or another UA that happens to
+/// pick the same branch, starts a new transaction instead of being taken for a retransmission.
+/// (Two requests of different unknown methods share `Method::Other`.)
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServerKey {
     pub side: Side,
     pub branch: Vec<u8>,
-    pub cancel: bool,
+    pub sent_by: Vec<u8>,
+    pub method: Method,
+}
+
+impl ServerKey {
+    /// The key of the transaction `method` belongs to: ACK → its INVITE; CANCEL → the CANCEL's own.
+    pub fn new(side: Side, branch: Vec<u8>, sent_by: Vec<u8>, method: Method) -> ServerKey {
+        let method = if method == Method::Ack { Method::Invite } else { method };
+        ServerKey { side, branch, sent_by, method }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
