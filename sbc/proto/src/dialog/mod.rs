@@ -32,6 +32,21 @@ pub struct Dialog {
     pub call_ids: [Vec<u8>; 2],
     pub confirmed: bool,
     pub expires: Instant,
+    /// The internal caller's own `host[:port]` in its From, which the outside saw as ours:
+    /// restored in the To of requests the outside sends in this dialog.
+    pub internal_host: Option<Vec<u8>>,
+    /// RFC 3261 §13.3.1.4: set while the 2xx to the initial INVITE waits for its ACK.
+    pub ack_wait: Option<AckWait>,
+}
+
+/// A 2xx not ACKed by `deadline` ends its dialog, and the callee gets `bye` (prebuilt from the
+/// 2xx, with our `branch`) on `flow`.
+#[derive(Debug, Clone)]
+pub struct AckWait {
+    pub deadline: Instant,
+    pub flow: Flow,
+    pub branch: String,
+    pub bye: Vec<u8>,
 }
 
 impl Dialog {
@@ -86,6 +101,10 @@ pub struct ForwardCtx {
     pub requester_call_id: Vec<u8>,
     /// Registration tokens in this REGISTER, to map the registrar's Contact list back.
     pub registration: Vec<String>,
+    /// The internal requester's own From `host[:port]` when it was replaced by ours.
+    pub internal_host: Option<Vec<u8>>,
+    /// Sent to a registered UA's own flow (a transport error there is RFC 5626's 430).
+    pub to_binding: bool,
     /// Core target index, for failover when the core does not answer.
     pub core: Option<usize>,
     /// Cores already tried for this request.
@@ -102,6 +121,8 @@ impl Default for ForwardCtx {
             requester_route_set: Vec::new(),
             requester_call_id: Vec::new(),
             registration: Vec::new(),
+            internal_host: None,
+            to_binding: false,
             core: None,
             tried: Vec::new(),
         }

@@ -71,11 +71,13 @@ pub(super) fn record_routes(msg: &Message<'_>) -> Vec<Vec<u8>> {
     out
 }
 
-pub(super) fn internal_hosts(cfg: &Config) -> Vec<Vec<u8>> {
-    let mut hosts: Vec<String> = vec![cfg.internal.advertise.clone()];
-    hosts.extend(cfg.internal.udp.iter().chain(cfg.internal.tcp.iter()).map(|a| a.ip().to_string()));
-    hosts.extend(cfg.cores.iter().map(|c| c.addr.ip().to_string()));
-    hosts.extend(cfg.hidden_hosts.iter().cloned());
+/// The hosts an identity sent to a hidden external side may keep: the configured public
+/// domains and the SBC's own external names and addresses. Lower case; IPv6 both bare and
+/// bracketed.
+pub(super) fn public_hosts(cfg: &Config) -> Vec<Vec<u8>> {
+    let mut hosts: Vec<String> = vec![cfg.external.advertise.clone()];
+    hosts.extend(cfg.external.udp.iter().chain(cfg.external.tcp.iter()).map(|a| a.ip().to_string()));
+    hosts.extend(cfg.public_domains.iter().cloned());
     let mut out: Vec<Vec<u8>> = Vec::new();
     for h in hosts {
         let h = h.to_ascii_lowercase();
@@ -167,6 +169,42 @@ pub(super) fn local_response(st: &ServerTxn, code: u16, reason: &str) -> Vec<u8>
     header("To", &to);
     header("Call-ID", &st.call_id);
     header("CSeq", &st.cseq);
+    out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+    out
+}
+
+/// RFC 3261 §13.3.1.4: the BYE the SBC sends a callee whose 2xx was never ACKed, built from
+/// that 2xx as the callee sent it (its From/To/Call-ID are the callee's view of the dialog).
+pub(super) fn unacked_bye(
+    advertise: &str,
+    flow: Flow,
+    branch: &str,
+    resp: &Message<'_>,
+    target: &[u8],
+    route_set: &[Vec<u8>],
+    cseq: u32,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"BYE ");
+    out.extend_from_slice(target);
+    out.extend_from_slice(b" SIP/2.0\r\n");
+    let mut header = |name: &str, value: &[u8]| {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    header("Via", &via_line(advertise, flow, branch));
+    for r in route_set {
+        header("Route", r);
+    }
+    header("Max-Forwards", b"70");
+    for name in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
+        if let Some(h) = resp.first(name) {
+            header(name.canonical(), &resp.unfolded(h));
+        }
+    }
+    header("CSeq", format!("{} BYE", cseq.wrapping_add(1)).as_bytes());
     out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
     out
 }
@@ -286,8 +324,17 @@ impl Engine {
     /// `call_id_native` is the side that created the Call-ID (the dialog's caller, or the
     /// requester outside a dialog). In a request the From tag is the requester's, the To tag
     /// the other side's.
-    fn cross_common(&mut self, s: &mut Splice<'_, '_>, c: &Checked<'_>, from: Side, to: Flow, call_id_native: Side) {
+    fn cross_common(
+        &mut self,
+        s: &mut Splice<'_, '_>,
+        c: &Checked<'_>,
+        from: Side,
+        to: Flow,
+        call_id_native: Side,
+        restore_to_host: Option<&[u8]>,
+    ) {
         let hide = self.side_cfg(to.side).hide;
+        let adv_own = self.cfg.external.advertise.clone();
         if let Some(v) = self.ident(&c.call_id, call_id_native, to.side) {
             s.set(HeaderName::CallId, &v);
         }
@@ -310,12 +357,18 @@ impl Engine {
             {
                 v = x;
             }
+            // The requester's identity (From) toward the outside gets the SBC's host; the To of a
+            // request is the destination's own URI and stays.
             if replace_hosts
-                && let Some(x) = rewrite_uri_host(
-                    &v,
-                    |host| self.internal_hosts.iter().any(|k| k.eq_ignore_ascii_case(host)),
-                    adv.as_bytes(),
-                )
+                && h.name == HeaderName::From
+                && let Some(x) = rewrite_uri_host(&v, |host| self.hides_host(host), adv.as_bytes())
+            {
+                v = x;
+            }
+            // Coming back in a dialog whose internal party's host we replaced: restored.
+            if h.name == HeaderName::To
+                && let Some(orig) = restore_to_host
+                && let Some(x) = rewrite_uri_host(&v, |host| host.eq_ignore_ascii_case(adv_own.as_bytes()), orig)
             {
                 v = x;
             }
@@ -326,7 +379,12 @@ impl Engine {
         self.cross_others(s, c, from, to);
     }
 
-    /// Identity headers other than From/To get the internal host names replaced toward a
+    /// Whether `host` in an identity sent to a hidden external side is replaced by ours.
+    pub(super) fn hides_host(&self, host: &[u8]) -> bool {
+        !self.public_hosts.iter().any(|k| k.eq_ignore_ascii_case(host))
+    }
+
+    /// Identity headers other than From/To get their non-public hosts replaced toward a
     /// hidden external side; configured headers are stripped toward a hidden side; the body
     /// hook sees every body.
     fn cross_others(&mut self, s: &mut Splice<'_, '_>, c: &Checked<'_>, from: Side, to: Flow) {
@@ -338,11 +396,7 @@ impl Engine {
                     || (h.name == HeaderName::Other
                         && c.msg.slice(&h.name_span).eq_ignore_ascii_case(b"P-Asserted-Identity"));
                 if identity
-                    && let Some(x) = rewrite_uri_host(
-                        &c.msg.unfolded(h),
-                        |host| self.internal_hosts.iter().any(|k| k.eq_ignore_ascii_case(host)),
-                        adv.as_bytes(),
-                    )
+                    && let Some(x) = rewrite_uri_host(&c.msg.unfolded(h), |host| self.hides_host(host), adv.as_bytes())
                 {
                     s.replace_at(i, x);
                 }
@@ -379,6 +433,7 @@ impl Engine {
         contact: Option<Vec<u8>>,
         branch: &str,
         call_id_native: Side,
+        restore_to_host: Option<&[u8]>,
     ) -> Vec<u8> {
         let msg = &c.msg;
         let mut s = Splice::new(msg);
@@ -394,7 +449,11 @@ impl Engine {
         // §16.6 step 3.
         let mf = c.max_forwards.map_or(70, |m| m.saturating_sub(1));
         s.set(HeaderName::MaxForwards, mf.to_string().as_bytes());
-        self.cross_common(&mut s, c, from, to, call_id_native);
+        self.cross_common(&mut s, c, from, to, call_id_native, restore_to_host);
+        if to.side == Side::External && self.cfg.strip_credentials {
+            // Digest credentials answer the core's challenge; the other party has no use for them.
+            s.remove_other("Authorization").remove_other("Proxy-Authorization");
+        }
         match contact {
             Some(v) if msg.first(HeaderName::Contact).is_some() => {
                 s.set(HeaderName::Contact, &v);

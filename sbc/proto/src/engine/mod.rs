@@ -21,7 +21,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::dialog::{Binding, Dialog, ForwardCtx, Leg};
+use crate::dialog::{AckWait, Binding, Dialog, ForwardCtx, Leg};
 use crate::sip::edit::reply;
 use crate::sip::framer::{Datagram, Limits, frame_datagram};
 use crate::sip::message::{HeaderName, Message};
@@ -78,6 +78,9 @@ pub struct Flow {
 pub struct Transmit {
     pub flow: Flow,
     pub data: Vec<u8>,
+    /// A response over a stream whose connection to `flow.remote` is gone goes over a (new)
+    /// connection to this address instead (RFC 3261 §18.2.2); None: to `flow.remote`.
+    pub reconnect: Option<SocketAddr>,
 }
 
 /// One side's addresses and policy.
@@ -125,9 +128,13 @@ pub struct Config {
     pub secret: Vec<u8>,
     /// Headers removed from messages sent toward a hidden side.
     pub strip_headers: Vec<String>,
-    /// Host names of the internal side (besides the core and internal addresses) replaced in
-    /// From/To toward a hidden external side.
-    pub hidden_hosts: Vec<String>,
+    /// Domains that may be seen outside: toward a hidden external side, every other host in
+    /// the From, Referred-By and P-Asserted-Identity of what the internal side sends becomes
+    /// the SBC's own (so the core's host names never leak, listed or not).
+    pub public_domains: Vec<String>,
+    /// Remove Authorization / Proxy-Authorization from requests leaving on the external side:
+    /// credentials are for the core's realm, never for another subscriber.
+    pub strip_credentials: bool,
     /// A confirmed dialog with no request for this long is forgotten.
     pub dialog_idle: Duration,
     pub timers: Timers,
@@ -161,7 +168,8 @@ impl Config {
             max_registrations: 1000,
             secret: b"example-secret".to_vec(),
             strip_headers: vec!["Server".into(), "User-Agent".into()],
-            hidden_hosts: Vec::new(),
+            public_domains: Vec::new(),
+            strip_credentials: true,
             dialog_idle: Duration::from_secs(3600),
             timers: Timers::default(),
             seed: 7,
@@ -234,6 +242,10 @@ pub struct Stats {
     pub retransmissions_sent: u64,
     pub dropped: u64,
     pub rejected: u64,
+    /// Dialogs ended because their 2xx was never ACKed (§13.3.1.4).
+    pub unacked_dialogs_ended: u64,
+    /// Transport errors (ICMP unreachable, TCP reset/refused) that failed pending transactions.
+    pub transport_errors: u64,
 }
 
 #[derive(Debug)]
@@ -276,7 +288,8 @@ pub struct Engine {
     rng: u64,
     stats: Stats,
     /// Host strings of the internal side, replaced in From/To toward a hidden external side.
-    internal_hosts: Vec<Vec<u8>>,
+    /// Hosts left alone in identities sent to a hidden external side (lower case).
+    public_hosts: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -296,7 +309,7 @@ impl Engine {
     pub fn new(cfg: Config, now: Instant) -> Engine {
         let masker = Masker::new(&cfg.secret);
         let cores = cfg.cores.iter().map(|t| CoreState { target: *t, up: true }).collect();
-        let internal_hosts = build::internal_hosts(&cfg);
+        let public_hosts = build::public_hosts(&cfg);
         let mut e = Engine {
             rng: cfg.seed | 1,
             cfg,
@@ -314,7 +327,7 @@ impl Engine {
             out: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
-            internal_hosts,
+            public_hosts,
         };
         if e.cfg.probe_interval.is_some() {
             e.schedule(now, Timer::Probe);
@@ -441,7 +454,12 @@ impl Engine {
     }
 
     fn send(&mut self, flow: Flow, data: Vec<u8>) {
-        self.out.push_back(Transmit { flow, data });
+        self.out.push_back(Transmit { flow, data, reconnect: None });
+    }
+
+    /// A response on a server transaction's flow, with its §18.2.2 fallback address.
+    fn send_reply(&mut self, flow: Flow, reply_to: Option<SocketAddr>, data: Vec<u8>) {
+        self.out.push_back(Transmit { flow, data, reconnect: reply_to });
     }
 
     fn side_cfg(&self, side: Side) -> &SideConfig {
@@ -528,8 +546,8 @@ impl Engine {
             if st.state != ServerState::Accepted
                 && let Some(r) = st.last_response.clone()
             {
-                let f = st.flow;
-                self.send(f, r);
+                let (f, reply_to) = (st.flow, st.reply_to);
+                self.send_reply(f, reply_to, r);
             }
             self.stats.retransmissions_absorbed += 1;
             return;
@@ -579,6 +597,7 @@ impl Engine {
             local_tag,
             retransmit: None,
             expires: now + self.cfg.timers.t64() * 3,
+            reply_to: (flow.transport != Transport::Udp).then(|| SocketAddr::new(flow.remote.ip(), req.sent_by_port)),
         };
         if req.method == Method::Invite {
             st.last_response = Some(reply(&req.msg, flow.remote, 100, "Trying", None, &[]));
@@ -588,6 +607,18 @@ impl Engine {
         if let Err((code, reason)) = self.forward_request(now, flow, req, route, key.clone()) {
             self.answer_server(now, &key, code, reason);
         }
+    }
+
+    /// The `host[:port]` of the From of a request from the internal side when it will be
+    /// replaced by ours toward the outside (see [`build`]'s identity rules).
+    fn replaced_from_host(&self, req: &Checked<'_>) -> Option<Vec<u8>> {
+        let from = req.msg.unfolded(req.msg.first(HeaderName::From)?);
+        let hostport = crate::topology::uri_hostport(&from)?;
+        let host = match hostport.first() {
+            Some(b'[') => hostport.get(..hostport.iter().position(|&b| b == b']')? + 1)?,
+            _ => hostport.split(|&b| b == b':').next()?,
+        };
+        self.hides_host(host).then(|| hostport.to_vec())
     }
 
     /// A Request-URI without a user part whose host and port are the address the request
@@ -671,6 +702,7 @@ impl Engine {
         server: ServerKey,
     ) -> Result<(), (u16, &'static str)> {
         let mut ctx = ForwardCtx { call_id_native: flow.side, ..ForwardCtx::default() };
+        let mut restore_to_host = None;
         let (to_flow, ruri, route_set) = match &route {
             Route::Dialog(token) => {
                 let d = self.dialogs.get_mut(token).ok_or((481, "Call/Transaction Does Not Exist"))?;
@@ -684,12 +716,16 @@ impl Engine {
                 }
                 d.expires = now + self.cfg.dialog_idle;
                 ctx.call_id_native = d.caller;
+                if flow.side == Side::External {
+                    restore_to_host.clone_from(&d.internal_host);
+                }
                 let to = d.leg(flow.side.other()).clone();
                 ctx.dialog = Some(token.clone());
                 (to.flow, Some(to.target), to.route_set)
             }
             Route::Binding(token) => {
                 let b = self.bindings.get(token).ok_or((404, "Not Found"))?;
+                ctx.to_binding = true;
                 (b.flow, Some(b.contact.clone()), Vec::new())
             }
             Route::Core(idx) => {
@@ -712,6 +748,9 @@ impl Engine {
             ctx.requester_contact = build::contact_uri(&req.msg);
             ctx.requester_route_set = build::record_routes(&req.msg);
             ctx.requester_call_id = req.call_id.to_vec();
+            if flow.side == Side::Internal && to_flow.side == Side::External && self.cfg.external.hide {
+                ctx.internal_host = self.replaced_from_host(req);
+            }
         }
         let contact = if req.method == Method::Register {
             let (value, tokens) = self.register_contacts(now, flow, to_flow, req)?;
@@ -730,6 +769,7 @@ impl Engine {
             contact,
             &branch,
             ctx.call_id_native,
+            restore_to_host.as_deref(),
         );
         tracing::debug!(to = %to_flow.remote, to_side = to_flow.side.as_str(), %branch, "request forwarded");
         self.start_client(now, to_flow, req.method, data, branch, Purpose::Forward(Box::new(ctx)), Some(server));
@@ -845,12 +885,24 @@ impl Engine {
         let Some(d) = self.dialogs.get_mut(&route) else { return };
         d.leg_mut(flow.side).flow = flow;
         d.expires = now + self.cfg.dialog_idle;
+        // §13.3.1.4: the 2xx is acknowledged; the dialog is up.
+        d.ack_wait = None;
         let to = d.leg(flow.side.other()).clone();
         let caller = d.caller;
+        let restore = if flow.side == Side::External { d.internal_host.clone() } else { None };
         let branch = self.new_branch();
         let contact = Some(self.contact_value(to.flow, Some(&route)));
-        let data =
-            self.build_request(req, flow.side, to.flow, Some(&to.target), &to.route_set, contact, &branch, caller);
+        let data = self.build_request(
+            req,
+            flow.side,
+            to.flow,
+            Some(&to.target),
+            &to.route_set,
+            contact,
+            &branch,
+            caller,
+            restore.as_deref(),
+        );
         self.send(to.flow, data);
         self.stats.requests_forwarded += 1;
     }
@@ -893,6 +945,7 @@ impl Engine {
                 local_tag: tag,
                 retransmit: None,
                 expires: now + linger,
+                reply_to: None,
             },
         );
         self.schedule(now + linger, Timer::Server(cancel_key));
@@ -923,9 +976,9 @@ impl Engine {
     fn answer_server(&mut self, now: Instant, key: &ServerKey, code: u16, reason: &str) {
         let Some(st) = self.server.get(key) else { return };
         let resp = build::local_response(st, code, reason);
-        let flow = st.flow;
+        let (flow, reply_to) = (st.flow, st.reply_to);
         self.finish_server(now, key, code, resp.clone());
-        self.send(flow, resp);
+        self.send_reply(flow, reply_to, resp);
         self.stats.local_replies += 1;
     }
 
@@ -981,7 +1034,7 @@ impl Engine {
                 }
                 return;
             }
-            Purpose::Cancel => {
+            Purpose::Cancel | Purpose::Local => {
                 if code < 200 {
                     self.client.insert(key, ct);
                 }
@@ -1079,7 +1132,7 @@ impl Engine {
         // Dialog state (§12.1.2, §12.2.1.2).
         if let Some(token) = ctx.dialog.clone() {
             if ctx.creates_dialog && (101..300).contains(&code) && resp.to_tag.is_some() {
-                self.upsert_dialog(now, &token, ctx, to_flow, ct.flow, resp, code);
+                self.upsert_dialog(now, &token, ctx, to_flow, ct.flow, resp, code, method == Method::Invite);
             } else if ctx.creates_dialog && code >= 300 {
                 if self.dialogs.get(&token).is_some_and(|d| !d.confirmed) {
                     self.remove_dialog(&token);
@@ -1108,9 +1161,10 @@ impl Engine {
         };
         let Some(st) = self.server.remove(&server) else { return };
         let data = self.build_response(resp, ct.flow.side, &st, contact);
+        let reply_to = st.reply_to;
         self.server.insert(server.clone(), st);
         self.finish_server(now, &server, code, data.clone());
-        self.send(to_flow, data);
+        self.send_reply(to_flow, reply_to, data);
         self.stats.responses_forwarded += 1;
     }
 
@@ -1124,10 +1178,12 @@ impl Engine {
         responder: Flow,
         resp: &Checked<'_>,
         code: u16,
+        invite: bool,
     ) {
         let target = build::contact_uri(&resp.msg);
         let confirmed = code >= 200;
         if let Some(d) = self.dialogs.get_mut(token) {
+            let first_final = confirmed && !d.confirmed;
             let leg = d.leg_mut(responder.side);
             if let Some(t) = target {
                 leg.target = t;
@@ -1136,6 +1192,9 @@ impl Engine {
                 leg.route_set = build::record_routes(&resp.msg).into_iter().rev().collect();
                 d.confirmed = true;
                 d.expires = now + self.cfg.dialog_idle;
+            }
+            if invite && first_final {
+                self.await_ack(now, token, responder, resp);
             }
             return;
         }
@@ -1167,8 +1226,47 @@ impl Engine {
             };
             self.dialog_index.insert((side, id), token.to_string());
         }
-        self.dialogs
-            .insert(token.to_string(), Dialog { token: token.to_string(), legs, caller, call_ids, confirmed, expires });
+        self.dialogs.insert(
+            token.to_string(),
+            Dialog {
+                token: token.to_string(),
+                legs,
+                caller,
+                call_ids,
+                confirmed,
+                expires,
+                internal_host: ctx.internal_host.clone(),
+                ack_wait: None,
+            },
+        );
+        if invite && confirmed {
+            self.await_ack(now, token, responder, resp);
+        }
+    }
+
+    /// §13.3.1.4: the dialog's first 2xx to INVITE went to the caller; unless its ACK comes
+    /// within 64·T1, the dialog ends and the callee (`responder`) gets a BYE. An INVITE flood
+    /// that never ACKs cannot fill the dialog table this way.
+    fn await_ack(&mut self, now: Instant, token: &str, responder: Flow, resp: &Checked<'_>) {
+        let branch = self.new_branch();
+        let Some(d) = self.dialogs.get(token) else { return };
+        let leg = d.leg(responder.side);
+        let adv = &self.side_cfg(responder.side).advertise;
+        let bye = build::unacked_bye(adv, responder, &branch, &resp.msg, &leg.target, &leg.route_set, resp.cseq);
+        let deadline = now + self.cfg.timers.t64();
+        if let Some(d) = self.dialogs.get_mut(token) {
+            d.ack_wait = Some(AckWait { deadline, flow: responder, branch, bye });
+        }
+        self.schedule(deadline, Timer::AckWait(token.to_string()));
+    }
+
+    fn ack_timeout(&mut self, now: Instant, token: String) {
+        let Some(d) = self.dialogs.get_mut(&token) else { return };
+        let Some(wait) = d.ack_wait.take_if(|w| w.deadline <= now) else { return };
+        tracing::debug!(dialog = %token, "2xx never ACKed: dialog ended, BYE to the callee");
+        self.remove_dialog(&token);
+        self.stats.unacked_dialogs_ended += 1;
+        self.start_client(now, wait.flow, Method::Bye, wait.bye, wait.branch, Purpose::Local, None);
     }
 
     /// REGISTER responses: the registrar's view (our token URIs) back to the UA's own Contacts,
@@ -1293,6 +1391,7 @@ impl Engine {
             Timer::Client(key) => self.client_timer(now, key),
             Timer::Server(key) => self.server_timer(now, key),
             Timer::Probe => self.probe(now),
+            Timer::AckWait(token) => self.ack_timeout(now, token),
             Timer::Sweep => {
                 let expired: Vec<String> =
                     self.dialogs.values().filter(|d| d.expires <= now).map(|d| d.token.clone()).collect();
@@ -1331,12 +1430,18 @@ impl Engine {
     /// Timer B / F: no final response. Probes mark the core down; forwarded requests try the
     /// next core or get 408 (§16.8).
     fn client_timed_out(&mut self, now: Instant, ct: &mut ClientTxn) {
+        self.client_failed(now, ct, 408, "Request Timeout");
+    }
+
+    /// A client transaction that will get no response: the next core when it was a core that
+    /// failed and nothing was relayed yet, otherwise `code` to the requester.
+    fn client_failed(&mut self, now: Instant, ct: &mut ClientTxn, code: u16, reason: &'static str) {
         match &ct.purpose {
             Purpose::Probe(idx) => {
                 let idx = *idx;
                 self.set_core(idx, false);
             }
-            Purpose::Cancel => {}
+            Purpose::Cancel | Purpose::Local => {}
             Purpose::Forward(ctx) => {
                 if let Some(core) = ctx.core {
                     if self.cfg.probe_interval.is_some() {
@@ -1356,9 +1461,35 @@ impl Engine {
                     {
                         self.remove_dialog(&d);
                     }
-                    self.answer_server(now, &sk, 408, "Request Timeout");
+                    self.answer_server(now, &sk, code, reason);
                 }
             }
+        }
+    }
+
+    /// The transport reported that `flow` is dead (an ICMP unreachable for a UDP peer, a reset
+    /// or refused TCP connection). RFC 3261 §16.9 / §17.1.4: every client transaction waiting on
+    /// it fails at once as if it got a 503 — the next core, or a 503 to the requester; toward a
+    /// registered UA's flow, RFC 5626 §5.3's 430 Flow Failed — instead of retransmitting until
+    /// Timer B/F.
+    pub fn handle_transport_error(&mut self, now: Instant, flow: Flow) {
+        let same = |f: &Flow| f.side == flow.side && f.transport == flow.transport && f.remote == flow.remote;
+        let keys: Vec<String> = self
+            .client
+            .iter()
+            .filter(|(_, ct)| same(&ct.flow) && matches!(ct.state, ClientState::Calling | ClientState::Proceeding))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        self.stats.transport_errors += 1;
+        tracing::debug!(remote = %flow.remote, side = flow.side.as_str(), transactions = keys.len(), "transport error");
+        for key in keys {
+            let Some(mut ct) = self.client.remove(&key) else { continue };
+            let to_ua_flow = matches!(&ct.purpose, Purpose::Forward(c) if c.to_binding);
+            let (code, reason) = if to_ua_flow { (430, "Flow Failed") } else { (503, "Service Unavailable") };
+            self.client_failed(now, &mut ct, code, reason);
         }
     }
 

@@ -19,7 +19,6 @@ fn config(cores: &[&str], probe: Option<Duration>) -> Config {
         max_transactions: 100,
         max_dialogs: 100,
         max_registrations: 100,
-        hidden_hosts: vec!["core.internal".into()],
         seed: 42,
         ..Config::example()
     }
@@ -453,4 +452,191 @@ fn responses_carry_received_and_rport_rfc3261_18_2_1_rfc3581_4() {
     let busy =
         out.iter().find(|(f, m)| *f == nat && m.starts_with("SIP/2.0 486")).expect("486 relayed to the NAT flow");
     assert_eq!(header(&busy.1, "Via"), Some(stamped));
+}
+
+/// The core answers the forwarded INVITE with a 200 (tag, Contact); returns what reached the UA.
+fn answer_call(e: &mut Engine, now: Instant, fwd: &str) -> String {
+    let ok = respond(fwd, 200, "OK", Some("core-tag-1"), "Contact: <sip:1000@10.0.0.10:5070>\r\n");
+    e.handle_datagram(now, core(CORE_A), ok.as_bytes());
+    let out = drain(e);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    out[0].1.clone()
+}
+
+#[test]
+fn a_2xx_never_acked_ends_the_dialog_and_byes_the_callee_rfc3261_13_3_1_4() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], None), t0);
+    let fwd = start_call(&mut e, t0);
+    answer_call(&mut e, t0, &fwd);
+    assert_eq!(e.sizes().2, 1);
+    e.handle_timeout(t0 + Duration::from_millis(31_900));
+    assert!(drain(&mut e).is_empty());
+    assert_eq!(e.sizes().2, 1, "still waiting for the ACK before 64·T1");
+    e.handle_timeout(t0 + Duration::from_secs(32));
+    let out = drain(&mut e);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    let (f, bye) = &out[0];
+    assert_eq!(*f, core(CORE_A));
+    assert!(bye.starts_with("BYE sip:1000@10.0.0.10:5070 SIP/2.0\r\n"), "{bye}");
+    assert_eq!(header(bye, "From"), header(&fwd, "From"), "the caller as the callee knows it");
+    assert!(header(bye, "To").unwrap().ends_with(";tag=core-tag-1"));
+    assert_eq!(header(bye, "Call-ID"), header(&fwd, "Call-ID"));
+    assert_eq!(header(bye, "CSeq"), Some("2 BYE"));
+    assert_eq!(e.sizes().2, 0, "the dialog is gone");
+    assert_eq!(e.stats().unacked_dialogs_ended, 1);
+    // The callee's 200 to our BYE ends there.
+    e.handle_datagram(t0 + Duration::from_secs(32), core(CORE_A), respond(bye, 200, "OK", None, "").as_bytes());
+    assert!(drain(&mut e).is_empty());
+}
+
+#[test]
+fn an_acked_2xx_keeps_its_dialog_past_64_t1() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], None), t0);
+    let fwd = start_call(&mut e, t0);
+    let to_ua = answer_call(&mut e, t0, &fwd);
+    let token_uri = header(&to_ua, "Contact").unwrap().trim_matches(|c| c == '<' || c == '>').to_string();
+    let ack = format!(
+        "ACK {token_uri} SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKack\r\nFrom: <sip:alice@198.51.100.7>;tag=ua-tag\r\n\
+         To: {}\r\nCall-ID: ua-call@198.51.100.7\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        header(&to_ua, "To").unwrap()
+    );
+    e.handle_datagram(t0 + Duration::from_secs(1), ext(Transport::Udp), ack.as_bytes());
+    assert!(drain(&mut e).iter().any(|(f, m)| f.side == Side::Internal && m.starts_with("ACK ")));
+    e.handle_timeout(t0 + Duration::from_secs(40));
+    assert!(drain(&mut e).iter().all(|(_, m)| !m.starts_with("BYE")));
+    assert_eq!(e.sizes().2, 1);
+}
+
+#[test]
+fn credentials_for_the_core_never_reach_the_external_side() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], None), t0);
+    // Toward the core they pass: the core challenged for them.
+    let with_auth = invite("z9hG4bKauth").replace(
+        "Content-Length: 0",
+        "Proxy-Authorization: Digest username=\"alice\", realm=\"core\", nonce=\"n\", uri=\"sip:1000@203.0.113.1\", response=\"r\"\r\nContent-Length: 0",
+    );
+    e.handle_datagram(t0, ext(Transport::Udp), with_auth.as_bytes());
+    let fwd = drain(&mut e).into_iter().find(|(f, _)| f.side == Side::Internal).unwrap().1;
+    assert!(fwd.contains("Proxy-Authorization: Digest username=\"alice\""));
+    // From the core toward the outside they are removed.
+    let inv = "INVITE sip:bob@198.51.100.9:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.10:5070;branch=z9hG4bKcorecred\r\n\
+               From: <sip:200@10.0.0.10>;tag=c\r\nTo: <sip:bob@198.51.100.9>\r\nCall-ID: cc@10.0.0.10\r\nCSeq: 1 INVITE\r\n\
+               Contact: <sip:200@10.0.0.10:5070>\r\nAuthorization: Digest username=\"200\", response=\"x\"\r\n\
+               Proxy-Authorization: Digest username=\"200\", response=\"y\"\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+    e.handle_datagram(t0, core(CORE_A), inv.as_bytes());
+    let out = drain(&mut e).into_iter().find(|(f, _)| f.side == Side::External).unwrap().1;
+    assert!(!out.contains("Authorization"), "{out}");
+}
+
+#[test]
+fn core_hosts_in_identities_are_replaced_by_default_and_restored_in_the_dialog() {
+    let t0 = Instant::now();
+    let mut cfg = config(&[CORE_A], None);
+    cfg.public_domains = vec!["voip.example.com".into()];
+    let mut e = Engine::new(cfg, t0);
+    let inv = "INVITE sip:bob@198.51.100.9:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.10:5070;branch=z9hG4bKcorehost\r\n\
+               From: \"Desk\" <sip:200@pbx.corp.lan:5070>;tag=c\r\nTo: <sip:bob@bob-host.example.net>\r\nCall-ID: ch@pbx.corp.lan\r\n\
+               CSeq: 1 INVITE\r\nContact: <sip:200@10.0.0.10:5070>\r\nP-Asserted-Identity: <sip:200@pbx.corp.lan>\r\n\
+               Referred-By: <sip:300@voip.example.com>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+    e.handle_datagram(t0, core(CORE_A), inv.as_bytes());
+    let out = drain(&mut e).into_iter().find(|(f, _)| f.side == Side::External).unwrap().1;
+    assert!(!out.contains("pbx.corp.lan"), "{out}");
+    assert!(header(&out, "From").unwrap().starts_with("\"Desk\" <sip:200@203.0.113.1>;tag="), "{out}");
+    assert_eq!(header(&out, "To"), Some("<sip:bob@bob-host.example.net>"), "the destination's own URI stays");
+    assert_eq!(header(&out, "P-Asserted-Identity"), Some("<sip:200@203.0.113.1>"));
+    assert_eq!(header(&out, "Referred-By"), Some("<sip:300@voip.example.com>"), "a public domain stays");
+    // The phone answers and later hangs up: its BYE's To names the SBC; the core gets its own host back.
+    let ok = respond(&out, 200, "OK", Some("bob-tag"), "Contact: <sip:bob@198.51.100.9:5060>\r\n");
+    e.handle_datagram(t0, Flow { remote: sa("198.51.100.9:5060"), ..ext(Transport::Udp) }, ok.as_bytes());
+    let to_core = drain(&mut e).into_iter().find(|(f, _)| f.side == Side::Internal).unwrap().1;
+    assert_eq!(header(&to_core, "From"), Some("\"Desk\" <sip:200@pbx.corp.lan:5070>;tag=c"), "responses restore From");
+    let sbc = header(&out, "Contact").unwrap().trim_matches(|c| c == '<' || c == '>').to_string();
+    let bye = format!(
+        "BYE {sbc} SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.9:5060;branch=z9hG4bKbobbye\r\nFrom: <sip:bob@bob-host.example.net>;tag=bob-tag\r\n\
+         To: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        header(&out, "From").unwrap(),
+        header(&out, "Call-ID").unwrap()
+    );
+    e.handle_datagram(t0, Flow { remote: sa("198.51.100.9:5060"), ..ext(Transport::Udp) }, bye.as_bytes());
+    let to_core = drain(&mut e).into_iter().find(|(f, _)| f.side == Side::Internal).unwrap().1;
+    assert!(to_core.starts_with("BYE "), "{to_core}");
+    assert_eq!(header(&to_core, "To"), Some("\"Desk\" <sip:200@pbx.corp.lan:5070>;tag=c"));
+    assert_eq!(header(&to_core, "Call-ID"), Some("ch@pbx.corp.lan"));
+}
+
+#[test]
+fn a_transport_error_toward_the_core_fails_over_or_answers_503_at_once_rfc3261_16_9() {
+    let t0 = Instant::now();
+    // One core: the caller gets a 503 now, not a 408 after Timer B.
+    let mut e = Engine::new(config(&[CORE_A], None), t0);
+    start_call(&mut e, t0);
+    e.handle_transport_error(t0 + Duration::from_millis(3), core(CORE_A));
+    let out = drain(&mut e);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].0, ext(Transport::Udp));
+    assert_eq!(first_line(&out[0].1), "SIP/2.0 503 Service Unavailable");
+    assert_eq!(e.stats().transport_errors, 1);
+    // Two cores: the request moves to the second one.
+    let mut e = Engine::new(config(&[CORE_A, CORE_B], None), t0);
+    start_call(&mut e, t0);
+    e.handle_transport_error(t0 + Duration::from_millis(3), core(CORE_A));
+    let out = drain(&mut e);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].0, core(CORE_B));
+    assert!(out[0].1.starts_with("INVITE "));
+    // An error for a flow nothing waits on changes nothing.
+    e.handle_transport_error(t0, core("10.0.0.99:5060"));
+    assert!(drain(&mut e).is_empty());
+}
+
+#[test]
+fn a_transport_error_toward_a_registered_flow_answers_430_rfc5626_5_3() {
+    let now = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], None), now);
+    let phone = Flow { remote: sa("203.0.113.77:40000"), ..ext(Transport::Udp) };
+    let reg = "REGISTER sip:203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.168.1.2:5060;branch=z9hG4bKreg7;rport\r\n\
+               From: <sip:alice@203.0.113.1>;tag=r1\r\nTo: <sip:alice@203.0.113.1>\r\nCall-ID: reg-7\r\nCSeq: 1 REGISTER\r\n\
+               Contact: <sip:alice@192.168.1.2:5060>;expires=300\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+    e.handle_datagram(now, phone, reg.as_bytes());
+    let fwd = drain(&mut e).pop().unwrap().1;
+    let token_uri =
+        header(&fwd, "Contact").unwrap().split(';').next().unwrap().trim_matches(|c| c == '<' || c == '>').to_string();
+    let ok = respond(&fwd, 200, "OK", Some("reg-tag"), &format!("Contact: <{token_uri}>;expires=120\r\n"));
+    e.handle_datagram(now, core(CORE_A), ok.as_bytes());
+    drain(&mut e);
+    let inv = format!(
+        "INVITE {token_uri} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.10:5070;branch=z9hG4bKcore430\r\nFrom: <sip:bob@10.0.0.10>;tag=cb\r\n\
+         To: <sip:alice@203.0.113.1>\r\nCall-ID: core-call-430\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@10.0.0.10:5070>\r\n\
+         Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    e.handle_datagram(now, core(CORE_A), inv.as_bytes());
+    assert!(drain(&mut e).iter().any(|(f, _)| *f == phone));
+    // The phone's NAT binding is gone: ICMP port unreachable for its flow.
+    e.handle_transport_error(now + Duration::from_millis(2), phone);
+    let out = drain(&mut e);
+    let to_core: Vec<_> = out.iter().filter(|(f, _)| f.side == Side::Internal).collect();
+    assert_eq!(to_core.len(), 1, "{out:#?}");
+    assert_eq!(first_line(&to_core[0].1), "SIP/2.0 430 Flow Failed");
+}
+
+#[test]
+fn a_response_over_tcp_names_the_via_sent_by_port_for_a_new_connection_rfc3261_18_2_2() {
+    let now = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], None), now);
+    let phone = Flow { remote: sa("198.51.100.7:49152"), ..ext(Transport::Tcp) };
+    let req = invite("z9hG4bKtcp").replace("SIP/2.0/UDP 198.51.100.7:5060", "SIP/2.0/TCP 198.51.100.7:5062");
+    e.handle_stream_message(now, phone, req.as_bytes());
+    let mut out = Vec::new();
+    while let Some(t) = e.poll_transmit() {
+        out.push(t);
+    }
+    let trying = out.iter().find(|t| t.flow == phone).unwrap();
+    assert_eq!(trying.reconnect, None, "the 100 is sent at once on the request's own connection");
+    let fwd = String::from_utf8(out.iter().find(|t| t.flow.side == Side::Internal).unwrap().data.clone()).unwrap();
+    e.handle_datagram(now, core(CORE_A), respond(&fwd, 486, "Busy Here", Some("c"), "").as_bytes());
+    let busy = std::iter::from_fn(|| e.poll_transmit()).find(|t| t.flow == phone).unwrap();
+    assert_eq!(busy.reconnect, Some(sa("198.51.100.7:5062")));
 }

@@ -9,6 +9,8 @@ pub enum Timer {
     Client(String),
     /// Timer G retransmission or H/I/J end of a server transaction.
     Server(ServerKey),
+    /// RFC 3261 §13.3.1.4: the 2xx of the dialog with this token must have been ACKed by now.
+    AckWait(String),
     /// OPTIONS probing of the cores.
     Probe,
     /// Expiry of dialogs and registrations.

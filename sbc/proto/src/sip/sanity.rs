@@ -23,6 +23,9 @@ pub struct Checked<'a> {
     /// The topmost Via's sent-by, normalised for matching: host in lower case, `:port` always
     /// written (the transport's default when absent). RFC 3261 §17.2.3 matches on it.
     pub sent_by: Vec<u8>,
+    /// The port of that sent-by (the transport's default when absent): where a response goes
+    /// when its TCP connection is gone (§18.2.2).
+    pub sent_by_port: u16,
     pub max_forwards: Option<u32>,
 }
 
@@ -71,6 +74,7 @@ pub fn check<'a>(msg: Message<'a>) -> Result<Checked<'a>, Box<(Message<'a>, SipE
             to_tag: parts.to_tag,
             branch: parts.branch,
             sent_by: parts.sent_by,
+            sent_by_port: parts.sent_by_port,
             max_forwards: parts.max_forwards,
         }),
         Err(e) => Err(Box::new((msg, e))),
@@ -85,12 +89,17 @@ struct Parts<'a> {
     to_tag: Option<Cow<'a, [u8]>>,
     branch: Option<Cow<'a, [u8]>>,
     sent_by: Vec<u8>,
+    sent_by_port: u16,
     max_forwards: Option<u32>,
+}
+
+fn default_port(via: &values::Via<'_>) -> u16 {
+    via.port.unwrap_or(if via.transport.eq_ignore_ascii_case(b"TLS") { 5061 } else { 5060 })
 }
 
 /// `host:port` of a Via, host lower-cased, the transport's default port written out.
 fn normalised_sent_by(via: &values::Via<'_>) -> Vec<u8> {
-    let port = via.port.unwrap_or(if via.transport.eq_ignore_ascii_case(b"TLS") { 5061 } else { 5060 });
+    let port = default_port(via);
     let mut out = via.host.to_ascii_lowercase();
     out.push(b':');
     out.extend_from_slice(port.to_string().as_bytes());
@@ -140,6 +149,7 @@ fn check_inner<'a>(msg: &Message<'a>) -> Result<Parts<'a>, SipError> {
     // Every Via element must parse; the top one's branch identifies the transaction.
     let mut branch: Option<Cow<'a, [u8]>> = None;
     let mut sent_by = Vec::new();
+    let mut sent_by_port = 5060;
     let mut first = true;
     for h in msg.all(HeaderName::Via) {
         let v = msg.unfolded(h);
@@ -148,6 +158,7 @@ fn check_inner<'a>(msg: &Message<'a>) -> Result<Parts<'a>, SipError> {
             if first {
                 branch = via.branch().map(|b| Cow::Owned(b.to_vec()));
                 sent_by = normalised_sent_by(&via);
+                sent_by_port = default_port(&via);
                 first = false;
             }
         }
@@ -187,7 +198,7 @@ fn check_inner<'a>(msg: &Message<'a>) -> Result<Parts<'a>, SipError> {
         }
         Kind::Response => Method::from_bytes(cseq_method),
     };
-    Ok(Parts { method, cseq, call_id, from_tag, to_tag, branch, sent_by, max_forwards })
+    Ok(Parts { method, cseq, call_id, from_tag, to_tag, branch, sent_by, sent_by_port, max_forwards })
 }
 
 fn check_request_line(msg: &Message<'_>) -> Result<Method, SipError> {

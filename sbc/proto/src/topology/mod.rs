@@ -142,6 +142,27 @@ pub fn rewrite_param(value: &[u8], name: &str, f: impl FnOnce(&[u8]) -> Option<V
 
 /// Replaces the host[:port] of the URI inside a name-addr value when `hidden(host)` says so.
 pub fn rewrite_uri_host(value: &[u8], hidden: impl Fn(&[u8]) -> bool, replacement: &[u8]) -> Option<Vec<u8>> {
+    let (abs, host_start, host_end, end) = uri_host_span(value)?;
+    let host = value.get(abs + host_start..abs + host_end)?;
+    if !hidden(host) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(value.len() + replacement.len());
+    out.extend_from_slice(value.get(..abs + host_start)?);
+    out.extend_from_slice(replacement);
+    out.extend_from_slice(value.get(abs + end..)?);
+    Some(out)
+}
+
+/// The `host[:port]` of a name-addr's URI (what [`rewrite_uri_host`] replaces).
+pub fn uri_hostport(value: &[u8]) -> Option<&[u8]> {
+    let (abs, host_start, _, end) = uri_host_span(value)?;
+    value.get(abs + host_start..abs + end)
+}
+
+/// (URI offset in `value`, host start, host end, end of host and `:port`), offsets after the
+/// first three relative to the URI.
+fn uri_host_span(value: &[u8]) -> Option<(usize, usize, usize, usize)> {
     let na = values::name_addr(value).ok()?;
     let uri = value.get(na.uri.clone())?;
     let colon = uri.iter().position(|&b| b == b':')?;
@@ -155,11 +176,7 @@ pub fn rewrite_uri_host(value: &[u8], hidden: impl Fn(&[u8]) -> bool, replacemen
         } else {
             tail.iter().position(|&b| b == b':' || b == b';' || b == b'?').unwrap_or(tail.len())
         };
-    let host = uri.get(host_start..host_end)?;
-    if !hidden(host) {
-        return None;
-    }
-    // Include a :port after the host in what is replaced.
+    // Include a :port after the host.
     let mut end = host_end;
     if uri.get(end) == Some(&b':') {
         end += 1;
@@ -167,12 +184,7 @@ pub fn rewrite_uri_host(value: &[u8], hidden: impl Fn(&[u8]) -> bool, replacemen
             end += 1;
         }
     }
-    let abs = na.uri.start;
-    let mut out = Vec::with_capacity(value.len() + replacement.len());
-    out.extend_from_slice(value.get(..abs + host_start)?);
-    out.extend_from_slice(replacement);
-    out.extend_from_slice(value.get(abs + end..)?);
-    Some(out)
+    Some((na.uri.start, host_start, host_end, end))
 }
 
 #[cfg(test)]

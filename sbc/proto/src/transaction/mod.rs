@@ -86,6 +86,9 @@ pub struct ServerTxn {
     pub retransmit: Option<(Duration, Instant)>,
     /// Timer H/I/J: when this transaction is forgotten.
     pub expires: Instant,
+    /// Reliable transports: where responses go if the request's connection is gone — the
+    /// source IP with the Via's sent-by port (§18.2.2), not the peer's ephemeral port.
+    pub reply_to: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +112,8 @@ pub enum Purpose {
     Probe(usize),
     /// A CANCEL we sent for the INVITE client transaction with this key.
     Cancel,
+    /// A request the SBC makes on its own (the BYE for an unACKed 2xx): its answer ends here.
+    Local,
 }
 
 #[derive(Debug)]

@@ -136,7 +136,11 @@ pub struct RawTopology {
     /// do not survive a restart — neither do dialogs).
     pub secret: Option<String>,
     pub strip_headers: Vec<String>,
-    pub hidden_hosts: Vec<String>,
+    /// Domains that may appear outside; every other host in an identity (From, Referred-By,
+    /// P-Asserted-Identity) the core sends out becomes the SBC's.
+    pub public_domains: Vec<String>,
+    /// Remove Authorization / Proxy-Authorization from requests sent to the external side.
+    pub strip_credentials: bool,
     pub dialog_idle_secs: u64,
 }
 impl Default for RawTopology {
@@ -144,7 +148,8 @@ impl Default for RawTopology {
         RawTopology {
             secret: None,
             strip_headers: vec!["Server".into(), "User-Agent".into(), "Warning".into()],
-            hidden_hosts: Vec::new(),
+            public_domains: Vec::new(),
+            strip_credentials: true,
             dialog_idle_secs: 43200,
         }
     }
@@ -379,7 +384,8 @@ pub fn validate(raw: Raw) -> Result<Validated, Errors> {
         max_registrations: l.max_registrations,
         secret,
         strip_headers: raw.topology.strip_headers,
-        hidden_hosts: raw.topology.hidden_hosts,
+        public_domains: raw.topology.public_domains,
+        strip_credentials: raw.topology.strip_credentials,
         dialog_idle: Duration::from_secs(raw.topology.dialog_idle_secs),
         timers: Timers {
             t1: Duration::from_millis(t.t1_ms),
