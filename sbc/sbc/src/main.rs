@@ -6,6 +6,7 @@
 mod admin;
 mod allowlist_cmd;
 mod config;
+mod logsum;
 mod net;
 mod run;
 mod trunk;

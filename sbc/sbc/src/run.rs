@@ -7,10 +7,10 @@ use anyhow::Context;
 use sbc_proto::engine::{Engine, Event, Side};
 use tokio::sync::mpsc;
 
-use crate::admin;
 use crate::config::Validated;
 use crate::net::{Input, Net, StreamSettings};
 use crate::trunk::Trunk;
+use crate::{admin, logsum};
 
 /// How many queued inputs are handled before transmits are flushed (batching under load).
 const BATCH: usize = 64;
@@ -53,6 +53,8 @@ async fn main_loop(cfg: Validated) -> anyhow::Result<()> {
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("SIGINT handler")?;
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut log_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    log_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let deadline = engine.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
@@ -83,6 +85,7 @@ async fn main_loop(cfg: Validated) -> anyhow::Result<()> {
                 }
             }
             _ = sleep_until(deadline) => engine.handle_timeout(Instant::now()),
+            _ = log_tick.tick() => crate::logsum::tick(),
         }
         while let Some(t) = engine.poll_transmit() {
             net.send(t);
@@ -163,6 +166,12 @@ fn handle(engine: &mut Engine, net: &mut Net, trunk: Option<&mut Trunk>, now: In
     match input {
         Input::Datagram { flow, data } => engine.handle_datagram(now, flow, &data),
         Input::Stream { flow, data } => engine.handle_stream_message(now, flow, &data),
+        Input::TransportError { flow, error } => {
+            logsum::note("transport error", Some(flow.remote.ip()), || {
+                format!("transport error toward {} ({}): {error}", flow.remote, flow.side.as_str())
+            });
+            engine.handle_transport_error(now, flow);
+        }
         Input::Opened { key, id, tx } => net.opened(key, id, tx),
         Input::Closed { key, id } => net.closed(key, id),
     }
@@ -172,12 +181,22 @@ fn log_event(ev: Event) {
     match ev {
         Event::CoreUp { addr } => tracing::info!(%addr, "core is up"),
         Event::CoreDown { addr } => tracing::warn!(%addr, "core is down"),
-        Event::Overload { what } => tracing::warn!(what, "limit reached: answering 503"),
+        // Outsiders trigger these at packet rate: the first of each kind per interval in full,
+        // then counts per source (crate::logsum).
+        Event::Overload { what } => {
+            logsum::note(&format!("overload: {what}"), None, || format!("{what} limit reached: answering 503"))
+        }
         Event::Rejected { flow, code, error } => {
-            tracing::debug!(side = flow.side.as_str(), src = %flow.remote, code, error, "request rejected")
+            tracing::debug!(side = flow.side.as_str(), src = %flow.remote, code, error, "request rejected");
+            logsum::note_info(&format!("rejected {code}: {error}"), Some(flow.remote.ip()), || {
+                format!("request from {} ({}) rejected with {code}: {error}", flow.remote, flow.side.as_str())
+            })
         }
         Event::Dropped { flow, reason } => {
-            tracing::debug!(side = flow.side.as_str(), src = %flow.remote, reason, "message dropped")
+            tracing::debug!(side = flow.side.as_str(), src = %flow.remote, reason, "message dropped");
+            logsum::note_info(&format!("dropped: {reason}"), Some(flow.remote.ip()), || {
+                format!("message from {} ({}) dropped: {reason}", flow.remote, flow.side.as_str())
+            })
         }
     }
 }

@@ -14,17 +14,36 @@ use sbc_proto::engine::{Flow, Side, Transmit};
 use sbc_proto::sip::framer::{Limits, StreamFramer, StreamItem};
 use sbc_proto::sip::uri::Transport;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 /// What the socket tasks hand to the engine task.
 #[derive(Debug)]
 pub enum Input {
-    Datagram { flow: Flow, data: Vec<u8> },
-    Stream { flow: Flow, data: Vec<u8> },
-    Opened { key: ConnKey, id: u64, tx: mpsc::Sender<Vec<u8>> },
-    Closed { key: ConnKey, id: u64 },
+    Datagram {
+        flow: Flow,
+        data: Vec<u8>,
+    },
+    Stream {
+        flow: Flow,
+        data: Vec<u8>,
+    },
+    /// The kernel says `flow` is dead: an ICMP unreachable for a datagram we sent there, or a
+    /// TCP connection refused or reset (RFC 3261 §18.4: the transaction layer must know).
+    TransportError {
+        flow: Flow,
+        error: io::ErrorKind,
+    },
+    Opened {
+        key: ConnKey,
+        id: u64,
+        tx: mpsc::Sender<Vec<u8>>,
+    },
+    Closed {
+        key: ConnKey,
+        id: u64,
+    },
 }
 
 /// A stream connection is named by its side and the peer's address.
@@ -59,10 +78,54 @@ fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     let _ = s.set_send_buffer_size(4 << 20);
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv6RecvErr, &true)?;
+    } else {
+        // Linux reports ICMP errors on an unconnected UDP socket only with IP_RECVERR; they
+        // are then read from the socket's error queue (see `udp_errors`).
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv4RecvErr, &true)?;
     }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     UdpSocket::from_std(s.into())
+}
+
+/// One entry of a UDP socket's error queue: the destination of the datagram an ICMP
+/// unreachable came back for, or None for an entry that is not about an unreachable peer.
+/// `WouldBlock` when the queue is empty.
+fn recv_udp_error(sock: &UdpSocket) -> io::Result<Option<(SocketAddr, io::ErrorKind)>> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 512];
+    let mut iov = [io::IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!(nix::libc::sock_extended_err, nix::libc::sockaddr_in6);
+    let msg = recvmsg::<SockaddrStorage>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(io::Error::from)?;
+    let errno = msg.cmsgs().map_err(io::Error::from)?.find_map(|c| match c {
+        ControlMessageOwned::Ipv4RecvErr(e, _) | ControlMessageOwned::Ipv6RecvErr(e, _) => Some(e.ee_errno),
+        _ => None,
+    });
+    let remote = msg.address.and_then(|a: SockaddrStorage| {
+        a.as_sockaddr_in()
+            .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+            .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6))))
+    });
+    let kind = errno.map(|e| io::Error::from_raw_os_error(e as i32).kind());
+    Ok(match (remote, kind) {
+        (
+            Some(r),
+            Some(
+                k @ (io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::HostUnreachable
+                | io::ErrorKind::NetworkUnreachable),
+            ),
+        ) => Some((r, k)),
+        _ => None,
+    })
 }
 
 fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -117,6 +180,7 @@ impl Net {
                 let sock = Arc::new(udp_socket(*addr).map_err(|e| annotate(e, "udp", *addr))?);
                 let local = sock.local_addr()?;
                 net.udp.insert(local, sock.clone());
+                tokio::spawn(udp_errors(*side, local, sock.clone(), net.tx.clone()));
                 tokio::spawn(udp_reader(*side, local, sock, net.tx.clone()));
             }
             for (i, addr) in tcp.iter().enumerate() {
@@ -183,16 +247,27 @@ impl Net {
         }
     }
 
-    fn send_tcp(&mut self, t: Transmit) {
-        let key = (t.flow.side, t.flow.remote);
+    fn send_tcp(&mut self, mut t: Transmit) {
+        let mut key = (t.flow.side, t.flow.remote);
+        if !self.conns.contains_key(&key)
+            && let Some(addr) = t.reconnect
+        {
+            // §18.2.2: the response's connection is gone; use (or open) one to the sent-by port.
+            key = (t.flow.side, addr);
+            t.flow.remote = addr;
+        }
         if let Some((_, tx)) = self.conns.get(&key) {
             if tx.try_send(t.data).is_err() {
-                tracing::warn!(remote = %t.flow.remote, "TCP connection backlogged or gone; message dropped");
+                crate::logsum::note("tcp backlogged", Some(t.flow.remote.ip()), || {
+                    format!("TCP connection to {} backlogged or gone; message dropped", t.flow.remote)
+                });
             }
             return;
         }
         if self.open.load(Ordering::Relaxed) >= self.settings.max_connections {
-            tracing::warn!("TCP connection limit reached; message dropped");
+            crate::logsum::note("tcp connection limit (outgoing)", None, || {
+                "TCP connection limit reached; message dropped".into()
+            });
             return;
         }
         let Some(local) = self.tcp_local.get(&t.flow.side).copied() else {
@@ -218,7 +293,10 @@ impl Net {
                     }
                 },
                 Err(e) => {
-                    tracing::warn!(remote = %flow.remote, error = %e, "TCP connect failed");
+                    crate::logsum::note("tcp connect failed", Some(flow.remote.ip()), || {
+                        format!("TCP connect to {} failed: {e}", flow.remote)
+                    });
+                    let _ = main.send(Input::TransportError { flow, error: e.kind() }).await;
                     let _ = main.send(Input::Closed { key, id }).await;
                 }
             }
@@ -239,6 +317,26 @@ async fn connect(local: SocketAddr, remote: SocketAddr) -> io::Result<TcpStream>
     tokio::time::timeout(Duration::from_secs(5), sock.connect(remote))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+/// Reads a UDP socket's error queue whenever the kernel flags an error (an ICMP unreachable
+/// for a datagram we sent) and reports the flow it names.
+async fn udp_errors(side: Side, local: SocketAddr, sock: Arc<UdpSocket>, tx: mpsc::Sender<Input>) {
+    loop {
+        match sock.async_io(Interest::ERROR, || recv_udp_error(&sock)).await {
+            Ok(Some((remote, error))) => {
+                let flow = Flow { side, transport: Transport::Udp, local, remote };
+                if tx.send(Input::TransportError { flow, error }).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(%local, error = %e, "UDP error queue");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
 }
 
 async fn udp_reader(side: Side, local: SocketAddr, sock: Arc<UdpSocket>, tx: mpsc::Sender<Input>) {
@@ -280,7 +378,9 @@ async fn accept_loop<T: StreamTransport>(
             }
         };
         if open.load(Ordering::Relaxed) >= settings.max_connections {
-            tracing::warn!(%remote, "TCP connection limit reached; connection refused");
+            crate::logsum::note("tcp connection limit (incoming)", Some(remote.ip()), || {
+                format!("TCP connection limit reached; connection from {remote} refused")
+            });
             drop(stream);
             continue;
         }
@@ -323,7 +423,12 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::select! {
             res = r.read(&mut buf) => {
                 let n = match res {
-                    Ok(0) | Err(_) => break 'conn,
+                    Ok(0) => break 'conn,
+                    Err(e) => {
+                        // A reset: whatever waits on this connection will get nothing (§18.4).
+                        let _ = main.send(Input::TransportError { flow, error: e.kind() }).await;
+                        break 'conn;
+                    }
                     Ok(n) => n,
                 };
                 if let Err(e) = framer.push(buf.get(..n).unwrap_or_default()) {

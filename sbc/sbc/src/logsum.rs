@@ -1,0 +1,177 @@
+//! Rate-limited logging for what outsiders can trigger at packet rate (rejected, shed and
+//! dropped traffic, failed connections). Under attack the logs must stay readable and cheap:
+//! per kind of event, the first occurrence in each interval is logged in full, the rest are
+//! counted, and at the end of the interval one summary line gives the count and the sources
+//! that caused most of it. State is bounded: at most [`MAX_KINDS`] kinds (more fold into one
+//! "other" kind) and [`MAX_SOURCES`] distinct sources per kind and interval.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Distinct sources remembered per kind and interval; more are counted as "others".
+pub const MAX_SOURCES: usize = 64;
+/// Distinct kinds per interval, besides "other" (a kind may carry a reason an outsider chose).
+pub const MAX_KINDS: usize = 64;
+/// Sources named in a summary line.
+const TOP: usize = 5;
+
+#[derive(Debug, Default)]
+struct KindState {
+    /// Occurrences after the first in this interval.
+    suppressed: u64,
+    sources: HashMap<IpAddr, u64>,
+    others: u64,
+}
+
+/// The bookkeeping, on an explicit clock (tested without sleeping).
+#[derive(Debug)]
+pub struct Summary {
+    interval: Duration,
+    started: Option<Instant>,
+    kinds: BTreeMap<String, KindState>,
+}
+
+impl Summary {
+    pub fn new(interval: Duration) -> Summary {
+        Summary { interval, started: None, kinds: BTreeMap::new() }
+    }
+
+    /// Records one occurrence; true when it is the first of its kind in this interval and
+    /// should be logged in full. Summary lines of an interval that ended are returned too.
+    pub fn note(&mut self, now: Instant, kind: &str, src: Option<IpAddr>) -> (bool, Vec<String>) {
+        let lines = self.flush(now);
+        self.started.get_or_insert(now);
+        let kind = if self.kinds.contains_key(kind) || self.kinds.len() < MAX_KINDS { kind } else { "other" };
+        let first = !self.kinds.contains_key(kind);
+        let k = self.kinds.entry(kind.to_owned()).or_default();
+        if !first {
+            k.suppressed += 1;
+            match src {
+                Some(ip) if k.sources.contains_key(&ip) || k.sources.len() < MAX_SOURCES => {
+                    *k.sources.entry(ip).or_default() += 1
+                }
+                _ => k.others += 1,
+            }
+        }
+        (first, lines)
+    }
+
+    /// The summary lines of the interval, if it has ended by `now`; the counts start over.
+    pub fn flush(&mut self, now: Instant) -> Vec<String> {
+        let Some(started) = self.started else { return Vec::new() };
+        if now.saturating_duration_since(started) < self.interval {
+            return Vec::new();
+        }
+        self.started = None;
+        let secs = self.interval.as_secs();
+        std::mem::take(&mut self.kinds)
+            .into_iter()
+            .filter(|(_, k)| k.suppressed > 0)
+            .map(|(kind, k)| {
+                let mut top: Vec<(IpAddr, u64)> = k.sources.into_iter().collect();
+                top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                let mut named: Vec<String> = top.iter().take(TOP).map(|(ip, n)| format!("{ip}×{n}")).collect();
+                let rest: u64 = top.iter().skip(TOP).map(|(_, n)| n).sum::<u64>() + k.others;
+                if rest > 0 {
+                    named.push(format!("others×{rest}"));
+                }
+                format!("{kind}: {} more in the last {secs} s (sources: {})", k.suppressed, named.join(", "))
+            })
+            .collect()
+    }
+}
+
+static SUMMARY: Mutex<Option<Summary>> = Mutex::new(None);
+const INTERVAL: Duration = Duration::from_secs(10);
+
+fn with<R>(f: impl FnOnce(&mut Summary) -> R) -> R {
+    let mut g = SUMMARY.lock().unwrap_or_else(|e| e.into_inner());
+    f(g.get_or_insert_with(|| Summary::new(INTERVAL)))
+}
+
+/// Logs `detail()` at WARN if this is the first `kind` in the interval; counts it otherwise.
+/// `detail` is only evaluated when logged.
+pub fn note(kind: &str, src: Option<IpAddr>, detail: impl FnOnce() -> String) {
+    if let Some(d) = first(kind, src, detail) {
+        tracing::warn!(kind, "{d} (similar events are summarised every {} s)", INTERVAL.as_secs());
+    }
+}
+
+/// As [`note`], at INFO: ordinary refusals (a malformed request, a stray response).
+pub fn note_info(kind: &str, src: Option<IpAddr>, detail: impl FnOnce() -> String) {
+    if let Some(d) = first(kind, src, detail) {
+        tracing::info!(kind, "{d} (similar events are summarised every {} s)", INTERVAL.as_secs());
+    }
+}
+
+fn first(kind: &str, src: Option<IpAddr>, detail: impl FnOnce() -> String) -> Option<String> {
+    let (first, lines) = with(|s| s.note(Instant::now(), kind, src));
+    for l in lines {
+        tracing::warn!("{l}");
+    }
+    first.then(detail)
+}
+
+/// Emits the summaries of an interval that has ended (called on a timer, so a burst that
+/// stopped is still reported).
+pub fn tick() {
+    for l in with(|s| s.flush(Instant::now())) {
+        tracing::warn!("{l}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn a_flood_logs_its_first_event_and_one_summary_per_interval() {
+        let t0 = Instant::now();
+        let mut s = Summary::new(Duration::from_secs(10));
+        assert_eq!(s.note(t0, "overload", ip("198.51.100.66")), (true, vec![]));
+        for i in 0..20_000u32 {
+            let src = if i % 4 == 0 { ip("198.51.100.67") } else { ip("198.51.100.66") };
+            let (first, lines) = s.note(t0 + Duration::from_micros(u64::from(i)), "overload", src);
+            assert!(!first && lines.is_empty());
+        }
+        // Another kind is logged in full once too.
+        assert!(s.note(t0, "tcp_connect_failed", None).0);
+        assert!(s.flush(t0 + Duration::from_secs(9)).is_empty());
+        let lines = s.flush(t0 + Duration::from_secs(10));
+        assert_eq!(
+            lines,
+            vec![
+                "overload: 20000 more in the last 10 s (sources: 198.51.100.66×15000, 198.51.100.67×5000)".to_string()
+            ]
+        );
+        // The next interval starts over: its first event is logged in full again.
+        assert!(s.note(t0 + Duration::from_secs(11), "overload", ip("198.51.100.66")).0);
+    }
+
+    #[test]
+    fn sources_are_bounded_per_kind() {
+        let t0 = Instant::now();
+        let mut s = Summary::new(Duration::from_secs(10));
+        s.note(t0, "dropped", None);
+        for i in 0..1000u32 {
+            let src = IpAddr::from(std::net::Ipv4Addr::from(0xc633_6400 + i));
+            s.note(t0, "dropped", Some(src));
+        }
+        assert!(s.kinds.get("dropped").unwrap().sources.len() <= MAX_SOURCES);
+        for i in 0..200 {
+            s.note(t0, &format!("rejected: reason {i}"), None);
+        }
+        assert_eq!(s.kinds.len(), MAX_KINDS + 1, "the limit, and \"other\"");
+        let lines = s.flush(t0 + Duration::from_secs(10));
+        assert_eq!(lines.len(), 2, "dropped, and the kinds over the limit folded into other");
+        assert!(lines[1].starts_with("other: "), "{}", lines[1]);
+        assert!(lines[0].starts_with("dropped: 1000 more in the last 10 s (sources: "), "{}", lines[0]);
+        assert!(lines[0].ends_with("others×995)"), "{}", lines[0]);
+    }
+}
