@@ -597,6 +597,48 @@ max_message_bytes = 70000
         assert!(e.0.iter().any(|p| p.path == "external.advertise" && p.message.starts_with("required")), "{e}");
     }
 
+    /// The keys serde knows at `path` (e.g. `limits`, `core[0]`), from its unknown-field error.
+    fn known_keys(text: &str, path: &str) -> Vec<String> {
+        let errs = parse(text).unwrap_err().0;
+        let p = errs.iter().find(|p| p.path == format!("{path}.zzz") || p.path == "zzz").expect("an unknown key");
+        let list = p.message.split_once("expected ").map_or("", |(_, l)| l.trim_start_matches("one of "));
+        // serde: "expected `a`", "expected `a` or `b`", "expected one of `a`, `b`, `c`".
+        list.split(", ").flat_map(|k| k.split(" or ")).map(|k| k.trim_matches('`').to_string()).collect()
+    }
+
+    #[test]
+    fn config_readme_documents_every_key() {
+        let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/README.md"))
+            .expect("config/README.md");
+        // The keys of each `## ` section: the first column of its tables.
+        let mut documented = std::collections::BTreeMap::<String, Vec<String>>::new();
+        let mut heading = String::new();
+        for line in readme.lines() {
+            if let Some(h) = line.strip_prefix("## ") {
+                heading = h.to_string();
+            } else if let Some(key) = line.strip_prefix("| `").and_then(|l| l.split_once('`')).map(|(k, _)| k) {
+                documented.entry(heading.clone()).or_default().push(key.to_string());
+            }
+        }
+        let sections = known_keys("zzz = 1\n", "");
+        assert!(sections.len() >= 10, "{sections:?}");
+        for section in sections {
+            let (header, path) =
+                if section == "core" { ("[[core]]", "core[0]".to_string()) } else { ("[SECTION]", section.clone()) };
+            let header = header.replace("SECTION", &section);
+            let mut want = known_keys(&format!("{header}\nzzz = 1\n"), &path);
+            let mut got = documented
+                .iter()
+                .find(|(h, _)| h.contains(&format!("`{header}`")))
+                .unwrap_or_else(|| panic!("config/README.md has no section for {header}"))
+                .1
+                .clone();
+            want.sort();
+            got.sort();
+            assert_eq!(got, want, "config/README.md, {header}");
+        }
+    }
+
     /// The rendered problems, one string each.
     fn lines(text: &str) -> Vec<String> {
         parse(text).unwrap_err().0.iter().map(ToString::to_string).collect()
