@@ -3,17 +3,8 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-const BAD: &str = r#"[external]
-udp = ["203.0.113.1:70000"]
-[internal]
-udp = ["10.0.0.1:5060"]
-[[core]]
-address = "10.0.0.2:5060"
-[probe]
-interval_ms = "fast"
-[limits]
-max_mesage_bytes = 16384
-"#;
+/// An unknown key in [limits], a string where a number belongs in [probe], a bad port.
+const BAD: &str = include_str!("fixtures/three-errors.toml");
 
 fn sbc(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sbc")).args(args).output().expect("run sbc")

@@ -649,17 +649,8 @@ max_message_bytes = 70000
 
     #[test]
     fn check_config_reports_every_type_and_key_error_with_line() {
-        let text = r#"[external]
-udp = ["203.0.113.1:70000"]
-[internal]
-udp = ["10.0.0.1:5060"]
-[[core]]
-address = "10.0.0.2:5060"
-[probe]
-interval_ms = "fast"
-[limits]
-max_mesage_bytes = 16384
-"#;
+        // An unknown key in [limits], a string where a number belongs in [probe], a bad port.
+        let text = include_str!("../../tests/fixtures/three-errors.toml");
         assert_eq!(
             lines(text),
             [
