@@ -1,7 +1,7 @@
 //! `sbc`: the Session Border Controller daemon and its CLI.
 //!
 //! * `sbc run [-c FILE]` — run in the foreground (embedded default config without -c).
-//! * `sbc check-config -c FILE` — validate a config, print every error with its path.
+//! * `sbc check-config -c FILE` — validate a config, print every error with its line and path.
 
 mod admin;
 mod allowlist_cmd;

@@ -1,5 +1,10 @@
-//! Configuration: TOML → `Raw` (serde, unknown keys refused) → `Validated` (every error found at
-//! once, each with its path, e.g. `external.udp[1]: port 0 is not allowed`).
+//! Configuration: TOML → `Raw` (serde, unknown keys refused) → `Validated`. Every error is found
+//! at once, each with its path and line, e.g. `line 3: external.udp[1]: port 0 is not allowed`:
+//! the type errors and unknown keys of the whole file ([`document`]) and the checks of
+//! [`validate`]. Every `Raw` field has a default, so a refused key never hides the rest; checks
+//! that would judge the default standing in for a refused key are skipped.
+
+mod document;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -11,13 +16,18 @@ use sbc_proto::sip::uri::Transport;
 use sbc_proto::transaction::Timers;
 use serde::Deserialize;
 
+use document::Document;
+pub use document::Problem;
+
 /// The embedded default (config/sbc.toml).
 pub const DEFAULT: &str = include_str!("../../../../config/sbc.toml");
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Raw {
+    #[serde(default)]
     pub external: RawSide,
+    #[serde(default)]
     pub internal: RawSide,
     #[serde(default)]
     pub core: Vec<RawCore>,
@@ -66,7 +76,7 @@ impl Default for RawAdmin {
 
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/sbc/admin.sock";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSide {
     #[serde(default)]
@@ -81,7 +91,8 @@ pub struct RawSide {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCore {
-    pub address: String,
+    /// Required; an `Option` so that its absence is a check with a path, like every other error.
+    pub address: Option<String>,
     #[serde(default = "default_transport")]
     pub transport: String,
 }
@@ -215,9 +226,9 @@ pub struct Trunk {
     pub protected: Vec<(SocketAddr, bool)>,
 }
 
-/// Every problem found, each with its path.
+/// Every problem found, each with its path and (when in the file) its line, in line order.
 #[derive(Debug)]
-pub struct Errors(pub Vec<String>);
+pub struct Errors(pub Vec<Problem>);
 
 impl std::fmt::Display for Errors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -231,44 +242,98 @@ impl std::error::Error for Errors {}
 
 pub fn load(path: Option<&Path>) -> Result<Validated, Errors> {
     let text = match path {
-        Some(p) => std::fs::read_to_string(p).map_err(|e| Errors(vec![format!("{}: {e}", p.display())]))?,
+        Some(p) => {
+            std::fs::read_to_string(p).map_err(|e| Errors(vec![Problem::file(format!("{}: {e}", p.display()))]))?
+        }
         None => DEFAULT.to_string(),
     };
     parse(&text)
 }
 
 pub fn parse(text: &str) -> Result<Validated, Errors> {
-    let raw: Raw = toml::from_str(text).map_err(|e| Errors(vec![e.to_string().trim().to_string()]))?;
-    validate(raw)
+    let doc = Document::parse(text).map_err(|p| Errors(vec![p]))?;
+    let raw = doc.deserialize::<Raw>();
+    let mut problems = raw.problems;
+    if let Some(value) = raw.value {
+        match validate(value, &raw.refused) {
+            Ok(validated) if problems.is_empty() => return Ok(validated),
+            Ok(_) => {}
+            Err(found) => problems.extend(found.into_iter().map(|(path, message)| doc.problem(path, message))),
+        }
+    }
+    problems.sort_by_key(|p| (p.line.is_none(), p.line));
+    Err(Errors(problems))
 }
 
-fn addrs(path: &str, list: &[String], errs: &mut Vec<String>) -> Vec<SocketAddr> {
+/// The problems the checks of [`validate`] find, as (path, message).
+struct Checks<'a> {
+    found: Vec<(String, String)>,
+    /// Keys refused by the parse stage: their defaults stand in, and are not judged.
+    refused: &'a [String],
+}
+
+impl Checks<'_> {
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.error_from(path, &[], message);
+    }
+
+    /// An error at `path` from a check that also reads the keys `inputs`.
+    fn error_from(&mut self, path: impl Into<String>, inputs: &[&str], message: impl Into<String>) {
+        let path = path.into();
+        if !std::iter::once(path.as_str()).chain(inputs.iter().copied()).any(|p| self.is_refused(p)) {
+            self.found.push((path, message.into()));
+        }
+    }
+
+    /// `path` is a refused key or lies inside one.
+    fn is_refused(&self, path: &str) -> bool {
+        self.refused
+            .iter()
+            .any(|r| path.strip_prefix(r.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '['])))
+    }
+}
+
+fn addrs(path: &str, list: &[String], errs: &mut Checks<'_>) -> Vec<SocketAddr> {
     let mut out = Vec::new();
     for (i, a) in list.iter().enumerate() {
         match a.parse::<SocketAddr>() {
-            Ok(sa) if sa.port() == 0 => errs.push(format!("{path}[{i}]: port 0 is not allowed")),
+            Ok(sa) if sa.port() == 0 => errs.error(format!("{path}[{i}]"), "port 0 is not allowed"),
             Ok(sa) => out.push(sa),
-            Err(_) => errs.push(format!("{path}[{i}]: {a:?} is not an IP:port address")),
+            Err(_) => errs.error(format!("{path}[{i}]"), bad_address(a)),
         }
     }
     out
 }
 
-fn side(name: &str, raw: &RawSide, hide_default: bool, errs: &mut Vec<String>) -> (SideConfig, Listen) {
-    let udp = addrs(&format!("{name}.udp"), &raw.udp, errs);
-    let tcp = addrs(&format!("{name}.tcp"), &raw.tcp, errs);
+/// Why `a` is not an IP:port address, naming an out-of-range port.
+fn bad_address(a: &str) -> String {
+    let port = a.rsplit_once(':').filter(|(ip, _)| ip.trim_matches(['[', ']']).parse::<IpAddr>().is_ok());
+    match port.and_then(|(_, p)| p.parse::<u64>().ok()) {
+        Some(p) if p > 65535 => format!("port {p} out of range 1..=65535"),
+        _ => format!("{a:?} is not an IP:port address"),
+    }
+}
+
+fn side(name: &str, raw: &RawSide, hide_default: bool, errs: &mut Checks<'_>) -> (SideConfig, Listen) {
+    let (udp_path, tcp_path) = (format!("{name}.udp"), format!("{name}.tcp"));
+    let udp = addrs(&udp_path, &raw.udp, errs);
+    let tcp = addrs(&tcp_path, &raw.tcp, errs);
     if raw.udp.is_empty() && raw.tcp.is_empty() {
-        errs.push(format!("{name}: at least one udp or tcp listen address is required"));
+        errs.error_from(name, &[&udp_path, &tcp_path], "at least one udp or tcp listen address is required");
     }
     let first_ip: Option<IpAddr> = udp.first().or(tcp.first()).map(SocketAddr::ip);
     let advertise = match (&raw.advertise, first_ip) {
         (Some(a), _) if a.is_empty() || a.chars().any(|c| c.is_whitespace() || c == '<' || c == '>') => {
-            errs.push(format!("{name}.advertise: {a:?} is not a host name or address"));
+            errs.error(format!("{name}.advertise"), format!("{a:?} is not a host name or address"));
             String::new()
         }
         (Some(a), _) => a.clone(),
         (None, Some(ip)) if ip.is_unspecified() => {
-            errs.push(format!("{name}.advertise: required when listening on {ip} (which address should peers use?)"));
+            errs.error_from(
+                format!("{name}.advertise"),
+                &[&udp_path, &tcp_path],
+                format!("required when listening on {ip} (which address should peers use?)"),
+            );
             String::new()
         }
         (None, Some(ip)) => ip.to_string(),
@@ -285,18 +350,20 @@ fn side(name: &str, raw: &RawSide, hide_default: bool, errs: &mut Vec<String>) -
     )
 }
 
-fn range(errs: &mut Vec<String>, path: &str, v: u64, lo: u64, hi: u64) {
+fn range(errs: &mut Checks<'_>, path: &str, v: u64, lo: u64, hi: u64) {
     if v < lo || v > hi {
-        errs.push(format!("{path}: {v} out of range {lo}..={hi}"));
+        errs.error(path, format!("{v} out of range {lo}..={hi}"));
     }
 }
 
-pub fn validate(raw: Raw) -> Result<Validated, Errors> {
-    let mut errs = Vec::new();
+/// The checks: every problem of `raw`, as (path, message); `refused` lists the keys the parse
+/// stage refused (see [`Checks`]).
+fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, String)>> {
+    let mut errs = Checks { found: Vec::new(), refused };
     let (external, ext_listen) = side("external", &raw.external, true, &mut errs);
     let (internal, int_listen) = side("internal", &raw.internal, false, &mut errs);
     if raw.core.is_empty() {
-        errs.push("core: at least one [[core]] target is required".into());
+        errs.error("core", "at least one [[core]] target is required");
     }
     let mut cores = Vec::new();
     for (i, c) in raw.core.iter().enumerate() {
@@ -304,18 +371,27 @@ pub fn validate(raw: Raw) -> Result<Validated, Errors> {
             "udp" => Some(Transport::Udp),
             "tcp" => Some(Transport::Tcp),
             other => {
-                errs.push(format!("core[{i}].transport: {other:?} is not supported (udp, tcp)"));
+                errs.error(format!("core[{i}].transport"), format!("{other:?} is not supported (udp, tcp)"));
                 None
             }
         };
         if let Some(t) = transport
             && internal.local(t).is_none()
         {
-            errs.push(format!("core[{i}].transport: the internal side has no {} listen address", t.as_str()));
+            let listen = format!("internal.{}", t.as_str());
+            errs.error_from(
+                format!("core[{i}].transport"),
+                &[&listen],
+                format!("the internal side has no {} listen address", t.as_str()),
+            );
         }
-        match (c.address.parse::<SocketAddr>(), transport) {
+        let Some(address) = &c.address else {
+            errs.error(format!("core[{i}].address"), "required (IP:port)");
+            continue;
+        };
+        match (address.parse::<SocketAddr>(), transport) {
             (Ok(addr), Some(transport)) => cores.push(CoreTarget { addr, transport }),
-            (Err(_), _) => errs.push(format!("core[{i}].address: {:?} is not an IP:port address", c.address)),
+            (Err(_), _) => errs.error(format!("core[{i}].address"), bad_address(address)),
             _ => {}
         }
     }
@@ -324,10 +400,11 @@ pub fn validate(raw: Raw) -> Result<Validated, Errors> {
     range(&mut errs, "limits.max_headers", l.max_headers as u64, 16, 1024);
     range(&mut errs, "limits.max_body_bytes", l.max_body_bytes as u64, 0, 65535);
     if l.max_body_bytes > l.max_message_bytes {
-        errs.push(format!(
-            "limits.max_body_bytes: {} exceeds limits.max_message_bytes {}",
-            l.max_body_bytes, l.max_message_bytes
-        ));
+        errs.error_from(
+            "limits.max_body_bytes",
+            &["limits.max_message_bytes"],
+            format!("{} exceeds limits.max_message_bytes {}", l.max_body_bytes, l.max_message_bytes),
+        );
     }
     range(&mut errs, "limits.max_transactions", l.max_transactions as u64, 1, 10_000_000);
     range(&mut errs, "limits.max_dialogs", l.max_dialogs as u64, 1, 10_000_000);
@@ -341,28 +418,30 @@ pub fn validate(raw: Raw) -> Result<Validated, Errors> {
     range(&mut errs, "probe.timeout_ms", p.timeout_ms, 50, 60_000);
     let t = &raw.timers;
     range(&mut errs, "timers.t1_ms", t.t1_ms, 50, 5000);
-    range(&mut errs, "timers.t2_ms", t.t2_ms, t.t1_ms.max(50), 60_000);
+    if !errs.is_refused("timers.t1_ms") {
+        range(&mut errs, "timers.t2_ms", t.t2_ms, t.t1_ms.max(50), 60_000);
+    }
     range(&mut errs, "timers.t4_ms", t.t4_ms, 100, 60_000);
     range(&mut errs, "topology.dialog_idle_secs", raw.topology.dialog_idle_secs, 60, 7 * 86400);
     if let Some(s) = &raw.topology.secret
         && s.len() < 16
     {
-        errs.push("topology.secret: use at least 16 characters".into());
+        errs.error("topology.secret", "use at least 16 characters");
     }
     for (i, h) in raw.topology.strip_headers.iter().enumerate() {
         if h.is_empty() || !h.bytes().all(sbc_proto::sip::message::is_token_char) {
-            errs.push(format!("topology.strip_headers[{i}]: {h:?} is not a header name"));
+            errs.error(format!("topology.strip_headers[{i}]"), format!("{h:?} is not a header name"));
         }
     }
     let trunk = trunk(&raw.trunk, &ext_listen, &mut errs);
     if raw.admin.socket.is_empty() || !raw.admin.socket.starts_with('/') {
-        errs.push(format!("admin.socket: {:?} must be an absolute path", raw.admin.socket));
+        errs.error("admin.socket", format!("{:?} must be an absolute path", raw.admin.socket));
     }
     if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
-        errs.push(format!("log.level: {:?} is not a tracing filter", raw.log.level));
+        errs.error("log.level", format!("{:?} is not a tracing filter", raw.log.level));
     }
-    if !errs.is_empty() {
-        return Err(Errors(errs));
+    if !errs.found.is_empty() {
+        return Err(errs.found);
     }
     let secret = match &raw.topology.secret {
         Some(s) => s.as_bytes().to_vec(),
@@ -406,23 +485,23 @@ pub fn validate(raw: Raw) -> Result<Validated, Errors> {
     })
 }
 
-fn trunk(raw: &RawTrunk, ext: &Listen, errs: &mut Vec<String>) -> Trunk {
+fn trunk(raw: &RawTrunk, ext: &Listen, errs: &mut Checks<'_>) -> Trunk {
     let xdp_mode = match raw.xdp_mode.as_deref().unwrap_or("auto") {
         "native" => XdpMode::Native,
         "skb" => XdpMode::Skb,
         "auto" => XdpMode::Auto,
         other => {
-            errs.push(format!("trunk.xdp_mode: {other:?} is not one of native, skb, auto"));
+            errs.error("trunk.xdp_mode", format!("{other:?} is not one of native, skb, auto"));
             XdpMode::Auto
         }
     };
     if let Some(i) = &raw.interface
         && (i.is_empty() || i.len() > 15 || i.contains('/') || i.chars().any(char::is_whitespace))
     {
-        errs.push(format!("trunk.interface: {i:?} is not an interface name"));
+        errs.error("trunk.interface", format!("{i:?} is not an interface name"));
     }
     if raw.interface.is_some() && raw.allowlist.is_none() {
-        errs.push("trunk.interface: an XDP filter needs trunk.allowlist".into());
+        errs.error_from("trunk.interface", &["trunk.allowlist"], "an XDP filter needs trunk.allowlist");
     }
     let protected = match &raw.protected {
         Some(list) => {
@@ -438,7 +517,9 @@ fn trunk(raw: &RawTrunk, ext: &Listen, errs: &mut Vec<String>) -> Trunk {
                 });
                 match parsed {
                     Some(x) => out.push(x),
-                    None => errs.push(format!("trunk.protected[{i}]: {p:?} is not IP:port/udp or IP:port/tcp")),
+                    None => {
+                        errs.error(format!("trunk.protected[{i}]"), format!("{p:?} is not IP:port/udp or IP:port/tcp"))
+                    }
                 }
             }
             out
@@ -495,7 +576,8 @@ transport = "udp"
 [limits]
 max_message_bytes = 70000
 "#;
-        let errs = parse(text).unwrap_err().0;
+        let errs: Vec<String> =
+            parse(text).unwrap_err().0.iter().map(|p| format!("{}: {}", p.path, p.message)).collect();
         let want = [
             "external.udp[1]: \"nonsense\" is not an IP:port address",
             "external.udp[2]: port 0 is not allowed",
@@ -518,6 +600,146 @@ max_message_bytes = 70000
     #[test]
     fn unspecified_listen_address_needs_advertise() {
         let e = parse("[external]\nudp=[\"0.0.0.0:5060\"]\n[internal]\nudp=[\"127.0.0.2:5060\"]\n[[core]]\naddress=\"127.0.0.3:5080\"\n").unwrap_err();
-        assert!(e.0.iter().any(|l| l.starts_with("external.advertise: required")), "{e}");
+        assert!(e.0.iter().any(|p| p.path == "external.advertise" && p.message.starts_with("required")), "{e}");
+    }
+
+    /// The keys serde knows at `path` (e.g. `limits`, `core[0]`), from its unknown-field error.
+    fn known_keys(text: &str, path: &str) -> Vec<String> {
+        let errs = parse(text).unwrap_err().0;
+        let p = errs.iter().find(|p| p.path == format!("{path}.zzz") || p.path == "zzz").expect("an unknown key");
+        let list = p.message.split_once("expected ").map_or("", |(_, l)| l.trim_start_matches("one of "));
+        // serde: "expected `a`", "expected `a` or `b`", "expected one of `a`, `b`, `c`".
+        list.split(", ").flat_map(|k| k.split(" or ")).map(|k| k.trim_matches('`').to_string()).collect()
+    }
+
+    #[test]
+    fn config_readme_documents_every_key() {
+        let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/README.md"))
+            .expect("config/README.md");
+        // The keys of each `## ` section: the first column of its tables.
+        let mut documented = std::collections::BTreeMap::<String, Vec<String>>::new();
+        let mut heading = String::new();
+        for line in readme.lines() {
+            if let Some(h) = line.strip_prefix("## ") {
+                heading = h.to_string();
+            } else if let Some(key) = line.strip_prefix("| `").and_then(|l| l.split_once('`')).map(|(k, _)| k) {
+                documented.entry(heading.clone()).or_default().push(key.to_string());
+            }
+        }
+        let sections = known_keys("zzz = 1\n", "");
+        assert!(sections.len() >= 10, "{sections:?}");
+        for section in sections {
+            let (header, path) =
+                if section == "core" { ("[[core]]", "core[0]".to_string()) } else { ("[SECTION]", section.clone()) };
+            let header = header.replace("SECTION", &section);
+            let mut want = known_keys(&format!("{header}\nzzz = 1\n"), &path);
+            let mut got = documented
+                .iter()
+                .find(|(h, _)| h.contains(&format!("`{header}`")))
+                .unwrap_or_else(|| panic!("config/README.md has no section for {header}"))
+                .1
+                .clone();
+            want.sort();
+            got.sort();
+            assert_eq!(got, want, "config/README.md, {header}");
+        }
+    }
+
+    /// The rendered problems, one string each.
+    fn lines(text: &str) -> Vec<String> {
+        parse(text).unwrap_err().0.iter().map(ToString::to_string).collect()
+    }
+
+    const MINIMAL: &str = "[external]\nudp = [\"127.0.0.1:5060\"]\n[internal]\nudp = [\"127.0.0.2:5060\"]\n\
+                           [[core]]\naddress = \"127.0.0.3:5080\"\n";
+
+    #[test]
+    fn check_config_reports_every_type_and_key_error_with_line() {
+        // An unknown key in [limits], a string where a number belongs in [probe], a bad port.
+        let text = include_str!("../../tests/fixtures/three-errors.toml");
+        assert_eq!(
+            lines(text),
+            [
+                "line 2: external.udp[0]: port 70000 out of range 1..=65535",
+                "line 8: probe.interval_ms: invalid type: string \"fast\", expected u64",
+                "line 10: limits.max_mesage_bytes: unknown field `max_mesage_bytes`, expected one of \
+                 `max_message_bytes`, `max_headers`, `max_body_bytes`, `max_transactions`, `max_dialogs`, \
+                 `max_registrations`, `max_tcp_connections`, `tcp_idle_secs`",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_unknown_key_and_type_error_is_reported_not_only_the_first() {
+        let text = format!(
+            "{MINIMAL}timeout_ms = true\nbogus = 1\n[[core]]\naddress = 5\n[limits]\nmax_headers = -1\n\
+             max_dialogs = 1.5\nextra = \"x\"\n[topology]\nstrip_headers = [\"Server\", 7]\n[nonsense]\n"
+        );
+        let got: Vec<(Option<usize>, String)> =
+            parse(&text).unwrap_err().0.into_iter().map(|p| (p.line, p.path)).collect();
+        let want = [
+            (7, "core[0].timeout_ms"),
+            (8, "core[0].bogus"),
+            (10, "core[1].address"),
+            (12, "limits.max_headers"),
+            (13, "limits.max_dialogs"),
+            (14, "limits.extra"),
+            (16, "topology.strip_headers[1]"),
+            (17, "nonsense"),
+        ];
+        assert_eq!(got, want.map(|(l, p)| (Some(l), p.to_string())), "{got:#?}");
+    }
+
+    #[test]
+    fn a_refused_key_does_not_cascade_into_checks_of_its_default() {
+        // internal.udp refused: no "at least one listen address", no "core has no udp side";
+        // limits.max_message_bytes refused: max_body_bytes is not compared with the default;
+        // timers.t1_ms refused: t2_ms is not ranged against it; trunk.allowlist refused.
+        let text = "[external]\nudp = [\"127.0.0.1:5060\"]\n[internal]\nudp = \"127.0.0.2:5060\"\n\
+                    [[core]]\naddress = \"127.0.0.3:5080\"\n[limits]\nmax_message_bytes = \"big\"\n\
+                    max_body_bytes = 30000\n[timers]\nt1_ms = \"1s\"\nt2_ms = 400\n\
+                    [trunk]\nallowlist = 1\ninterface = \"eth0\"\ncore = 1\n";
+        let paths: Vec<String> = parse(text).unwrap_err().0.into_iter().map(|p| p.path).collect();
+        assert_eq!(
+            paths,
+            ["internal.udp", "limits.max_message_bytes", "timers.t1_ms", "trunk.allowlist", "trunk.core"]
+        );
+        // A whole section of the wrong type is one error too.
+        let paths: Vec<String> = parse("external = 5\n").unwrap_err().0.into_iter().map(|p| p.path).collect();
+        assert_eq!(paths, ["external", "internal", "core"]);
+    }
+
+    #[test]
+    fn missing_sections_and_keys_are_errors_with_paths() {
+        assert_eq!(
+            lines("[[core]]\ntransport = \"tcp\"\n"),
+            [
+                "line 1: core[0].address: required (IP:port)",
+                "line 2: core[0].transport: the internal side has no tcp listen address",
+                "external: at least one udp or tcp listen address is required",
+                "internal: at least one udp or tcp listen address is required",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_toml_is_one_error_with_line_and_column() {
+        let errs = lines(&format!("{MINIMAL}[limits\nmax_headers = 96\n"));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("line 7, column 8: not TOML: "), "{errs:?}");
+    }
+
+    #[test]
+    fn semantic_errors_carry_the_line_of_their_key() {
+        let text = format!(
+            "{MINIMAL}[limits]\nmax_headers = 5\n[topology]\nstrip_headers = [\n  \"Server\",\n  \"Bad Name\",\n]\n"
+        );
+        assert_eq!(
+            lines(&text),
+            [
+                "line 8: limits.max_headers: 5 out of range 16..=1024",
+                "line 12: topology.strip_headers[1]: \"Bad Name\" is not a header name",
+            ]
+        );
     }
 }
