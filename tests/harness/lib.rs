@@ -209,7 +209,9 @@ pub struct Capture {
 impl Capture {
     pub fn start(ns: &Netns, ifname: &str, file: PathBuf, dir: &Path) -> Result<Capture> {
         let mut c = ns.cmd("tcpdump");
-        c.args(["-i", ifname, "--immediate-mode", "-U", "-n", "-s", "0", "-w"]).arg(&file);
+        // -B: a 16 MiB kernel buffer, so a loaded machine (2 cores, builds running) does not make
+        // tcpdump drop packets, which `finish` treats as a failed capture.
+        c.args(["-i", ifname, "--immediate-mode", "-U", "-n", "-s", "0", "-B", "16384", "-w"]).arg(&file);
         let proc = Proc::spawn(&format!("tcpdump {ifname}"), c, dir.join(format!("tcpdump-{ifname}.log")))?;
         // tcpdump prints "listening on" once the capture is armed.
         let deadline = Instant::now() + Duration::from_secs(5);
