@@ -7,6 +7,7 @@
 pub mod allowlist;
 pub mod dialog;
 pub mod engine;
+pub mod flow;
 pub mod sip;
 pub mod topology;
 pub mod transaction;

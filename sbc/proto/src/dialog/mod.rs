@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use crate::engine::{Flow, Side};
+use crate::flow::{Flow, Side};
 
 /// One side's view of a dialog.
 #[derive(Debug, Clone)]
@@ -105,6 +105,8 @@ pub struct ForwardCtx {
     pub internal_host: Option<Vec<u8>>,
     /// Sent to a registered UA's own flow (a transport error there is RFC 5626's 430).
     pub to_binding: bool,
+    /// The request carried a body (an offer): a body in its response is the answer.
+    pub offer_in_request: bool,
     /// Core target index, for failover when the core does not answer.
     pub core: Option<usize>,
     /// Cores already tried for this request.
@@ -123,6 +125,7 @@ impl Default for ForwardCtx {
             registration: Vec::new(),
             internal_host: None,
             to_binding: false,
+            offer_in_request: false,
             core: None,
             tried: Vec::new(),
         }

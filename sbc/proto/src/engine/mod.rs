@@ -28,60 +28,15 @@ use crate::sip::message::{HeaderName, Message};
 use crate::sip::sanity::{self, Checked};
 use crate::sip::uri::{self, SipUri, Transport};
 use crate::sip::{Method, Reaction, SipError, values};
-use crate::topology::Masker;
+use crate::topology::{Forward, Requester, Settings, SideView, Topology};
 use crate::transaction::{ClientState, ClientTxn, Purpose, ServerKey, ServerState, ServerTxn, Timers, client_key};
 
+pub use crate::flow::{Flow, Side, Transmit};
 pub use timer::Timer;
 
 /// The methods the SBC relays, for `Allow` in its own answers.
 const ALLOW: &[u8] =
     b"INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO, MESSAGE, SUBSCRIBE, NOTIFY, REFER";
-
-/// The two sides of the SBC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Side {
-    /// Untrusted: carriers, subscribers.
-    External,
-    /// The operator's core.
-    Internal,
-}
-
-impl Side {
-    pub fn other(self) -> Side {
-        match self {
-            Side::External => Side::Internal,
-            Side::Internal => Side::External,
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Side::External => "external",
-            Side::Internal => "internal",
-        }
-    }
-}
-
-/// A transport-level path: which side, which transport, our address, the peer's address.
-/// For TCP, `local` is the listening address the connection belongs to (for connections the SBC
-/// opens, the side's first TCP address), not the socket's ephemeral port: with the side, a flow
-/// names the connection to `remote`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Flow {
-    pub side: Side,
-    pub transport: Transport,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-}
-
-/// Bytes to send on a flow (for TCP: on the connection to `remote`, opened if absent).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
-    pub flow: Flow,
-    pub data: Vec<u8>,
-    /// A response over a stream whose connection to `flow.remote` is gone goes over a (new)
-    /// connection to this address instead (RFC 3261 §18.2.2); None: to `flow.remote`.
-    pub reconnect: Option<SocketAddr>,
-}
 
 /// One side's addresses and policy.
 #[derive(Debug, Clone)]
@@ -224,10 +179,50 @@ impl Guard for AllowAll {
     }
 }
 
-/// The SDP seam: media anchoring rewrites bodies crossing sides here.
-pub trait BodyHook: Send {
-    /// Returns a replacement body, or None to forward it unchanged.
-    fn rewrite(&mut self, from: Side, to: Side, content_type: &[u8], body: &[u8]) -> Option<Vec<u8>>;
+/// RFC 3264's roles of a body crossing the SBC, as far as the engine can tell them: a body in
+/// a request is an offer (in an ACK: the answer to an offer made in a 2xx); a body in a
+/// response is the answer when its request carried one, else an offer (answered in the ACK).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyRole {
+    Offer,
+    Answer,
+}
+
+/// A message body crossing from one side to the other, for the media seam.
+#[derive(Debug)]
+pub struct BodyCrossing<'a> {
+    /// The dialog (its token) the message belongs to or creates; None outside any dialog.
+    pub dialog: Option<&'a str>,
+    pub from: Side,
+    pub to: Side,
+    pub method: Method,
+    /// The status of a response; None for a request.
+    pub status: Option<u16>,
+    pub role: BodyRole,
+    pub content_type: &'a [u8],
+    pub body: &'a [u8],
+}
+
+/// Why a dialog ended (one place ends dialogs: every path reports here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialogEnd {
+    /// A BYE was answered.
+    Bye,
+    /// The dialog-creating request failed, was cancelled or timed out before a 2xx.
+    Failed,
+    /// The 2xx was never ACKed (RFC 3261 §13.3.1.4).
+    Unacknowledged,
+    /// No request for `dialog_idle`.
+    Idle,
+}
+
+/// The media seam: SDP offer/answer rewriting (media anchoring) and the release of what a
+/// dialog holds. Sans-IO like the engine: the media relay's sockets live in the daemon.
+pub trait MediaHook: Send {
+    /// A replacement body, or None to forward it unchanged.
+    fn on_body(&mut self, now: Instant, crossing: &BodyCrossing<'_>) -> Option<Vec<u8>>;
+    /// The dialog ended: release its media.
+    fn on_dialog_end(&mut self, now: Instant, dialog: &str, why: DialogEnd);
 }
 
 /// Counters, cheap to copy out for metrics.
@@ -271,9 +266,9 @@ enum Route {
 
 pub struct Engine {
     cfg: Config,
-    masker: Masker,
+    topology: Topology,
     guard: Box<dyn Guard>,
-    body_hook: Option<Box<dyn BodyHook>>,
+    media: Option<Box<dyn MediaHook>>,
     server: HashMap<ServerKey, ServerTxn>,
     client: HashMap<String, ClientTxn>,
     dialogs: HashMap<String, Dialog>,
@@ -287,9 +282,6 @@ pub struct Engine {
     events: VecDeque<Event>,
     rng: u64,
     stats: Stats,
-    /// Host strings of the internal side, replaced in From/To toward a hidden external side.
-    /// Hosts left alone in identities sent to a hidden external side (lower case).
-    public_hosts: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -307,15 +299,24 @@ const SWEEP: Duration = Duration::from_secs(5);
 
 impl Engine {
     pub fn new(cfg: Config, now: Instant) -> Engine {
-        let masker = Masker::new(&cfg.secret);
+        let external_addrs: Vec<std::net::IpAddr> =
+            cfg.external.udp.iter().chain(cfg.external.tcp.iter()).map(SocketAddr::ip).collect();
+        let topology = Topology::new(Settings {
+            secret: &cfg.secret,
+            external: SideView { advertise: cfg.external.advertise.clone(), hide: cfg.external.hide },
+            internal: SideView { advertise: cfg.internal.advertise.clone(), hide: cfg.internal.hide },
+            external_addrs: &external_addrs,
+            public_domains: &cfg.public_domains,
+            strip_headers: cfg.strip_headers.clone(),
+            strip_credentials: cfg.strip_credentials,
+        });
         let cores = cfg.cores.iter().map(|t| CoreState { target: *t, up: true }).collect();
-        let public_hosts = build::public_hosts(&cfg);
         let mut e = Engine {
             rng: cfg.seed | 1,
             cfg,
-            masker,
+            topology,
             guard: Box::new(AllowAll),
-            body_hook: None,
+            media: None,
             server: HashMap::new(),
             client: HashMap::new(),
             dialogs: HashMap::new(),
@@ -327,7 +328,6 @@ impl Engine {
             out: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
-            public_hosts,
         };
         if e.cfg.probe_interval.is_some() {
             e.schedule(now, Timer::Probe);
@@ -339,8 +339,8 @@ impl Engine {
     pub fn set_guard(&mut self, guard: Box<dyn Guard>) {
         self.guard = guard;
     }
-    pub fn set_body_hook(&mut self, hook: Box<dyn BodyHook>) {
-        self.body_hook = Some(hook);
+    pub fn set_media_hook(&mut self, hook: Box<dyn MediaHook>) {
+        self.media = Some(hook);
     }
     pub fn config(&self) -> &Config {
         &self.cfg
@@ -497,7 +497,7 @@ impl Engine {
             Some(b) if b.starts_with(b"z9hG4bK") => b.to_vec(),
             _ => {
                 let top = req.msg.value(HeaderName::Via).unwrap_or_default();
-                let h = self.masker.token(
+                let h = self.topology.masker().token(
                     b'x',
                     &[&req.call_id, &req.cseq.to_le_bytes(), req.from_tag.as_deref().unwrap_or_default(), top],
                 );
@@ -618,7 +618,7 @@ impl Engine {
             Some(b'[') => hostport.get(..hostport.iter().position(|&b| b == b']')? + 1)?,
             _ => hostport.split(|&b| b == b':').next()?,
         };
-        self.hides_host(host).then(|| hostport.to_vec())
+        self.topology.hides_host(host).then(|| hostport.to_vec())
     }
 
     /// A Request-URI without a user part whose host and port are the address the request
@@ -743,8 +743,9 @@ impl Engine {
             }
             ctx.creates_dialog = true;
             let salt = self.random().to_le_bytes();
-            ctx.dialog =
-                Some(self.masker.token(b'd', &[&req.call_id, req.from_tag.as_deref().unwrap_or_default(), &salt]));
+            ctx.dialog = Some(
+                self.topology.masker().token(b'd', &[&req.call_id, req.from_tag.as_deref().unwrap_or_default(), &salt]),
+            );
             ctx.requester_contact = build::contact_uri(&req.msg);
             ctx.requester_route_set = build::record_routes(&req.msg);
             ctx.requester_call_id = req.call_id.to_vec();
@@ -760,16 +761,21 @@ impl Engine {
             Some(self.contact_value(to_flow, ctx.dialog.as_deref()))
         };
         let branch = self.new_branch();
-        let data = self.build_request(
+        let body = self.media_body(now, req, ctx.dialog.as_deref(), flow.side, to_flow.side, None);
+        ctx.offer_in_request = !req.msg.body().is_empty();
+        let data = self.topology.build_request(
             req,
-            flow.side,
-            to_flow,
-            ruri.as_deref(),
-            &route_set,
-            contact,
-            &branch,
-            ctx.call_id_native,
-            restore_to_host.as_deref(),
+            Forward {
+                from: flow.side,
+                to: to_flow,
+                ruri: ruri.as_deref(),
+                route_set: &route_set,
+                contact,
+                branch: &branch,
+                call_id_native: ctx.call_id_native,
+                restore_to_host: restore_to_host.as_deref(),
+                body,
+            },
         );
         tracing::debug!(to = %to_flow.remote, to_side = to_flow.side.as_str(), %branch, "request forwarded");
         self.start_client(now, to_flow, req.method, data, branch, Purpose::Forward(Box::new(ctx)), Some(server));
@@ -825,7 +831,35 @@ impl Engine {
 
     /// Our Contact toward a flow's side: the dialog token, or no user part.
     fn contact_value(&self, to: Flow, token: Option<&str>) -> Vec<u8> {
-        build::sbc_uri(&self.side_cfg(to.side).advertise, to, token, true)
+        self.topology.contact(to, token)
+    }
+
+    /// The media seam's replacement for a body crossing sides (None: unchanged, or no body).
+    /// `answered_offer`: for a response, whether its request carried a body.
+    fn media_body(
+        &mut self,
+        now: Instant,
+        c: &Checked<'_>,
+        dialog: Option<&str>,
+        from: Side,
+        to: Side,
+        answered_offer: Option<bool>,
+    ) -> Option<Vec<u8>> {
+        let hook = self.media.as_mut()?;
+        let body = c.msg.body();
+        if body.is_empty() {
+            return None;
+        }
+        let role = match (c.status(), answered_offer) {
+            (None, _) if c.method == Method::Ack => BodyRole::Answer,
+            (None, _) => BodyRole::Offer,
+            (Some(_), Some(true)) => BodyRole::Answer,
+            (Some(_), _) => BodyRole::Offer,
+        };
+        let content_type = c.msg.value(HeaderName::ContentType).unwrap_or_default();
+        let crossing =
+            BodyCrossing { dialog, from, to, method: c.method, status: c.status(), role, content_type, body };
+        hook.on_body(now, &crossing)
     }
 
     /// REGISTER: each Contact becomes a token URI on the registrar's side (§10.2.1); the
@@ -851,7 +885,7 @@ impl Engine {
                 let na = values::name_addr(elem).map_err(|_| (400, "Bad Request"))?;
                 let contact = elem.get(na.uri.clone()).unwrap_or_default().to_vec();
                 let params = elem.get(na.params.clone()).unwrap_or_default();
-                let token = self.masker.token(b'r', &[&aor, &contact]);
+                let token = self.topology.masker().token(b'r', &[&aor, &contact]);
                 if !self.bindings.contains_key(&token) && self.bindings.len() >= self.cfg.max_registrations {
                     self.events.push_back(Event::Overload { what: "registrations" });
                     return Err((503, "Service Unavailable"));
@@ -868,7 +902,7 @@ impl Engine {
                 b.flow = flow;
                 b.contact = contact;
                 b.expires = b.expires.max(pending);
-                let mut e = build::sbc_uri(&self.side_cfg(to.side).advertise, to, Some(&token), true);
+                let mut e = self.topology.contact(to, Some(&token));
                 e.extend_from_slice(params);
                 out.push(e);
                 tokens.push(token);
@@ -892,16 +926,20 @@ impl Engine {
         let restore = if flow.side == Side::External { d.internal_host.clone() } else { None };
         let branch = self.new_branch();
         let contact = Some(self.contact_value(to.flow, Some(&route)));
-        let data = self.build_request(
+        let body = self.media_body(now, req, Some(&route), flow.side, to.flow.side, None);
+        let data = self.topology.build_request(
             req,
-            flow.side,
-            to.flow,
-            Some(&to.target),
-            &to.route_set,
-            contact,
-            &branch,
-            caller,
-            restore.as_deref(),
+            Forward {
+                from: flow.side,
+                to: to.flow,
+                ruri: Some(&to.target),
+                route_set: &to.route_set,
+                contact,
+                branch: &branch,
+                call_id_native: caller,
+                restore_to_host: restore.as_deref(),
+                body,
+            },
         );
         self.send(to.flow, data);
         self.stats.requests_forwarded += 1;
@@ -1159,10 +1197,19 @@ impl Engine {
         } else {
             None
         };
-        let Some(st) = self.server.remove(&server) else { return };
-        let data = self.build_response(resp, ct.flow.side, &st, contact);
+        let body =
+            self.media_body(now, resp, dialog_token.as_deref(), ct.flow.side, to_flow.side, Some(ctx.offer_in_request));
+        let Some(st) = self.server.get(&server) else { return };
+        let requester = Requester {
+            flow: st.flow,
+            vias: &st.vias,
+            from: &st.from,
+            to: &st.to,
+            call_id: &st.call_id,
+            record_route: &st.record_route,
+        };
+        let data = self.topology.build_response(resp, ct.flow.side, &requester, contact, body);
         let reply_to = st.reply_to;
-        self.server.insert(server.clone(), st);
         self.finish_server(now, &server, code, data.clone());
         self.send_reply(to_flow, reply_to, data);
         self.stats.responses_forwarded += 1;

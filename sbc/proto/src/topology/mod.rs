@@ -1,6 +1,7 @@
-//! Topology hiding: the reversible, keyed masking of identifiers (Call-ID, tags) toward a hidden
-//! side, opaque tokens for our Contact URIs, and the value rewrites (tag params, URI hosts) the
-//! proxy applies when a message crosses from one side to the other.
+//! Topology hiding, every rule of it: the reversible, keyed masking of identifiers (Call-ID,
+//! tags) toward a hidden side, opaque tokens for our Contact URIs, the value rewrites (tag
+//! params, URI hosts), and in [`hide`] what a forwarded request or response keeps, replaces and
+//! drops when it crosses from one side to the other.
 //!
 //! Masking is a synthetic-IV construction: `iv = PRF(k1, value)`, `masked = PREFIX ‖ hex(iv) ‖
 //! hex(value ⊕ PRF-stream(k2, iv))`. It is deterministic (the same value always masks the same
@@ -13,6 +14,9 @@ use std::hash::Hasher;
 use siphasher::sip::SipHasher24;
 
 use crate::sip::values;
+
+mod hide;
+pub use hide::{Forward, Requester, Settings, SideView, Topology, hostport, sbc_uri, via_line};
 
 const PREFIX: &[u8] = b"sbcm";
 const IV_LEN: usize = 8;

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::engine::{Flow, Side};
+use crate::flow::{Flow, Side};
 use crate::sip::Method;
 
 /// RFC 3261 §17.1.1.1 / table 4 timer base values.
