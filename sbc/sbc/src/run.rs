@@ -181,6 +181,7 @@ fn log_event(ev: Event) {
     match ev {
         Event::CoreUp { addr } => tracing::info!(%addr, "core is up"),
         Event::CoreDown { addr } => tracing::warn!(%addr, "core is down"),
+        Event::DialogEnded { dialog, why } => tracing::debug!(%dialog, ?why, "dialog ended"),
         // Outsiders trigger these at packet rate: the first of each kind per interval in full,
         // then counts per source (crate::logsum).
         Event::Overload { what } => {

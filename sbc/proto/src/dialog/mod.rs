@@ -2,10 +2,141 @@
 //! with the SBC as the peer; the SBC keeps, per side, the remote target (the UA's Contact), the
 //! route set, and the flow it last talked on, so mid-dialog requests in either direction — BYE,
 //! re-INVITE, UPDATE, INFO, REFER/NOTIFY — reach the right UA over the right connection.
+//!
+//! [`Dialogs`] owns the tables: dialogs by token and by each side's Call-ID, registration
+//! bindings by token. A dialog ends in one place, [`Dialogs::end`], which reports the end once
+//! ([`Dialogs::poll_ended`]) for whoever holds resources per dialog (the media relay, the guard).
 
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use crate::flow::{Flow, Side};
+
+/// Why a dialog ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialogEnd {
+    /// A BYE was answered.
+    Bye,
+    /// The dialog-creating request failed, was cancelled or timed out before a 2xx.
+    Failed,
+    /// The 2xx was never ACKed (RFC 3261 §13.3.1.4).
+    Unacknowledged,
+    /// No request for the configured idle time.
+    Idle,
+}
+
+/// Every dialog and registration binding the SBC holds.
+#[derive(Debug, Default)]
+pub struct Dialogs {
+    dialogs: HashMap<String, Dialog>,
+    /// (side, Call-ID as that side sees it) → dialog token.
+    by_call_id: HashMap<(Side, Vec<u8>), String>,
+    bindings: HashMap<String, Binding>,
+    ended: VecDeque<(String, DialogEnd)>,
+}
+
+impl Dialogs {
+    pub fn len(&self) -> usize {
+        self.dialogs.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.dialogs.is_empty()
+    }
+    pub fn contains(&self, token: &str) -> bool {
+        self.dialogs.contains_key(token)
+    }
+    pub fn get(&self, token: &str) -> Option<&Dialog> {
+        self.dialogs.get(token)
+    }
+    pub fn get_mut(&mut self, token: &str) -> Option<&mut Dialog> {
+        self.dialogs.get_mut(token)
+    }
+    /// The dialog a side knows by this Call-ID (for UAs that do not use our Contact).
+    pub fn by_call_id(&self, side: Side, call_id: &[u8]) -> Option<&str> {
+        self.by_call_id.get(&(side, call_id.to_vec())).map(String::as_str)
+    }
+
+    /// A new dialog, indexed by both sides' Call-IDs.
+    pub fn insert(&mut self, d: Dialog) {
+        for side in [Side::External, Side::Internal] {
+            self.by_call_id.insert((side, d.call_id(side).to_vec()), d.token.clone());
+        }
+        self.dialogs.insert(d.token.clone(), d);
+    }
+
+    /// The one place a dialog ends; the end is reported once through [`Dialogs::poll_ended`].
+    pub fn end(&mut self, token: &str, why: DialogEnd) {
+        let Some(d) = self.dialogs.remove(token) else { return };
+        for side in [Side::External, Side::Internal] {
+            let key = (side, d.call_id(side).to_vec());
+            if self.by_call_id.get(&key).is_some_and(|t| t == token) {
+                self.by_call_id.remove(&key);
+            }
+        }
+        self.ended.push_back((d.token, why));
+    }
+
+    /// Ends a dialog that never got its final 2xx (a failed or timed-out dialog-creating request).
+    pub fn end_unconfirmed(&mut self, token: &str) {
+        if self.dialogs.get(token).is_some_and(|d| !d.confirmed) {
+            self.end(token, DialogEnd::Failed);
+        }
+    }
+
+    /// Ends every dialog idle past its expiry and forgets expired bindings.
+    pub fn expire(&mut self, now: Instant) {
+        let idle: Vec<String> = self.dialogs.values().filter(|d| d.expires <= now).map(|d| d.token.clone()).collect();
+        for t in idle {
+            self.end(&t, DialogEnd::Idle);
+        }
+        self.bindings.retain(|_, b| b.expires > now);
+    }
+
+    pub fn poll_ended(&mut self) -> Option<(String, DialogEnd)> {
+        self.ended.pop_front()
+    }
+
+    // Registration bindings.
+
+    pub fn bindings_len(&self) -> usize {
+        self.bindings.len()
+    }
+    pub fn binding(&self, token: &str) -> Option<&Binding> {
+        self.bindings.get(token)
+    }
+    pub fn binding_mut(&mut self, token: &str) -> Option<&mut Binding> {
+        self.bindings.get_mut(token)
+    }
+    pub fn has_binding(&self, token: &str) -> bool {
+        self.bindings.contains_key(token)
+    }
+    /// A REGISTER passing through: the binding for `token` now points at `contact` on `flow`,
+    /// pending the registrar's answer until at least `pending`.
+    pub fn upsert_binding(&mut self, token: &str, side: Side, contact: Vec<u8>, flow: Flow, pending: Instant) {
+        let b = self.bindings.entry(token.to_owned()).or_insert_with(|| Binding {
+            token: token.to_owned(),
+            side,
+            contact: contact.clone(),
+            flow,
+            confirmed: false,
+            expires: pending,
+        });
+        b.flow = flow;
+        b.contact = contact;
+        b.expires = b.expires.max(pending);
+    }
+    /// The registrar refused: bindings it never confirmed go.
+    pub fn drop_unconfirmed_bindings(&mut self, tokens: &[String]) {
+        for t in tokens {
+            if self.bindings.get(t).is_some_and(|b| !b.confirmed) {
+                self.bindings.remove(t);
+            }
+        }
+    }
+    pub fn remove_binding(&mut self, token: &str) {
+        self.bindings.remove(token);
+    }
+}
 
 /// One side's view of a dialog.
 #[derive(Debug, Clone)]

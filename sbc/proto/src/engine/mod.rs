@@ -21,7 +21,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::dialog::{AckWait, Binding, Dialog, ForwardCtx, Leg};
+use crate::dialog::{AckWait, Dialog, Dialogs, ForwardCtx, Leg};
 use crate::sip::edit::reply;
 use crate::sip::framer::{Datagram, Limits, frame_datagram};
 use crate::sip::message::{HeaderName, Message};
@@ -31,6 +31,7 @@ use crate::sip::{Method, Reaction, SipError, values};
 use crate::topology::{Forward, Requester, Settings, SideView, Topology};
 use crate::transaction::{ClientState, ClientTxn, Purpose, ServerKey, ServerState, ServerTxn, Timers, client_key};
 
+pub use crate::dialog::DialogEnd;
 pub use crate::flow::{Flow, Side, Transmit};
 pub use timer::Timer;
 
@@ -156,6 +157,11 @@ pub enum Event {
     Overload {
         what: &'static str,
     },
+    /// A dialog ended (its token, and why).
+    DialogEnded {
+        dialog: String,
+        why: DialogEnd,
+    },
 }
 
 /// The guard seam: rate limits, bans and the userspace allowlist plug in here, before routing.
@@ -201,19 +207,6 @@ pub struct BodyCrossing<'a> {
     pub role: BodyRole,
     pub content_type: &'a [u8],
     pub body: &'a [u8],
-}
-
-/// Why a dialog ended (one place ends dialogs: every path reports here).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DialogEnd {
-    /// A BYE was answered.
-    Bye,
-    /// The dialog-creating request failed, was cancelled or timed out before a 2xx.
-    Failed,
-    /// The 2xx was never ACKed (RFC 3261 §13.3.1.4).
-    Unacknowledged,
-    /// No request for `dialog_idle`.
-    Idle,
 }
 
 /// The media seam: SDP offer/answer rewriting (media anchoring) and the release of what a
@@ -271,10 +264,7 @@ pub struct Engine {
     media: Option<Box<dyn MediaHook>>,
     server: HashMap<ServerKey, ServerTxn>,
     client: HashMap<String, ClientTxn>,
-    dialogs: HashMap<String, Dialog>,
-    /// (side, Call-ID as that side sees it) → dialog token.
-    dialog_index: HashMap<(Side, Vec<u8>), String>,
-    bindings: HashMap<String, Binding>,
+    dialogs: Dialogs,
     cores: Vec<CoreState>,
     timers: BinaryHeap<Reverse<(Instant, u64, Timer)>>,
     timer_seq: u64,
@@ -290,7 +280,7 @@ impl std::fmt::Debug for Engine {
             .field("server", &self.server.len())
             .field("client", &self.client.len())
             .field("dialogs", &self.dialogs.len())
-            .field("bindings", &self.bindings.len())
+            .field("bindings", &self.dialogs.bindings_len())
             .finish()
     }
 }
@@ -319,9 +309,7 @@ impl Engine {
             media: None,
             server: HashMap::new(),
             client: HashMap::new(),
-            dialogs: HashMap::new(),
-            dialog_index: HashMap::new(),
-            bindings: HashMap::new(),
+            dialogs: Dialogs::default(),
             cores,
             timers: BinaryHeap::new(),
             timer_seq: 0,
@@ -350,7 +338,7 @@ impl Engine {
     }
     /// (server transactions, client transactions, dialogs, registrations)
     pub fn sizes(&self) -> (usize, usize, usize, usize) {
-        (self.server.len(), self.client.len(), self.dialogs.len(), self.bindings.len())
+        (self.server.len(), self.client.len(), self.dialogs.len(), self.dialogs.bindings_len())
     }
     pub fn core_up(&self, idx: usize) -> Option<bool> {
         self.cores.get(idx).map(|c| c.up)
@@ -639,10 +627,10 @@ impl Engine {
     fn route_request(&self, req: &Checked<'_>, flow: Flow) -> Result<Route, (u16, &'static str)> {
         let ruri = req.msg.request_uri();
         if let Some(user) = uri::user_part(ruri).and_then(|u| std::str::from_utf8(u).ok()) {
-            if self.dialogs.contains_key(user) {
+            if self.dialogs.contains(user) {
                 return Ok(Route::Dialog(user.to_string()));
             }
-            if let Some(b) = self.bindings.get(user)
+            if let Some(b) = self.dialogs.binding(user)
                 && b.side != flow.side
             {
                 return Ok(Route::Binding(user.to_string()));
@@ -650,8 +638,8 @@ impl Engine {
         }
         if req.to_tag.is_some() {
             // Not sent to our Contact: find the dialog by the Call-ID this side knows.
-            if let Some(token) = self.dialog_index.get(&(flow.side, req.call_id.to_vec())) {
-                return Ok(Route::Dialog(token.clone()));
+            if let Some(token) = self.dialogs.by_call_id(flow.side, &req.call_id) {
+                return Ok(Route::Dialog(token.to_owned()));
             }
             // §12.2.2 / §16: an in-dialog request for a dialog we do not know.
             return Err((481, "Call/Transaction Does Not Exist"));
@@ -724,7 +712,7 @@ impl Engine {
                 (to.flow, Some(to.target), to.route_set)
             }
             Route::Binding(token) => {
-                let b = self.bindings.get(token).ok_or((404, "Not Found"))?;
+                let b = self.dialogs.binding(token).ok_or((404, "Not Found"))?;
                 ctx.to_binding = true;
                 (b.flow, Some(b.contact.clone()), Vec::new())
             }
@@ -886,22 +874,12 @@ impl Engine {
                 let contact = elem.get(na.uri.clone()).unwrap_or_default().to_vec();
                 let params = elem.get(na.params.clone()).unwrap_or_default();
                 let token = self.topology.masker().token(b'r', &[&aor, &contact]);
-                if !self.bindings.contains_key(&token) && self.bindings.len() >= self.cfg.max_registrations {
+                if !self.dialogs.has_binding(&token) && self.dialogs.bindings_len() >= self.cfg.max_registrations {
                     self.events.push_back(Event::Overload { what: "registrations" });
                     return Err((503, "Service Unavailable"));
                 }
                 let pending = now + self.cfg.timers.t64();
-                let b = self.bindings.entry(token.clone()).or_insert_with(|| Binding {
-                    token: token.clone(),
-                    side: flow.side,
-                    contact: contact.clone(),
-                    flow,
-                    confirmed: false,
-                    expires: pending,
-                });
-                b.flow = flow;
-                b.contact = contact;
-                b.expires = b.expires.max(pending);
+                self.dialogs.upsert_binding(&token, flow.side, contact, flow, pending);
                 let mut e = self.topology.contact(to, Some(&token));
                 e.extend_from_slice(params);
                 out.push(e);
@@ -1172,12 +1150,10 @@ impl Engine {
             if ctx.creates_dialog && (101..300).contains(&code) && resp.to_tag.is_some() {
                 self.upsert_dialog(now, &token, ctx, to_flow, ct.flow, resp, code, method == Method::Invite);
             } else if ctx.creates_dialog && code >= 300 {
-                if self.dialogs.get(&token).is_some_and(|d| !d.confirmed) {
-                    self.remove_dialog(&token);
-                }
+                self.end_dialog_unconfirmed(now, &token);
                 dialog_token = None;
             } else if method == Method::Bye && code >= 200 {
-                self.remove_dialog(&token);
+                self.end_dialog(now, &token, DialogEnd::Bye);
             } else if (200..300).contains(&code)
                 && method.refreshes_target()
                 && let Some(c) = build::contact_uri(&resp.msg)
@@ -1266,26 +1242,16 @@ impl Engine {
         if requester.side == Side::Internal {
             call_ids.swap(0, 1);
         }
-        for side in [Side::External, Side::Internal] {
-            let id = match side {
-                Side::External => call_ids[0].clone(),
-                Side::Internal => call_ids[1].clone(),
-            };
-            self.dialog_index.insert((side, id), token.to_string());
-        }
-        self.dialogs.insert(
-            token.to_string(),
-            Dialog {
-                token: token.to_string(),
-                legs,
-                caller,
-                call_ids,
-                confirmed,
-                expires,
-                internal_host: ctx.internal_host.clone(),
-                ack_wait: None,
-            },
-        );
+        self.dialogs.insert(Dialog {
+            token: token.to_string(),
+            legs,
+            caller,
+            call_ids,
+            confirmed,
+            expires,
+            internal_host: ctx.internal_host.clone(),
+            ack_wait: None,
+        });
         if invite && confirmed {
             self.await_ack(now, token, responder, resp);
         }
@@ -1311,7 +1277,7 @@ impl Engine {
         let Some(d) = self.dialogs.get_mut(&token) else { return };
         let Some(wait) = d.ack_wait.take_if(|w| w.deadline <= now) else { return };
         tracing::debug!(dialog = %token, "2xx never ACKed: dialog ended, BYE to the callee");
-        self.remove_dialog(&token);
+        self.end_dialog(now, &token, DialogEnd::Unacknowledged);
         self.stats.unacked_dialogs_ended += 1;
         self.start_client(now, wait.flow, Method::Bye, wait.bye, wait.branch, Purpose::Local, None);
     }
@@ -1326,11 +1292,7 @@ impl Engine {
         code: u16,
     ) -> Option<Vec<u8>> {
         if code >= 300 {
-            for t in &ctx.registration {
-                if self.bindings.get(t).is_some_and(|b| !b.confirmed) {
-                    self.bindings.remove(t);
-                }
-            }
+            self.dialogs.drop_unconfirmed_bindings(&ctx.registration);
             return None;
         }
         if code < 200 {
@@ -1359,7 +1321,7 @@ impl Engine {
                 let expires = values::param(params, "expires")
                     .and_then(|e| values::parse_u32_lenient(e).ok())
                     .unwrap_or(default_expires);
-                let Some(b) = self.bindings.get_mut(&token) else { continue };
+                let Some(b) = self.dialogs.binding_mut(&token) else { continue };
                 b.confirmed = true;
                 b.expires = now + Duration::from_secs(u64::from(expires) + 10);
                 let mut e = Vec::with_capacity(b.contact.len() + params.len() + 2);
@@ -1373,7 +1335,7 @@ impl Engine {
         }
         for t in &ctx.registration {
             if !seen.contains(t) {
-                self.bindings.remove(t);
+                self.dialogs.remove_binding(t);
             }
         }
         (!out.is_empty()).then(|| out.join(&b", "[..]))
@@ -1399,14 +1361,24 @@ impl Engine {
         true
     }
 
-    fn remove_dialog(&mut self, token: &str) {
-        if let Some(d) = self.dialogs.remove(token) {
-            for side in [Side::External, Side::Internal] {
-                let key = (side, d.call_id(side).to_vec());
-                if self.dialog_index.get(&key).is_some_and(|t| t == token) {
-                    self.dialog_index.remove(&key);
-                }
+    /// Ends a dialog (the dialog layer's one place) and tells the media seam and the daemon.
+    fn end_dialog(&mut self, now: Instant, token: &str, why: DialogEnd) {
+        self.dialogs.end(token, why);
+        self.report_ended(now);
+    }
+
+    fn end_dialog_unconfirmed(&mut self, now: Instant, token: &str) {
+        self.dialogs.end_unconfirmed(token);
+        self.report_ended(now);
+    }
+
+    fn report_ended(&mut self, now: Instant) {
+        while let Some((token, why)) = self.dialogs.poll_ended() {
+            tracing::debug!(dialog = %token, ?why, "dialog ended");
+            if let Some(m) = self.media.as_mut() {
+                m.on_dialog_end(now, &token, why);
             }
+            self.events.push_back(Event::DialogEnded { dialog: token, why });
         }
     }
 
@@ -1440,12 +1412,8 @@ impl Engine {
             Timer::Probe => self.probe(now),
             Timer::AckWait(token) => self.ack_timeout(now, token),
             Timer::Sweep => {
-                let expired: Vec<String> =
-                    self.dialogs.values().filter(|d| d.expires <= now).map(|d| d.token.clone()).collect();
-                for t in expired {
-                    self.remove_dialog(&t);
-                }
-                self.bindings.retain(|_, b| b.expires > now);
+                self.dialogs.expire(now);
+                self.report_ended(now);
                 self.schedule(now + SWEEP, Timer::Sweep);
             }
         }
@@ -1504,9 +1472,8 @@ impl Engine {
                             Purpose::Forward(c) if c.creates_dialog => c.dialog.clone(),
                             _ => None,
                         }
-                        && self.dialogs.get(&d).is_some_and(|d| !d.confirmed)
                     {
-                        self.remove_dialog(&d);
+                        self.end_dialog_unconfirmed(now, &d);
                     }
                     self.answer_server(now, &sk, code, reason);
                 }

@@ -640,3 +640,67 @@ fn a_response_over_tcp_names_the_via_sent_by_port_for_a_new_connection_rfc3261_1
     let busy = std::iter::from_fn(|| e.poll_transmit()).find(|t| t.flow == phone).unwrap();
     assert_eq!(busy.reconnect, Some(sa("198.51.100.7:5062")));
 }
+
+/// Records what the media seam is told.
+#[derive(Default)]
+struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+impl MediaHook for Recorder {
+    fn on_body(&mut self, _: Instant, c: &BodyCrossing<'_>) -> Option<Vec<u8>> {
+        self.0.lock().unwrap().push(format!(
+            "{:?} {} {:?}->{:?} {:?} {}",
+            c.role,
+            c.dialog.is_some(),
+            c.from,
+            c.to,
+            c.status,
+            String::from_utf8_lossy(c.body)
+        ));
+        Some(b"v=0 rewritten".to_vec())
+    }
+    fn on_dialog_end(&mut self, _: Instant, _dialog: &str, why: DialogEnd) {
+        self.0.lock().unwrap().push(format!("end {why:?}"));
+    }
+}
+
+#[test]
+fn the_media_seam_sees_offer_answer_with_the_dialog_and_its_end() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], None), t0);
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    e.set_media_hook(Box::new(Recorder(log.clone())));
+    let inv = invite("z9hG4bKsdp")
+        .replace("Content-Length: 0\r\n\r\n", "Content-Type: application/sdp\r\nContent-Length: 9\r\n\r\nv=0 offer");
+    e.handle_datagram(t0, ext(Transport::Udp), inv.as_bytes());
+    let fwd = drain(&mut e).into_iter().find(|(f, _)| f.side == Side::Internal).unwrap().1;
+    assert!(fwd.ends_with("\r\n\r\nv=0 rewritten"), "the hook's body is what is forwarded:\n{fwd}");
+    let ok =
+        respond(&fwd, 200, "OK", Some("c1"), "Contact: <sip:1000@10.0.0.10:5070>\r\nContent-Type: application/sdp\r\n")
+            .replace("Content-Length: 0\r\n\r\n", "Content-Length: 10\r\n\r\nv=0 answer");
+    e.handle_datagram(t0, core(CORE_A), ok.as_bytes());
+    let to_ua = drain(&mut e).pop().unwrap().1;
+    assert!(to_ua.ends_with("v=0 rewritten"));
+    // The core hangs up; the dialog's end reaches the seam once.
+    let contact = header(&fwd, "Contact").unwrap().trim_matches(|c| c == '<' || c == '>').to_string();
+    let bye = format!(
+        "BYE {contact} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.10:5070;branch=z9hG4bKbyesdp\r\nFrom: {}\r\nTo: {}\r\n\
+         Call-ID: {}\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        header(&ok, "To").unwrap(),
+        header(&fwd, "From").unwrap(),
+        header(&fwd, "Call-ID").unwrap()
+    );
+    e.handle_datagram(t0, core(CORE_A), bye.as_bytes());
+    let to_ua = drain(&mut e).pop().unwrap().1;
+    e.handle_datagram(t0, ext(Transport::Udp), respond(&to_ua, 200, "OK", None, "").as_bytes());
+    drain(&mut e);
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec![
+            "Offer true External->Internal None v=0 offer".to_string(),
+            "Answer true Internal->External Some(200) v=0 answer".to_string(),
+            "end Bye".to_string(),
+        ]
+    );
+    assert!(
+        std::iter::from_fn(|| e.poll_event()).any(|ev| matches!(ev, Event::DialogEnded { why: DialogEnd::Bye, .. }))
+    );
+}
