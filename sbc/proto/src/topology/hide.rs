@@ -335,8 +335,8 @@ impl Topology {
         for v in st.vias {
             s.prepend("Via", v);
         }
-        s.set(HeaderName::From, &st.from);
-        s.set(HeaderName::CallId, &st.call_id);
+        s.set(HeaderName::From, st.from);
+        s.set(HeaderName::CallId, st.call_id);
         let mut to_value = st.to.to_vec();
         if let Some(tag) = &c.to_tag
             && rewrite_param(&to_value, "tag", |t| Some(t.to_vec())).is_none()
