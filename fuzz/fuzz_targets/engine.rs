@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use sbc_proto::engine::{Config, Engine, Flow, Side};
+use sbc_proto::engine::{Config, Engine, Flow, Output, Side, Transmit};
 use sbc_proto::sip::edit::reply;
 use sbc_proto::sip::framer::{Datagram, Limits, frame_datagram};
 use sbc_proto::sip::uri::Transport;
@@ -44,11 +44,25 @@ fn internal() -> Flow {
 const CODES: &[(u16, &str)] =
     &[(100, "Trying"), (180, "Ringing"), (200, "OK"), (486, "Busy Here"), (503, "Service Unavailable")];
 
+/// What the engine sends now (events and guard actions are read and dropped), and when it
+/// wants to be woken.
+fn outputs(e: &mut Engine) -> (Vec<Transmit>, Option<Instant>) {
+    let mut sent = Vec::new();
+    while let Some(o) = e.poll_output() {
+        match o {
+            Output::Transmit(t) => sent.push(t),
+            Output::Timeout(at) => return (sent, Some(at)),
+            Output::Event(_) | Output::Guard(_) => {}
+        }
+    }
+    (sent, None)
+}
+
 /// Drains what the engine sends; requests sent to the internal side are answered once by a
 /// synthetic core with `code`, and those answers are handed back to the engine.
 fn pump(e: &mut Engine, now: Instant, code: (u16, &str), answer: bool) {
     let mut answers = Vec::new();
-    while let Some(t) = e.poll_transmit() {
+    for t in outputs(e).0 {
         assert!(!t.data.is_empty(), "engine transmits an empty datagram");
         if answer && t.flow.side == Side::Internal {
             if let Datagram::Message(m) = frame_datagram(&t.data, &Limits::default()) {
@@ -64,9 +78,8 @@ fn pump(e: &mut Engine, now: Instant, code: (u16, &str), answer: bool) {
     }
     for (flow, a) in answers {
         e.handle_datagram(now, flow, &a);
-        while e.poll_transmit().is_some() {}
+        outputs(e);
     }
-    while e.poll_event().is_some() {}
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -84,7 +97,7 @@ fuzz_target!(|data: &[u8]| {
     // A retransmission of the original input, then the timers.
     e.handle_datagram(t1, external(), data);
     pump(&mut e, t1, code, false);
-    if let Some(t) = e.poll_timeout() {
+    if let (_, Some(t)) = outputs(&mut e) {
         assert!(t >= t0, "timer scheduled in the past");
     }
     e.handle_timeout(t0 + Duration::from_secs(40));

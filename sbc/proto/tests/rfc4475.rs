@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use sbc_proto::engine::{Config, Engine, Flow, Side};
+use sbc_proto::engine::{Config, Engine, Flow, Output, Side};
 use sbc_proto::sip::framer::Limits;
 use sbc_proto::sip::uri::Transport;
 
@@ -123,7 +123,13 @@ fn torture_messages_get_the_rfc_reaction() {
         e.handle_datagram(now, flow(), &data);
         let mut forwarded = Vec::new();
         let mut replies = Vec::new();
-        while let Some(t) = e.poll_transmit() {
+        while let Some(out) = e.poll_output() {
+            let Output::Transmit(t) = out else {
+                if matches!(out, Output::Timeout(_)) {
+                    break;
+                }
+                continue;
+            };
             match t.flow.side {
                 Side::Internal => forwarded.push(t.data),
                 Side::External => replies.push(status(&t.data)),

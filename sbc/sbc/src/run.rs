@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use sbc_proto::engine::{Engine, Event, Side};
+use sbc_proto::engine::{Engine, Event, Output, Side};
 use tokio::sync::mpsc;
 
 use crate::config::Validated;
@@ -56,7 +56,7 @@ async fn main_loop(cfg: Validated) -> anyhow::Result<()> {
     let mut log_tick = tokio::time::interval(std::time::Duration::from_secs(1));
     log_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        let deadline = engine.poll_timeout().map(tokio::time::Instant::from_std);
+        let deadline = drain(&mut engine, &mut net);
         tokio::select! {
             biased;
             _ = int.recv() => break,
@@ -87,12 +87,6 @@ async fn main_loop(cfg: Validated) -> anyhow::Result<()> {
             _ = sleep_until(deadline) => engine.handle_timeout(Instant::now()),
             _ = log_tick.tick() => crate::logsum::tick(),
         }
-        while let Some(t) = engine.poll_transmit() {
-            net.send(t);
-        }
-        while let Some(ev) = engine.poll_event() {
-            log_event(ev);
-        }
     }
     let (s, c, d, r) = engine.sizes();
     let st = engine.stats();
@@ -109,6 +103,19 @@ async fn main_loop(cfg: Validated) -> anyhow::Result<()> {
         "sbc stopping"
     );
     Ok(())
+}
+
+/// Puts the engine's transmits on the wire and its events in the log; returns when to wake it.
+fn drain(engine: &mut Engine, net: &mut Net) -> Option<tokio::time::Instant> {
+    while let Some(out) = engine.poll_output() {
+        match out {
+            Output::Transmit(t) => net.send(t),
+            Output::Event(ev) => log_event(ev),
+            Output::Guard(action) => tracing::warn!(?action, "guard action not supported by this daemon yet"),
+            Output::Timeout(at) => return Some(tokio::time::Instant::from_std(at)),
+        }
+    }
+    None
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -56,40 +56,6 @@ pub(super) fn retarget_via(request: &[u8], advertise: &str, old: Flow, new: Flow
     replace_bytes(request, a.as_bytes(), b.as_bytes())
 }
 
-/// §9.1 CANCEL / §17.1.1.3 ACK built from the INVITE we sent: same Request-URI, top Via, Route,
-/// From, Call-ID and CSeq number; the ACK takes the To of the response.
-pub(super) fn cancel_or_ack(invite: &[u8], method: &str, to: Option<&[u8]>, max_headers: usize) -> Option<Vec<u8>> {
-    let m = Message::index(invite, max_headers).ok()?;
-    let mut out = Vec::with_capacity(invite.len());
-    out.extend_from_slice(method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(m.request_uri());
-    out.extend_from_slice(b" SIP/2.0\r\n");
-    let mut cseq = None;
-    for h in &m.headers {
-        let v = m.slice(&h.value_span);
-        match h.name {
-            HeaderName::Via | HeaderName::Route | HeaderName::From | HeaderName::CallId => {
-                out.extend_from_slice(h.name.canonical().as_bytes());
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(v);
-                out.extend_from_slice(b"\r\n");
-            }
-            HeaderName::To => {
-                out.extend_from_slice(b"To: ");
-                out.extend_from_slice(to.unwrap_or(v));
-                out.extend_from_slice(b"\r\n");
-            }
-            HeaderName::CSeq => cseq = values::cseq(v).ok().map(|(n, _)| n),
-            _ => {}
-        }
-    }
-    out.extend_from_slice(
-        format!("CSeq: {} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n", cseq?).as_bytes(),
-    );
-    Some(out)
-}
-
 /// A final response the SBC makes for a server transaction whose request it no longer holds.
 pub(super) fn local_response(st: &ServerTxn, code: u16, reason: &str) -> Vec<u8> {
     // §8.2.6.2: the request's Via, From, Call-ID and CSeq; its To with our tag added.

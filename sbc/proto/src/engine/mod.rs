@@ -1,7 +1,13 @@
 //! The proxy engine: a transaction-stateful, dialog-aware SIP proxy between two sides that
 //! hides each side's topology from the other (RFC 3261 §16, §17). Sans-IO: the daemon feeds it
-//! datagrams and framed stream messages with the current time, and drains `poll_transmit`,
-//! `poll_event` and `poll_timeout`.
+//! datagrams and framed stream messages with the current time, and drains [`Engine::poll_output`]
+//! (what to send, what happened, what the guard asks for, when to wake it next).
+//!
+//! The engine is the coordinator: it routes, and it drives the layers that own the state —
+//! [`crate::transaction::Transactions`] (RFC 3261 §17), [`crate::dialog::Dialogs`] (dialogs and
+//! registrations), [`crate::topology::Topology`] (every hiding rule) — and two seams, the
+//! [`Guard`] (sees every request and every final response, keeps its own state and timers,
+//! emits actions) and the [`MediaHook`] (sees offers, answers and dialog ends).
 //!
 //! Invariants:
 //! * Every request leaving the engine carries exactly one Via (ours) and no Record-Route of
@@ -17,7 +23,7 @@ mod tests;
 mod timer;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -29,7 +35,10 @@ use crate::sip::sanity::{self, Checked};
 use crate::sip::uri::{self, SipUri, Transport};
 use crate::sip::{Method, Reaction, SipError, values};
 use crate::topology::{Forward, Requester, Settings, SideView, Topology};
-use crate::transaction::{ClientState, ClientTxn, Purpose, ServerKey, ServerState, ServerTxn, Timers, client_key};
+use crate::transaction::{
+    ClientState, ClientStep, ClientTxn, Expired, Outgoing, Purpose, ServerKey, ServerState, ServerTxn, Timers,
+    Transactions, client_key,
+};
 
 pub use crate::dialog::DialogEnd;
 pub use crate::flow::{Flow, Side, Transmit};
@@ -164,9 +173,24 @@ pub enum Event {
     },
 }
 
-/// The guard seam: rate limits, bans and the userspace allowlist plug in here, before routing.
+/// The guard seam: the userspace allowlist, rate limits and bans plug in here. It is set once
+/// and keeps its state (an allowlist reload changes what it reads, not the guard), sees every
+/// request before routing and every final response sent to a requester, and may ask the
+/// daemon to act (e.g. push a ban into XDP) and to be woken at a time of its own.
 pub trait Guard: Send {
+    /// Every request, before anything else looks at it (retransmissions excepted).
     fn admit(&mut self, now: Instant, flow: &Flow, req: &Checked<'_>) -> Admit;
+    /// Every final response sent to a requester: relayed from the far side, or the SBC's own
+    /// (a sanity rejection, a routing failure, a timeout, the guard's own refusal).
+    fn on_final(&mut self, _now: Instant, _outcome: &Final<'_>) {}
+    /// What the guard asks the daemon to do.
+    fn poll_action(&mut self) -> Option<GuardAction> {
+        None
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+    fn handle_timeout(&mut self, _now: Instant) {}
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +200,30 @@ pub enum Admit {
     Drop,
 }
 
+/// A final response on its way to the requester, for the guard.
+#[derive(Debug)]
+pub struct Final<'a> {
+    /// Where the request came from (and the response goes).
+    pub requester: Flow,
+    pub method: Method,
+    pub code: u16,
+    /// True when the SBC answered itself (408, 503, 481...), false when it relays the far side's.
+    pub by_sbc: bool,
+    /// The request's To header and Call-ID as the requester sent them.
+    pub to: &'a [u8],
+    pub call_id: &'a [u8],
+    /// The dialog the request belongs to or created.
+    pub dialog: Option<&'a str>,
+}
+
+/// What the guard asks of the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuardAction {
+    /// Drop everything from `addr`/`prefix_len` until `until` (in XDP where attached, and in
+    /// userspace), for `reason`.
+    Ban { addr: std::net::IpAddr, prefix_len: u8, until: Instant, reason: String },
+}
+
 /// Admits everything (the default until the guard exists).
 #[derive(Debug, Default)]
 pub struct AllowAll;
@@ -183,6 +231,16 @@ impl Guard for AllowAll {
     fn admit(&mut self, _: Instant, _: &Flow, _: &Checked<'_>) -> Admit {
         Admit::Accept
     }
+}
+
+/// What the engine asks of the daemon, in order: send, tell, act; then when to wake it.
+#[derive(Debug)]
+pub enum Output {
+    Transmit(Transmit),
+    Event(Event),
+    Guard(GuardAction),
+    /// Nothing else pending: call [`Engine::handle_timeout`] at this time.
+    Timeout(Instant),
 }
 
 /// RFC 3264's roles of a body crossing the SBC, as far as the engine can tell them: a body in
@@ -262,8 +320,8 @@ pub struct Engine {
     topology: Topology,
     guard: Box<dyn Guard>,
     media: Option<Box<dyn MediaHook>>,
-    server: HashMap<ServerKey, ServerTxn>,
-    client: HashMap<String, ClientTxn>,
+    /// RFC 3261 §17: every server and client transaction, and their timers.
+    txns: Transactions,
     dialogs: Dialogs,
     cores: Vec<CoreState>,
     timers: BinaryHeap<Reverse<(Instant, u64, Timer)>>,
@@ -277,8 +335,8 @@ pub struct Engine {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("server", &self.server.len())
-            .field("client", &self.client.len())
+            .field("server", &self.txns.server_len())
+            .field("client", &self.txns.client_len())
             .field("dialogs", &self.dialogs.len())
             .field("bindings", &self.dialogs.bindings_len())
             .finish()
@@ -289,6 +347,7 @@ const SWEEP: Duration = Duration::from_secs(5);
 
 impl Engine {
     pub fn new(cfg: Config, now: Instant) -> Engine {
+        let (cfg_timers, cfg_max_headers) = (cfg.timers, cfg.limits.max_headers);
         let external_addrs: Vec<std::net::IpAddr> =
             cfg.external.udp.iter().chain(cfg.external.tcp.iter()).map(SocketAddr::ip).collect();
         let topology = Topology::new(Settings {
@@ -307,8 +366,7 @@ impl Engine {
             topology,
             guard: Box::new(AllowAll),
             media: None,
-            server: HashMap::new(),
-            client: HashMap::new(),
+            txns: Transactions::new(cfg_timers, cfg_max_headers),
             dialogs: Dialogs::default(),
             cores,
             timers: BinaryHeap::new(),
@@ -333,25 +391,51 @@ impl Engine {
     pub fn config(&self) -> &Config {
         &self.cfg
     }
-    pub fn stats(&self) -> &Stats {
-        &self.stats
+    /// The counters, the transaction layer's retransmission counts included.
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats.clone();
+        s.retransmissions_sent += self.txns.retransmissions_sent;
+        s.retransmissions_absorbed += self.txns.retransmissions_absorbed;
+        s
     }
     /// (server transactions, client transactions, dialogs, registrations)
     pub fn sizes(&self) -> (usize, usize, usize, usize) {
-        (self.server.len(), self.client.len(), self.dialogs.len(), self.dialogs.bindings_len())
+        (self.txns.server_len(), self.txns.client_len(), self.dialogs.len(), self.dialogs.bindings_len())
     }
     pub fn core_up(&self, idx: usize) -> Option<bool> {
         self.cores.get(idx).map(|c| c.up)
     }
 
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+    /// The one output of the engine: transmits first, then events, then the guard's actions,
+    /// then the next time to call [`Engine::handle_timeout`] (None: no timer at all).
+    pub fn poll_output(&mut self) -> Option<Output> {
+        if let Some(t) = self.out.pop_front() {
+            return Some(Output::Transmit(t));
+        }
+        if let Some(e) = self.events.pop_front() {
+            return Some(Output::Event(e));
+        }
+        if let Some(a) = self.guard.poll_action() {
+            return Some(Output::Guard(a));
+        }
+        self.next_timeout().map(Output::Timeout)
+    }
+
+    /// Unit tests read transmits and events apart.
+    #[cfg(test)]
+    fn poll_transmit(&mut self) -> Option<Transmit> {
         self.out.pop_front()
     }
-    pub fn poll_event(&mut self) -> Option<Event> {
+    #[cfg(test)]
+    fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _, _))| *t)
+
+    fn next_timeout(&self) -> Option<Instant> {
+        [self.timers.peek().map(|Reverse((t, _, _))| *t), self.txns.poll_timeout(), self.guard.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// One UDP datagram received on `flow`.
@@ -359,7 +443,7 @@ impl Engine {
         match frame_datagram(data, &self.cfg.limits) {
             Datagram::Keepalive => {}
             Datagram::Message(msg) => self.handle_message(now, flow, msg),
-            Datagram::Invalid { msg: Some(msg), error } => self.reject(flow, &msg, &error),
+            Datagram::Invalid { msg: Some(msg), error } => self.reject(now, flow, &msg, &error),
             Datagram::Invalid { msg: None, error } => self.drop_msg(flow, error.to_string()),
         }
     }
@@ -396,7 +480,7 @@ impl Engine {
             }
             Err(bad) => {
                 let (msg, error) = *bad;
-                self.reject(flow, &msg, &error);
+                self.reject(now, flow, &msg, &error);
             }
         }
     }
@@ -407,7 +491,7 @@ impl Engine {
     }
 
     /// Answers a bad request with the RFC's code, or drops what cannot be answered.
-    fn reject(&mut self, flow: Flow, msg: &Message<'_>, error: &SipError) {
+    fn reject(&mut self, now: Instant, flow: Flow, msg: &Message<'_>, error: &SipError) {
         let answerable = msg.is_request() && msg.method() != Method::Ack && msg.first(HeaderName::Via).is_some();
         match error.reaction() {
             Reaction::Reply { code, reason } if answerable => {
@@ -421,6 +505,16 @@ impl Engine {
                 };
                 let tag = self.random_hex();
                 self.send(flow, reply(msg, flow.remote, code, reason, Some(tag.as_bytes()), &extra));
+                let outcome = Final {
+                    requester: flow,
+                    method: msg.method(),
+                    code,
+                    by_sbc: true,
+                    to: msg.value(HeaderName::To).unwrap_or_default(),
+                    call_id: msg.value(HeaderName::CallId).unwrap_or_default(),
+                    dialog: None,
+                };
+                self.guard.on_final(now, &outcome);
                 self.stats.rejected += 1;
                 self.events.push_back(Event::Rejected { flow, code, error: error.to_string() });
             }
@@ -428,13 +522,33 @@ impl Engine {
         }
     }
 
-    fn local_reply(&mut self, flow: Flow, req: &Checked<'_>, code: u16, reason: &'static str, extra: &[(&str, &[u8])]) {
+    fn local_reply(
+        &mut self,
+        now: Instant,
+        flow: Flow,
+        req: &Checked<'_>,
+        code: u16,
+        reason: &'static str,
+        extra: &[(&str, &[u8])],
+    ) {
         if req.method == Method::Ack {
             return;
         }
         tracing::debug!(code, reason, "answered locally");
         let tag = self.random_hex();
         self.send(flow, reply(&req.msg, flow.remote, code, reason, Some(tag.as_bytes()), extra));
+        if code >= 200 {
+            let outcome = Final {
+                requester: flow,
+                method: req.method,
+                code,
+                by_sbc: true,
+                to: req.msg.value(HeaderName::To).unwrap_or_default(),
+                call_id: &req.call_id,
+                dialog: None,
+            };
+            self.guard.on_final(now, &outcome);
+        }
         self.stats.local_replies += 1;
         if code >= 300 {
             self.events.push_back(Event::Rejected { flow, code, error: reason.to_string() });
@@ -443,11 +557,6 @@ impl Engine {
 
     fn send(&mut self, flow: Flow, data: Vec<u8>) {
         self.out.push_back(Transmit { flow, data, reconnect: None });
-    }
-
-    /// A response on a server transaction's flow, with its §18.2.2 fallback address.
-    fn send_reply(&mut self, flow: Flow, reply_to: Option<SocketAddr>, data: Vec<u8>) {
-        self.out.push_back(Transmit { flow, data, reconnect: reply_to });
     }
 
     fn side_cfg(&self, side: Side) -> &SideConfig {
@@ -503,21 +612,9 @@ impl Engine {
         let key = ServerKey::new(side, branch, req.sent_by.clone(), req.method);
         match req.method {
             Method::Ack => {
-                if let Some(st) = self.server.get_mut(&key) {
-                    match st.state {
-                        // §17.2.1: the ACK for a non-2xx final is hop-by-hop, absorbed here.
-                        ServerState::Completed | ServerState::Confirmed => {
-                            st.state = ServerState::Confirmed;
-                            st.retransmit = None;
-                            let linger =
-                                if flow.transport == Transport::Udp { self.cfg.timers.t4 } else { Duration::ZERO };
-                            st.expires = now + linger;
-                            self.schedule(now + linger, Timer::Server(key));
-                            self.stats.retransmissions_absorbed += 1;
-                            return;
-                        }
-                        ServerState::Proceeding | ServerState::Accepted => {}
-                    }
+                // §17.2.1: the ACK for a non-2xx final is hop-by-hop, absorbed there.
+                if self.txns.absorb_ack(now, &key, flow.transport) {
+                    return;
                 }
                 // ACK for 2xx: a request of its own, routed in-dialog without a transaction.
                 self.forward_ack(now, flow, req);
@@ -529,34 +626,27 @@ impl Engine {
             }
             _ => {}
         }
-        if let Some(st) = self.server.get(&key) {
-            // §17.2.1/§17.2.2: a retransmission; answer with the last response, if any.
-            if st.state != ServerState::Accepted
-                && let Some(r) = st.last_response.clone()
-            {
-                let (f, reply_to) = (st.flow, st.reply_to);
-                self.send_reply(f, reply_to, r);
-            }
-            self.stats.retransmissions_absorbed += 1;
+        // §17.2.1/§17.2.2: a retransmission is answered with the last response, if any.
+        if self.txns.absorb_request(&key, &mut self.out) {
             return;
         }
         match self.guard.admit(now, &flow, req) {
             Admit::Accept => {}
-            Admit::Reject { code, reason } => return self.local_reply(flow, req, code, reason, &[]),
+            Admit::Reject { code, reason } => return self.local_reply(now, flow, req, code, reason, &[]),
             Admit::Drop => return self.drop_msg(flow, "refused by guard".into()),
         }
         if req.method == Method::Options && req.to_tag.is_none() && self.addressed_to_sbc(req, flow) {
             // RFC 3261 §11.2: an OPTIONS naming the SBC itself (a keepalive, a health check) is
             // answered by the SBC, not relayed to the core.
-            return self.local_reply(flow, req, 200, "OK", &[("Allow", ALLOW), ("Accept", b"application/sdp")]);
+            return self.local_reply(now, flow, req, 200, "OK", &[("Allow", ALLOW), ("Accept", b"application/sdp")]);
         }
-        if self.server.len() >= self.cfg.max_transactions {
+        if self.txns.server_len() >= self.cfg.max_transactions {
             self.events.push_back(Event::Overload { what: "transactions" });
-            return self.local_reply(flow, req, 503, "Service Unavailable", &[("Retry-After", b"5")]);
+            return self.local_reply(now, flow, req, 503, "Service Unavailable", &[("Retry-After", b"5")]);
         }
         let route = match self.route_request(req, flow) {
             Ok(r) => r,
-            Err((code, reason)) => return self.local_reply(flow, req, code, reason, &[]),
+            Err((code, reason)) => return self.local_reply(now, flow, req, code, reason, &[]),
         };
         if req.method == Method::Invite {
             // §16.2: a stateful proxy answers INVITE with 100 Trying itself.
@@ -590,8 +680,7 @@ impl Engine {
         if req.method == Method::Invite {
             st.last_response = Some(reply(&req.msg, flow.remote, 100, "Trying", None, &[]));
         }
-        self.server.insert(key.clone(), st);
-        self.schedule(now + self.cfg.timers.t64() * 3, Timer::Server(key.clone()));
+        self.txns.insert_server(key.clone(), st);
         if let Err((code, reason)) = self.forward_request(now, flow, req, route, key.clone()) {
             self.answer_server(now, &key, code, reason);
         }
@@ -766,55 +855,19 @@ impl Engine {
             },
         );
         tracing::debug!(to = %to_flow.remote, to_side = to_flow.side.as_str(), %branch, "request forwarded");
-        self.start_client(now, to_flow, req.method, data, branch, Purpose::Forward(Box::new(ctx)), Some(server));
+        let purpose = Purpose::Forward(Box::new(ctx));
+        self.start_client(
+            now,
+            Outgoing { flow: to_flow, method: req.method, data, branch, purpose, server: Some(server) },
+        );
         self.stats.requests_forwarded += 1;
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn start_client(
-        &mut self,
-        now: Instant,
-        flow: Flow,
-        method: Method,
-        data: Vec<u8>,
-        branch: String,
-        purpose: Purpose,
-        server: Option<ServerKey>,
-    ) {
-        let key = client_key(branch.as_bytes(), method);
-        let t = self.cfg.timers;
-        let expires = match purpose {
-            Purpose::Probe(_) => now + self.cfg.probe_timeout,
-            _ => now + t.t64(),
-        };
-        let retransmit = (flow.transport == Transport::Udp).then(|| (t.t1, now + t.t1));
-        if let Some((_, at)) = retransmit {
-            self.schedule(at, Timer::Client(key.clone()));
-        }
-        self.schedule(expires, Timer::Client(key.clone()));
-        if let Some(sk) = &server
-            && let Some(st) = self.server.get_mut(sk)
-        {
-            st.client = Some(key.clone());
-        }
-        self.send(flow, data.clone());
-        self.client.insert(
-            key,
-            ClientTxn {
-                flow,
-                method,
-                request: data,
-                branch,
-                state: ClientState::Calling,
-                purpose,
-                server,
-                retransmit,
-                expires,
-                cancel_pending: false,
-                ack: None,
-            },
-        );
+    /// A new client transaction (the transaction layer sends and times it).
+    fn start_client(&mut self, now: Instant, req: Outgoing) -> String {
+        let probe_timeout = self.cfg.probe_timeout;
+        self.txns.start_client(now, req, probe_timeout, &mut self.out)
     }
 
     /// Our Contact toward a flow's side: the dialog token, or no user part.
@@ -927,15 +980,11 @@ impl Engine {
     /// branch and sent-by (§17.2.3).
     fn on_cancel(&mut self, now: Instant, flow: Flow, req: &Checked<'_>, cancel_key: ServerKey) {
         let invite_key = ServerKey { method: Method::Invite, ..cancel_key.clone() };
-        if let Some(st) = self.server.get(&cancel_key) {
-            if let Some(r) = st.last_response.clone() {
-                self.send(flow, r);
-            }
-            self.stats.retransmissions_absorbed += 1;
+        if self.txns.absorb_request(&cancel_key, &mut self.out) {
             return;
         }
-        let Some(st) = self.server.get(&invite_key) else {
-            return self.local_reply(flow, req, 481, "Call/Transaction Does Not Exist", &[]);
+        let Some(st) = self.txns.server(&invite_key) else {
+            return self.local_reply(now, flow, req, 481, "Call/Transaction Does Not Exist", &[]);
         };
         // §9.2: the CANCEL is answered hop-by-hop; the INVITE will get its 487 from the far end.
         let tag = st.local_tag.clone();
@@ -944,8 +993,8 @@ impl Engine {
         let ok = reply(&req.msg, flow.remote, 200, "OK", Some(tag.as_bytes()), &[]);
         self.send(flow, ok.clone());
         let linger = if flow.transport == Transport::Udp { self.cfg.timers.t64() } else { Duration::ZERO };
-        self.server.insert(
-            cancel_key.clone(),
+        self.txns.insert_server(
+            cancel_key,
             ServerTxn {
                 flow,
                 method: Method::Cancel,
@@ -964,12 +1013,11 @@ impl Engine {
                 reply_to: None,
             },
         );
-        self.schedule(now + linger, Timer::Server(cancel_key));
         if !proceeding {
             return;
         }
         if let Some(ck) = client
-            && let Some(ct) = self.client.get_mut(&ck)
+            && let Some(ct) = self.txns.client_mut(&ck)
         {
             match ct.state {
                 ClientState::Proceeding => self.send_cancel(now, &ck),
@@ -981,47 +1029,25 @@ impl Engine {
 
     /// §9.1: CANCEL toward the far side, same branch as the INVITE, only once it has answered.
     fn send_cancel(&mut self, now: Instant, invite_key: &str) {
-        let Some(ct) = self.client.get_mut(invite_key) else { return };
-        ct.cancel_pending = false;
-        let (flow, branch) = (ct.flow, ct.branch.clone());
-        let Some(data) = build::cancel_or_ack(&ct.request, "CANCEL", None, self.cfg.limits.max_headers) else { return };
-        self.start_client(now, flow, Method::Cancel, data, branch, Purpose::Cancel, None);
+        self.txns.cancel(now, invite_key, &mut self.out);
     }
 
     /// Finishes a server transaction with a response the SBC makes itself (408, 503...).
     fn answer_server(&mut self, now: Instant, key: &ServerKey, code: u16, reason: &str) {
-        let Some(st) = self.server.get(key) else { return };
+        let Some(st) = self.txns.server(key) else { return };
         let resp = build::local_response(st, code, reason);
-        let (flow, reply_to) = (st.flow, st.reply_to);
-        self.finish_server(now, key, code, resp.clone());
-        self.send_reply(flow, reply_to, resp);
-        self.stats.local_replies += 1;
-    }
-
-    /// Records a final (or provisional) response on a server transaction and moves its state.
-    fn finish_server(&mut self, now: Instant, key: &ServerKey, code: u16, resp: Vec<u8>) {
-        let t = self.cfg.timers;
-        let Some(st) = self.server.get_mut(key) else { return };
-        st.last_response = Some(resp);
-        if code < 200 {
-            return;
-        }
-        let udp = st.flow.transport == Transport::Udp;
-        let (state, linger, retransmit) = match (st.method, code) {
-            // RFC 6026: Accepted, so INVITE retransmissions are absorbed and 2xx ACKs routed.
-            (Method::Invite, 200..=299) => (ServerState::Accepted, t.t64(), None),
-            // §17.2.1: Completed, Timer G (UDP) and H.
-            (Method::Invite, _) => (ServerState::Completed, t.t64(), udp.then(|| (t.t1, now + t.t1))),
-            // §17.2.2: Timer J.
-            _ => (ServerState::Completed, if udp { t.t64() } else { Duration::ZERO }, None),
+        let outcome = Final {
+            requester: st.flow,
+            method: st.method,
+            code,
+            by_sbc: true,
+            to: &st.to,
+            call_id: &st.call_id,
+            dialog: None,
         };
-        st.state = state;
-        st.retransmit = retransmit;
-        st.expires = now + linger;
-        if let Some((_, at)) = retransmit {
-            self.schedule(at, Timer::Server(key.clone()));
-        }
-        self.schedule(now + linger, Timer::Server(key.clone()));
+        self.guard.on_final(now, &outcome);
+        self.txns.respond(now, key, code, resp, &mut self.out);
+        self.stats.local_replies += 1;
     }
 
     // ----------------------------------------------------------------------------------------
@@ -1032,123 +1058,75 @@ impl Engine {
             return self.drop_msg(flow, "response without branch".into());
         };
         let key = client_key(branch, resp.method);
-        let Some(mut ct) = self.client.remove(&key) else {
-            return self.drop_msg(flow, "stray response".into());
-        };
-        if ct.flow.side != flow.side {
-            self.client.insert(key, ct);
-            return self.drop_msg(flow, "response from the wrong side".into());
-        }
         let code = resp.status().unwrap_or(500);
-        match &ct.purpose {
-            Purpose::Probe(idx) => {
-                if code >= 200 {
-                    let idx = *idx;
-                    self.set_core(idx, true);
-                } else {
-                    self.client.insert(key, ct);
-                }
-                return;
-            }
-            Purpose::Cancel | Purpose::Local => {
-                if code < 200 {
-                    self.client.insert(key, ct);
-                }
-                return;
-            }
-            Purpose::Forward(_) => {}
-        }
-        let invite = ct.method == Method::Invite;
-        let t = self.cfg.timers;
-        // Transaction layer (§17.1.1, §17.1.2, RFC 6026).
-        match ct.state {
-            ClientState::Completed => {
-                // A retransmitted final: re-ACK (INVITE), absorb.
-                if let Some(ack) = ct.ack.clone() {
-                    self.send(ct.flow, ack);
-                }
-                self.stats.retransmissions_absorbed += 1;
-                self.client.insert(key, ct);
-                return;
-            }
-            ClientState::Accepted if (200..300).contains(&code) => {
-                // A 2xx retransmission: the UAS has not seen the ACK yet; pass it on (§13.3.1.4).
-            }
-            ClientState::Accepted => {
-                self.client.insert(key, ct);
-                return;
-            }
-            ClientState::Calling | ClientState::Proceeding => {}
-        }
-        if code < 200 {
-            ct.state = ClientState::Proceeding;
-            if invite {
-                ct.retransmit = None;
-            } else if let Some((_, at)) = ct.retransmit {
-                ct.retransmit = Some((t.t2, at));
-            }
-        }
-        let cancel_now = code < 200 && ct.cancel_pending;
-        if code == 100 {
+        match self.txns.on_response(now, &key, flow.side, code, &resp.msg, &mut self.out) {
+            ClientStep::Stray => self.drop_msg(flow, "stray response".into()),
+            ClientStep::WrongSide => self.drop_msg(flow, "response from the wrong side".into()),
+            ClientStep::Absorbed | ClientStep::Ignored => {}
+            ClientStep::ProbeAnswered(idx) => self.set_core(idx, true),
             // Hop-by-hop: we already sent our own 100 Trying.
-            self.client.insert(key.clone(), ct);
-            if cancel_now {
-                self.send_cancel(now, &key);
-            }
-            return;
-        }
-        if code >= 200 {
-            ct.retransmit = None;
-            let reliable = ct.reliable();
-            if invite && code < 300 {
-                ct.state = ClientState::Accepted;
-                ct.expires = now + t.t64();
-            } else {
-                ct.state = ClientState::Completed;
-                if invite {
-                    // §17.1.1.3: the ACK for a non-2xx goes hop-by-hop from us.
-                    let to = resp.msg.value(HeaderName::To).map(|v| v.to_vec());
-                    ct.ack = build::cancel_or_ack(&ct.request, "ACK", to.as_deref(), self.cfg.limits.max_headers);
-                    if let Some(ack) = ct.ack.clone() {
-                        self.send(ct.flow, ack);
-                    }
-                    ct.expires = now + if reliable { Duration::ZERO } else { Duration::from_secs(32) };
-                } else {
-                    ct.expires = now + if reliable { Duration::ZERO } else { t.t4 };
+            ClientStep::Trying { cancel_now } => {
+                if cancel_now {
+                    self.send_cancel(now, &key);
                 }
             }
-            self.schedule(ct.expires, Timer::Client(key.clone()));
-        }
-        // Failover: a core that answers 503 before anything else is skipped (RFC 3263 §4.3 spirit).
-        if code == 503
-            && let Purpose::Forward(ctx) = &ct.purpose
-            && ctx.core.is_some()
-            && self.retry_next_core(now, &mut ct)
-        {
-            self.client.insert(key, ct);
-            return;
-        }
-        self.relay_response(now, &mut ct, resp, code);
-        self.client.insert(key.clone(), ct);
-        if cancel_now {
-            self.send_cancel(now, &key);
+            ClientStep::Relay { cancel_now } => {
+                // Failover: a core that answers 503 before anything else is skipped (RFC 3263 §4.3 spirit).
+                if code == 503 && self.fail_over(now, &key) {
+                    return;
+                }
+                self.relay_response(now, &key, resp, code);
+                if cancel_now {
+                    self.send_cancel(now, &key);
+                }
+            }
         }
     }
 
-    /// Dialog/registration bookkeeping, then the response goes to the requester.
-    fn relay_response(&mut self, now: Instant, ct: &mut ClientTxn, resp: &Checked<'_>, code: u16) {
-        let Some(server) = ct.server.clone() else { return };
-        let Purpose::Forward(ctx) = &mut ct.purpose else { return };
-        let Some(st) = self.server.get(&server) else {
-            return self.drop_msg(ct.flow, "response for a finished transaction".into());
+    /// A core answered 503 to a request nothing was relayed for yet: the request moves to the
+    /// next core under a new branch; the old transaction stays to absorb retransmissions.
+    fn fail_over(&mut self, now: Instant, key: &str) -> bool {
+        let Some(ct) = self.txns.client(key) else { return false };
+        let Some(next) = self.next_core(&ct.purpose) else { return false };
+        let (method, flow, request, branch) = (ct.method, ct.flow, ct.request.clone(), ct.branch.clone());
+        let Some((purpose, server)) = self.txns.detach(key) else { return false };
+        self.restart_on_core(now, next, method, flow, &request, &branch, purpose, server);
+        true
+    }
+
+    /// Dialog/registration bookkeeping, then the response goes to the requester. The forwarding
+    /// context is lent out of the client transaction for the duration.
+    fn relay_response(&mut self, now: Instant, key: &str, resp: &Checked<'_>, code: u16) {
+        let Some(ct) = self.txns.client_mut(key) else { return };
+        let (from_flow, method, server) = (ct.flow, ct.method, ct.server.clone());
+        let Some(server) = server else { return };
+        let Purpose::Forward(ctx) = std::mem::replace(&mut ct.purpose, Purpose::Local) else { return };
+        self.relay_with(now, &ctx, from_flow, method, &server, resp, code);
+        if let Some(ct) = self.txns.client_mut(key) {
+            ct.purpose = Purpose::Forward(ctx);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn relay_with(
+        &mut self,
+        now: Instant,
+        ctx: &ForwardCtx,
+        from_flow: Flow,
+        method: Method,
+        server: &ServerKey,
+        resp: &Checked<'_>,
+        code: u16,
+    ) {
+        let Some(st) = self.txns.server(server) else {
+            return self.drop_msg(from_flow, "response for a finished transaction".into());
         };
         let to_flow = st.flow;
-        let method = ct.method;
         let mut dialog_token = ctx.dialog.clone();
         // Dialog state (§12.1.2, §12.2.1.2).
         if let Some(token) = ctx.dialog.clone() {
             if ctx.creates_dialog && (101..300).contains(&code) && resp.to_tag.is_some() {
-                self.upsert_dialog(now, &token, ctx, to_flow, ct.flow, resp, code, method == Method::Invite);
+                self.upsert_dialog(now, &token, ctx, to_flow, from_flow, resp, code, method == Method::Invite);
             } else if ctx.creates_dialog && code >= 300 {
                 self.end_dialog_unconfirmed(now, &token);
                 dialog_token = None;
@@ -1159,7 +1137,7 @@ impl Engine {
                 && let Some(c) = build::contact_uri(&resp.msg)
                 && let Some(d) = self.dialogs.get_mut(&token)
             {
-                d.leg_mut(ct.flow.side).target = c;
+                d.leg_mut(from_flow.side).target = c;
             }
         }
         let contact = if method == Method::Register {
@@ -1173,9 +1151,15 @@ impl Engine {
         } else {
             None
         };
-        let body =
-            self.media_body(now, resp, dialog_token.as_deref(), ct.flow.side, to_flow.side, Some(ctx.offer_in_request));
-        let Some(st) = self.server.get(&server) else { return };
+        let body = self.media_body(
+            now,
+            resp,
+            dialog_token.as_deref(),
+            from_flow.side,
+            to_flow.side,
+            Some(ctx.offer_in_request),
+        );
+        let Some(st) = self.txns.server(server) else { return };
         let requester = Requester {
             flow: st.flow,
             vias: &st.vias,
@@ -1184,10 +1168,20 @@ impl Engine {
             call_id: &st.call_id,
             record_route: &st.record_route,
         };
-        let data = self.topology.build_response(resp, ct.flow.side, &requester, contact, body);
-        let reply_to = st.reply_to;
-        self.finish_server(now, &server, code, data.clone());
-        self.send_reply(to_flow, reply_to, data);
+        let data = self.topology.build_response(resp, from_flow.side, &requester, contact, body);
+        if code >= 200 {
+            let outcome = Final {
+                requester: st.flow,
+                method,
+                code,
+                by_sbc: false,
+                to: &st.to,
+                call_id: &st.call_id,
+                dialog: dialog_token.as_deref(),
+            };
+            self.guard.on_final(now, &outcome);
+        }
+        self.txns.respond(now, server, code, data, &mut self.out);
         self.stats.responses_forwarded += 1;
     }
 
@@ -1279,7 +1273,15 @@ impl Engine {
         tracing::debug!(dialog = %token, "2xx never ACKed: dialog ended, BYE to the callee");
         self.end_dialog(now, &token, DialogEnd::Unacknowledged);
         self.stats.unacked_dialogs_ended += 1;
-        self.start_client(now, wait.flow, Method::Bye, wait.bye, wait.branch, Purpose::Local, None);
+        let bye = Outgoing {
+            flow: wait.flow,
+            method: Method::Bye,
+            data: wait.bye,
+            branch: wait.branch,
+            purpose: Purpose::Local,
+            server: None,
+        };
+        self.start_client(now, bye);
     }
 
     /// REGISTER responses: the registrar's view (our token URIs) back to the UA's own Contacts,
@@ -1341,24 +1343,37 @@ impl Engine {
         (!out.is_empty()).then(|| out.join(&b", "[..]))
     }
 
-    /// Moves a request whose core failed to the next core, reusing the server transaction.
-    fn retry_next_core(&mut self, now: Instant, ct: &mut ClientTxn) -> bool {
-        let Purpose::Forward(ctx) = &mut ct.purpose else { return false };
-        let Some(next) = self.pick_core(&ctx.tried) else { return false };
-        let Some(flow) = self.core_flow(next) else { return false };
-        ctx.tried.push(next);
-        ctx.core = Some(next);
-        let old = ct.branch.clone();
+    /// The next untried core for a request forwarded to a core, if one is up (or assumed up).
+    fn next_core(&self, purpose: &Purpose) -> Option<(usize, Flow)> {
+        let Purpose::Forward(ctx) = purpose else { return None };
+        ctx.core?;
+        let next = self.pick_core(&ctx.tried)?;
+        Some((next, self.core_flow(next)?))
+    }
+
+    /// Sends a request whose core failed to core `next` on a new client transaction (new
+    /// branch, our Via re-pointed), for the same server transaction.
+    #[allow(clippy::too_many_arguments)]
+    fn restart_on_core(
+        &mut self,
+        now: Instant,
+        next: (usize, Flow),
+        method: Method,
+        old_flow: Flow,
+        request: &[u8],
+        old_branch: &str,
+        mut purpose: Purpose,
+        server: Option<ServerKey>,
+    ) {
+        let (idx, flow) = next;
+        if let Purpose::Forward(ctx) = &mut purpose {
+            ctx.tried.push(idx);
+            ctx.core = Some(idx);
+        }
         let branch = self.new_branch();
-        let data = build::replace_bytes(&ct.request, old.as_bytes(), branch.as_bytes());
-        let data = build::retarget_via(&data, &self.cfg.internal.advertise, ct.flow, flow);
-        let purpose = std::mem::replace(&mut ct.purpose, Purpose::Cancel);
-        // The old transaction is finished: mark it so it is dropped by the caller's timers.
-        ct.state = ClientState::Completed;
-        ct.retransmit = None;
-        ct.expires = now;
-        self.start_client(now, flow, ct.method, data, branch, purpose, ct.server.clone());
-        true
+        let data = build::replace_bytes(request, old_branch.as_bytes(), branch.as_bytes());
+        let data = build::retarget_via(&data, &self.cfg.internal.advertise, old_flow, flow);
+        self.start_client(now, Outgoing { flow, method, data, branch, purpose, server });
     }
 
     /// Ends a dialog (the dialog layer's one place) and tells the media seam and the daemon.
@@ -1394,8 +1409,15 @@ impl Engine {
     // ----------------------------------------------------------------------------------------
     // Timers
 
-    /// Runs every timer due at `now`.
+    /// Runs every timer due at `now`: the transaction layer's (retransmissions, ends) first,
+    /// then the engine's own (probes, ACK waits, the sweep).
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.guard.poll_timeout().is_some_and(|t| t <= now) {
+            self.guard.handle_timeout(now);
+        }
+        for Expired(ct) in self.txns.handle_timeout(now, &mut self.out) {
+            self.client_timed_out(now, ct);
+        }
         while let Some(Reverse((at, _, _))) = self.timers.peek() {
             if *at > now {
                 break;
@@ -1407,8 +1429,6 @@ impl Engine {
 
     fn fire(&mut self, now: Instant, timer: Timer) {
         match timer {
-            Timer::Client(key) => self.client_timer(now, key),
-            Timer::Server(key) => self.server_timer(now, key),
             Timer::Probe => self.probe(now),
             Timer::AckWait(token) => self.ack_timeout(now, token),
             Timer::Sweep => {
@@ -1419,38 +1439,15 @@ impl Engine {
         }
     }
 
-    fn client_timer(&mut self, now: Instant, key: String) {
-        let t = self.cfg.timers;
-        let Some(ct) = self.client.get_mut(&key) else { return };
-        if ct.expires <= now {
-            let Some(mut ct) = self.client.remove(&key) else { return };
-            if matches!(ct.state, ClientState::Calling | ClientState::Proceeding) {
-                self.client_timed_out(now, &mut ct);
-            }
-            return;
-        }
-        if let Some((iv, at)) = ct.retransmit
-            && at <= now
-        {
-            // Timer A doubles; Timer E doubles up to T2 (§17.1.1.2, §17.1.2.2).
-            let next = if ct.method == Method::Invite { iv * 2 } else { (iv * 2).min(t.t2) };
-            ct.retransmit = Some((next, now + next));
-            let (flow, data) = (ct.flow, ct.request.clone());
-            self.send(flow, data);
-            self.stats.retransmissions_sent += 1;
-            self.schedule(now + next, Timer::Client(key));
-        }
-    }
-
     /// Timer B / F: no final response. Probes mark the core down; forwarded requests try the
     /// next core or get 408 (§16.8).
-    fn client_timed_out(&mut self, now: Instant, ct: &mut ClientTxn) {
+    fn client_timed_out(&mut self, now: Instant, ct: ClientTxn) {
         self.client_failed(now, ct, 408, "Request Timeout");
     }
 
     /// A client transaction that will get no response: the next core when it was a core that
     /// failed and nothing was relayed yet, otherwise `code` to the requester.
-    fn client_failed(&mut self, now: Instant, ct: &mut ClientTxn, code: u16, reason: &'static str) {
+    fn client_failed(&mut self, now: Instant, ct: ClientTxn, code: u16, reason: &'static str) {
         match &ct.purpose {
             Purpose::Probe(idx) => {
                 let idx = *idx;
@@ -1462,8 +1459,11 @@ impl Engine {
                     if self.cfg.probe_interval.is_some() {
                         self.set_core(core, false);
                     }
-                    if ct.state == ClientState::Calling && self.retry_next_core(now, ct) {
-                        return;
+                    if ct.state == ClientState::Calling
+                        && let Some(next) = self.next_core(&ct.purpose)
+                    {
+                        let ClientTxn { method, flow, request, branch, purpose, server, .. } = ct;
+                        return self.restart_on_core(now, next, method, flow, &request, &branch, purpose, server);
                     }
                 }
                 if let Some(sk) = ct.server.clone() {
@@ -1487,46 +1487,17 @@ impl Engine {
     /// registered UA's flow, RFC 5626 §5.3's 430 Flow Failed — instead of retransmitting until
     /// Timer B/F.
     pub fn handle_transport_error(&mut self, now: Instant, flow: Flow) {
-        let same = |f: &Flow| f.side == flow.side && f.transport == flow.transport && f.remote == flow.remote;
-        let keys: Vec<String> = self
-            .client
-            .iter()
-            .filter(|(_, ct)| same(&ct.flow) && matches!(ct.state, ClientState::Calling | ClientState::Proceeding))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let keys = self.txns.waiting_on(flow);
         if keys.is_empty() {
             return;
         }
         self.stats.transport_errors += 1;
         tracing::debug!(remote = %flow.remote, side = flow.side.as_str(), transactions = keys.len(), "transport error");
         for key in keys {
-            let Some(mut ct) = self.client.remove(&key) else { continue };
+            let Some(ct) = self.txns.take_client(&key) else { continue };
             let to_ua_flow = matches!(&ct.purpose, Purpose::Forward(c) if c.to_binding);
             let (code, reason) = if to_ua_flow { (430, "Flow Failed") } else { (503, "Service Unavailable") };
-            self.client_failed(now, &mut ct, code, reason);
-        }
-    }
-
-    fn server_timer(&mut self, now: Instant, key: ServerKey) {
-        let t = self.cfg.timers;
-        let Some(st) = self.server.get_mut(&key) else { return };
-        if st.expires <= now {
-            self.server.remove(&key);
-            return;
-        }
-        if st.state == ServerState::Completed
-            && let Some((iv, at)) = st.retransmit
-            && at <= now
-        {
-            // Timer G (§17.2.1).
-            let next = (iv * 2).min(t.t2);
-            st.retransmit = Some((next, now + next));
-            if let Some(r) = st.last_response.clone() {
-                let f = st.flow;
-                self.send(f, r);
-                self.stats.retransmissions_sent += 1;
-            }
-            self.schedule(now + next, Timer::Server(key));
+            self.client_failed(now, ct, code, reason);
         }
     }
 
@@ -1538,7 +1509,9 @@ impl Engine {
             let tag = self.random_hex();
             let call_id = self.random_hex();
             let data = build::options_probe(&self.cfg.internal.advertise, flow, &branch, &tag, &call_id);
-            self.start_client(now, flow, Method::Options, data, branch, Purpose::Probe(idx), None);
+            let probe =
+                Outgoing { flow, method: Method::Options, data, branch, purpose: Purpose::Probe(idx), server: None };
+            self.start_client(now, probe);
         }
         self.schedule(now + interval, Timer::Probe);
     }
