@@ -1,0 +1,102 @@
+//! What the engine is configured with, already validated by the daemon's config layer.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::sip::framer::Limits;
+use crate::sip::uri::Transport;
+use crate::transaction::Timers;
+
+/// One side's addresses and policy.
+#[derive(Debug, Clone)]
+pub struct SideConfig {
+    /// Host written in our Via and Contact on this side.
+    pub advertise: String,
+    pub udp: Option<SocketAddr>,
+    pub tcp: Option<SocketAddr>,
+    /// Mask Call-ID and tags toward this side, strip configured headers, replace the other
+    /// side's host names in From/To.
+    pub hide: bool,
+}
+
+impl SideConfig {
+    pub fn local(&self, t: Transport) -> Option<SocketAddr> {
+        match t {
+            Transport::Udp => self.udp,
+            Transport::Tcp => self.tcp,
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoreTarget {
+    pub addr: SocketAddr,
+    pub transport: Transport,
+}
+
+/// Everything the engine needs, already validated by the daemon's config layer.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub external: SideConfig,
+    pub internal: SideConfig,
+    /// In priority order: the first one up gets new requests.
+    pub cores: Vec<CoreTarget>,
+    /// OPTIONS probing of the cores; None disables it (cores are then assumed up).
+    pub probe_interval: Option<Duration>,
+    pub probe_timeout: Duration,
+    pub limits: Limits,
+    pub max_transactions: usize,
+    pub max_dialogs: usize,
+    pub max_registrations: usize,
+    pub secret: Vec<u8>,
+    /// Headers removed from messages sent toward a hidden side.
+    pub strip_headers: Vec<String>,
+    /// Domains that may be seen outside: toward a hidden external side, every other host in
+    /// the From, Referred-By and P-Asserted-Identity of what the internal side sends becomes
+    /// the SBC's own (so the core's host names never leak, listed or not).
+    pub public_domains: Vec<String>,
+    /// Remove Authorization / Proxy-Authorization from requests leaving on the external side:
+    /// credentials are for the core's realm, never for another subscriber.
+    pub strip_credentials: bool,
+    /// A confirmed dialog with no request for this long is forgotten.
+    pub dialog_idle: Duration,
+    pub timers: Timers,
+    /// Seed of the branch/tag generator (the daemon passes OS randomness).
+    pub seed: u64,
+}
+
+impl Config {
+    /// A small valid configuration on documentation addresses: external 203.0.113.1:5060 (UDP,
+    /// hidden), internal 10.99.0.1:5060 (UDP), one core 10.99.0.10:5070, no probing, fixed
+    /// secret and seed. For tests, fuzzing and examples; the daemon builds its own from TOML.
+    pub fn example() -> Config {
+        let sa = |s: &str| s.parse::<SocketAddr>().ok();
+        Config {
+            external: SideConfig {
+                advertise: "203.0.113.1".into(),
+                udp: sa("203.0.113.1:5060"),
+                tcp: None,
+                hide: true,
+            },
+            internal: SideConfig { advertise: "10.99.0.1".into(), udp: sa("10.99.0.1:5060"), tcp: None, hide: false },
+            cores: sa("10.99.0.10:5070")
+                .map(|addr| CoreTarget { addr, transport: Transport::Udp })
+                .into_iter()
+                .collect(),
+            probe_interval: None,
+            probe_timeout: Duration::from_secs(2),
+            limits: Limits::default(),
+            max_transactions: 1000,
+            max_dialogs: 1000,
+            max_registrations: 1000,
+            secret: b"example-secret".to_vec(),
+            strip_headers: vec!["Server".into(), "User-Agent".into()],
+            public_domains: Vec::new(),
+            strip_credentials: true,
+            dialog_idle: Duration::from_secs(3600),
+            timers: Timers::default(),
+            seed: 7,
+        }
+    }
+}

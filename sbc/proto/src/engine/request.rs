@@ -1,0 +1,453 @@
+//! Requests: retransmissions and ACK/CANCEL matching through the transaction layer, the
+//! guard, routing (dialog, registration, core, address), forwarding on a client transaction,
+//! REGISTER's Contact tokens, the SBC's own answers.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+impl Engine {
+    pub(super) fn on_request(&mut self, now: Instant, flow: Flow, req: &Checked<'_>) {
+        let side = flow.side;
+        let branch = self.txn_branch(req);
+        let key = ServerKey::new(side, branch, req.sent_by.clone(), req.method);
+        match req.method {
+            Method::Ack => {
+                // §17.2.1: the ACK for a non-2xx final is hop-by-hop, absorbed there.
+                if self.txns.absorb_ack(now, &key, flow.transport) {
+                    return;
+                }
+                // ACK for 2xx: a request of its own, routed in-dialog without a transaction.
+                self.forward_ack(now, flow, req);
+                return;
+            }
+            Method::Cancel => {
+                self.on_cancel(now, flow, req, key);
+                return;
+            }
+            _ => {}
+        }
+        // §17.2.1/§17.2.2: a retransmission is answered with the last response, if any.
+        if self.txns.absorb_request(&key, &mut self.out) {
+            return;
+        }
+        match self.guard.admit(now, &flow, req) {
+            Admit::Accept => {}
+            Admit::Reject { code, reason } => return self.local_reply(now, flow, req, code, reason, &[]),
+            Admit::Drop => return self.drop_msg(flow, "refused by guard".into()),
+        }
+        if req.method == Method::Options && req.to_tag.is_none() && self.addressed_to_sbc(req, flow) {
+            // RFC 3261 §11.2: an OPTIONS naming the SBC itself (a keepalive, a health check) is
+            // answered by the SBC, not relayed to the core.
+            return self.local_reply(now, flow, req, 200, "OK", &[("Allow", ALLOW), ("Accept", b"application/sdp")]);
+        }
+        if self.txns.server_len() >= self.cfg.max_transactions {
+            self.events.push_back(Event::Overload { what: "transactions" });
+            return self.local_reply(now, flow, req, 503, "Service Unavailable", &[("Retry-After", b"5")]);
+        }
+        let route = match self.route_request(req, flow) {
+            Ok(r) => r,
+            Err((code, reason)) => return self.local_reply(now, flow, req, code, reason, &[]),
+        };
+        if req.method == Method::Invite {
+            // §16.2: a stateful proxy answers INVITE with 100 Trying itself.
+            let trying = reply(&req.msg, flow.remote, 100, "Trying", None, &[]);
+            self.send(flow, trying);
+        }
+        let local_tag = self.random_hex();
+        let mut vias = build::via_values(&req.msg);
+        if let Some(top) = vias.first_mut() {
+            // §18.2.1 / RFC 3581 §4: responses tell the UA where its request came from.
+            *top = crate::sip::edit::stamp_via(top, flow.remote);
+        }
+        let header = |n: HeaderName| req.msg.first(n).map(|h| req.msg.unfolded(h).into_owned()).unwrap_or_default();
+        let mut st = ServerTxn {
+            flow,
+            method: req.method,
+            vias,
+            from: header(HeaderName::From),
+            to: header(HeaderName::To),
+            call_id: req.call_id.to_vec(),
+            cseq: header(HeaderName::CSeq),
+            record_route: if req.method.creates_dialog() { build::record_routes(&req.msg) } else { Vec::new() },
+            state: ServerState::Proceeding,
+            last_response: None,
+            client: None,
+            local_tag,
+            retransmit: None,
+            expires: now + self.cfg.timers.t64() * 3,
+            reply_to: (flow.transport != Transport::Udp).then(|| SocketAddr::new(flow.remote.ip(), req.sent_by_port)),
+        };
+        if req.method == Method::Invite {
+            st.last_response = Some(reply(&req.msg, flow.remote, 100, "Trying", None, &[]));
+        }
+        self.txns.insert_server(key.clone(), st);
+        if let Err((code, reason)) = self.forward_request(now, flow, req, route, key.clone()) {
+            self.answer_server(now, &key, code, reason);
+        }
+    }
+
+    /// The `host[:port]` of the From of a request from the internal side when it will be
+    /// replaced by ours toward the outside (see [`build`]'s identity rules).
+    pub(super) fn replaced_from_host(&self, req: &Checked<'_>) -> Option<Vec<u8>> {
+        let from = req.msg.unfolded(req.msg.first(HeaderName::From)?);
+        let hostport = crate::topology::uri_hostport(&from)?;
+        let host = match hostport.first() {
+            Some(b'[') => hostport.get(..hostport.iter().position(|&b| b == b']')? + 1)?,
+            _ => hostport.split(|&b| b == b':').next()?,
+        };
+        self.topology.hides_host(host).then(|| hostport.to_vec())
+    }
+
+    /// A Request-URI without a user part whose host and port are the address the request
+    /// arrived on (or the side's advertised host): the request is for the SBC itself.
+    pub(super) fn addressed_to_sbc(&self, req: &Checked<'_>, flow: Flow) -> bool {
+        let Ok(target) = SipUri::parse(req.msg.request_uri()) else { return false };
+        if target.user.is_some() {
+            return false;
+        }
+        let port = target.port.unwrap_or(if target.sips { 5061 } else { 5060 });
+        let host_is_ours = match &target.host {
+            uri::Host::Ip(ip) => *ip == flow.local.ip(),
+            uri::Host::Name(n) => n.eq_ignore_ascii_case(&self.side_cfg(flow.side).advertise),
+        };
+        host_is_ours && port == flow.local.port()
+    }
+
+    pub(super) fn route_request(&self, req: &Checked<'_>, flow: Flow) -> Result<Route, (u16, &'static str)> {
+        let ruri = req.msg.request_uri();
+        if let Some(user) = uri::user_part(ruri).and_then(|u| std::str::from_utf8(u).ok()) {
+            if self.dialogs.contains(user) {
+                return Ok(Route::Dialog(user.to_string()));
+            }
+            if let Some(b) = self.dialogs.binding(user)
+                && b.side != flow.side
+            {
+                return Ok(Route::Binding(user.to_string()));
+            }
+        }
+        if req.to_tag.is_some() {
+            // Not sent to our Contact: find the dialog by the Call-ID this side knows.
+            if let Some(token) = self.dialogs.by_call_id(flow.side, &req.call_id) {
+                return Ok(Route::Dialog(token.to_owned()));
+            }
+            // §12.2.2 / §16: an in-dialog request for a dialog we do not know.
+            return Err((481, "Call/Transaction Does Not Exist"));
+        }
+        match flow.side {
+            Side::External => self.pick_core(&[]).map(Route::Core).ok_or((503, "Service Unavailable")),
+            Side::Internal => {
+                let target = SipUri::parse(ruri).map_err(|_| (416, "Unsupported URI Scheme"))?;
+                let Some(remote) = target.socket_addr() else {
+                    return Err((404, "Not Found"));
+                };
+                let ours = [&self.cfg.external, &self.cfg.internal]
+                    .iter()
+                    .any(|c| c.udp == Some(remote) || c.tcp == Some(remote));
+                if ours {
+                    // A Request-URI naming the SBC itself without a token of ours: it would loop.
+                    return Err((482, "Loop Detected"));
+                }
+                let transport = target.transport.unwrap_or(Transport::Udp);
+                let local = self.cfg.external.local(transport).ok_or((503, "Service Unavailable"))?;
+                Ok(Route::Address(Flow { side: Side::External, transport, local, remote }))
+            }
+        }
+    }
+
+    /// The first core that is up and not yet tried; without probing, cores are assumed up.
+    pub(super) fn pick_core(&self, tried: &[usize]) -> Option<usize> {
+        let candidates = || self.cores.iter().enumerate().filter(|(i, _)| !tried.contains(i));
+        candidates()
+            .find(|(_, c)| c.up)
+            .or_else(|| if self.cfg.probe_interval.is_none() { candidates().next() } else { None })
+            .map(|(i, _)| i)
+    }
+
+    pub(super) fn core_flow(&self, idx: usize) -> Option<Flow> {
+        let c = self.cores.get(idx)?;
+        let local = self.cfg.internal.local(c.target.transport)?;
+        Some(Flow { side: Side::Internal, transport: c.target.transport, local, remote: c.target.addr })
+    }
+
+    /// Builds and sends the forwarded request on a new client transaction.
+    pub(super) fn forward_request(
+        &mut self,
+        now: Instant,
+        flow: Flow,
+        req: &Checked<'_>,
+        route: Route,
+        server: ServerKey,
+    ) -> Result<(), (u16, &'static str)> {
+        let mut ctx = ForwardCtx { call_id_native: flow.side, ..ForwardCtx::default() };
+        let mut restore_to_host = None;
+        let (to_flow, ruri, route_set) = match &route {
+            Route::Dialog(token) => {
+                let d = self.dialogs.get_mut(token).ok_or((481, "Call/Transaction Does Not Exist"))?;
+                // The requester's flow and target refresh (§12.2.2).
+                let from_leg = d.leg_mut(flow.side);
+                from_leg.flow = flow;
+                if req.method.refreshes_target()
+                    && let Some(c) = build::contact_uri(&req.msg)
+                {
+                    from_leg.target = c;
+                }
+                d.expires = now + self.cfg.dialog_idle;
+                ctx.call_id_native = d.caller;
+                if flow.side == Side::External {
+                    restore_to_host.clone_from(&d.internal_host);
+                }
+                let to = d.leg(flow.side.other()).clone();
+                ctx.dialog = Some(token.clone());
+                (to.flow, Some(to.target), to.route_set)
+            }
+            Route::Binding(token) => {
+                let b = self.dialogs.binding(token).ok_or((404, "Not Found"))?;
+                ctx.to_binding = true;
+                (b.flow, Some(b.contact.clone()), Vec::new())
+            }
+            Route::Core(idx) => {
+                ctx.core = Some(*idx);
+                ctx.tried.push(*idx);
+                (self.core_flow(*idx).ok_or((503, "Service Unavailable"))?, None, Vec::new())
+            }
+            Route::Address(f) => (*f, None, Vec::new()),
+        };
+        let initial = !matches!(route, Route::Dialog(_));
+        if initial && req.method.creates_dialog() {
+            if self.dialogs.len() >= self.cfg.max_dialogs {
+                self.events.push_back(Event::Overload { what: "dialogs" });
+                return Err((503, "Service Unavailable"));
+            }
+            ctx.creates_dialog = true;
+            let salt = self.random().to_le_bytes();
+            ctx.dialog = Some(
+                self.topology.masker().token(b'd', &[&req.call_id, req.from_tag.as_deref().unwrap_or_default(), &salt]),
+            );
+            ctx.requester_contact = build::contact_uri(&req.msg);
+            ctx.requester_route_set = build::record_routes(&req.msg);
+            ctx.requester_call_id = req.call_id.to_vec();
+            if flow.side == Side::Internal && to_flow.side == Side::External && self.cfg.external.hide {
+                ctx.internal_host = self.replaced_from_host(req);
+            }
+        }
+        let contact = if req.method == Method::Register {
+            let (value, tokens) = self.register_contacts(now, flow, to_flow, req)?;
+            ctx.registration = tokens;
+            value
+        } else {
+            Some(self.contact_value(to_flow, ctx.dialog.as_deref()))
+        };
+        let branch = self.new_branch();
+        let body = self.media_body(now, req, ctx.dialog.as_deref(), flow.side, to_flow.side, None);
+        ctx.offer_in_request = !req.msg.body().is_empty();
+        let data = self.topology.build_request(
+            req,
+            Forward {
+                from: flow.side,
+                to: to_flow,
+                ruri: ruri.as_deref(),
+                route_set: &route_set,
+                contact,
+                branch: &branch,
+                call_id_native: ctx.call_id_native,
+                restore_to_host: restore_to_host.as_deref(),
+                body,
+            },
+        );
+        tracing::debug!(to = %to_flow.remote, to_side = to_flow.side.as_str(), %branch, "request forwarded");
+        let purpose = Purpose::Forward(Box::new(ctx));
+        self.start_client(
+            now,
+            Outgoing { flow: to_flow, method: req.method, data, branch, purpose, server: Some(server) },
+        );
+        self.stats.requests_forwarded += 1;
+        Ok(())
+    }
+
+    /// A new client transaction (the transaction layer sends and times it).
+    pub(super) fn start_client(&mut self, now: Instant, req: Outgoing) -> String {
+        let probe_timeout = self.cfg.probe_timeout;
+        self.txns.start_client(now, req, probe_timeout, &mut self.out)
+    }
+
+    /// Our Contact toward a flow's side: the dialog token, or no user part.
+    pub(super) fn contact_value(&self, to: Flow, token: Option<&str>) -> Vec<u8> {
+        self.topology.contact(to, token)
+    }
+
+    /// The media seam's replacement for a body crossing sides (None: unchanged, or no body).
+    /// `answered_offer`: for a response, whether its request carried a body.
+    pub(super) fn media_body(
+        &mut self,
+        now: Instant,
+        c: &Checked<'_>,
+        dialog: Option<&str>,
+        from: Side,
+        to: Side,
+        answered_offer: Option<bool>,
+    ) -> Option<Vec<u8>> {
+        let hook = self.media.as_mut()?;
+        let body = c.msg.body();
+        if body.is_empty() {
+            return None;
+        }
+        let role = match (c.status(), answered_offer) {
+            (None, _) if c.method == Method::Ack => BodyRole::Answer,
+            (None, _) => BodyRole::Offer,
+            (Some(_), Some(true)) => BodyRole::Answer,
+            (Some(_), _) => BodyRole::Offer,
+        };
+        let content_type = c.msg.value(HeaderName::ContentType).unwrap_or_default();
+        let crossing =
+            BodyCrossing { dialog, from, to, method: c.method, status: c.status(), role, content_type, body };
+        hook.on_body(now, &crossing)
+    }
+
+    /// REGISTER: each Contact becomes a token URI on the registrar's side (§10.2.1); the
+    /// binding remembers the UA's real Contact and flow.
+    pub(super) fn register_contacts(
+        &mut self,
+        now: Instant,
+        flow: Flow,
+        to: Flow,
+        req: &Checked<'_>,
+    ) -> Result<(Option<Vec<u8>>, Vec<String>), Refusal> {
+        let aor = req.msg.value(HeaderName::To).unwrap_or_default().to_vec();
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        let mut tokens = Vec::new();
+        for h in req.msg.all(HeaderName::Contact) {
+            let v = req.msg.unfolded(h);
+            if &*v == b"*" {
+                out.push(b"*".to_vec());
+                continue;
+            }
+            for r in values::split_commas(&v).map_err(|_| (400, "Bad Request"))? {
+                let elem = v.get(r).unwrap_or_default();
+                let na = values::name_addr(elem).map_err(|_| (400, "Bad Request"))?;
+                let contact = elem.get(na.uri.clone()).unwrap_or_default().to_vec();
+                let params = elem.get(na.params.clone()).unwrap_or_default();
+                let token = self.topology.masker().token(b'r', &[&aor, &contact]);
+                if !self.dialogs.has_binding(&token) && self.dialogs.bindings_len() >= self.cfg.max_registrations {
+                    self.events.push_back(Event::Overload { what: "registrations" });
+                    return Err((503, "Service Unavailable"));
+                }
+                let pending = now + self.cfg.timers.t64();
+                self.dialogs.upsert_binding(&token, flow.side, contact, flow, pending);
+                let mut e = self.topology.contact(to, Some(&token));
+                e.extend_from_slice(params);
+                out.push(e);
+                tokens.push(token);
+            }
+        }
+        Ok(((!out.is_empty()).then(|| out.join(&b", "[..])), tokens))
+    }
+
+    pub(super) fn forward_ack(&mut self, now: Instant, flow: Flow, req: &Checked<'_>) {
+        let route = match self.route_request(req, flow) {
+            Ok(Route::Dialog(t)) => t,
+            _ => return self.drop_msg(flow, "ACK outside any dialog".into()),
+        };
+        let Some(d) = self.dialogs.get_mut(&route) else { return };
+        d.leg_mut(flow.side).flow = flow;
+        d.expires = now + self.cfg.dialog_idle;
+        // §13.3.1.4: the 2xx is acknowledged; the dialog is up.
+        d.ack_wait = None;
+        let to = d.leg(flow.side.other()).clone();
+        let caller = d.caller;
+        let restore = if flow.side == Side::External { d.internal_host.clone() } else { None };
+        let branch = self.new_branch();
+        let contact = Some(self.contact_value(to.flow, Some(&route)));
+        let body = self.media_body(now, req, Some(&route), flow.side, to.flow.side, None);
+        let data = self.topology.build_request(
+            req,
+            Forward {
+                from: flow.side,
+                to: to.flow,
+                ruri: Some(&to.target),
+                route_set: &to.route_set,
+                contact,
+                branch: &branch,
+                call_id_native: caller,
+                restore_to_host: restore.as_deref(),
+                body,
+            },
+        );
+        self.send(to.flow, data);
+        self.stats.requests_forwarded += 1;
+    }
+
+    /// §9.2: `cancel_key` is the CANCEL's own transaction; the INVITE it cancels has the same
+    /// branch and sent-by (§17.2.3).
+    pub(super) fn on_cancel(&mut self, now: Instant, flow: Flow, req: &Checked<'_>, cancel_key: ServerKey) {
+        let invite_key = ServerKey { method: Method::Invite, ..cancel_key.clone() };
+        if self.txns.absorb_request(&cancel_key, &mut self.out) {
+            return;
+        }
+        let Some(st) = self.txns.server(&invite_key) else {
+            return self.local_reply(now, flow, req, 481, "Call/Transaction Does Not Exist", &[]);
+        };
+        // §9.2: the CANCEL is answered hop-by-hop; the INVITE will get its 487 from the far end.
+        let tag = st.local_tag.clone();
+        let proceeding = st.state == ServerState::Proceeding;
+        let client = st.client.clone();
+        let ok = reply(&req.msg, flow.remote, 200, "OK", Some(tag.as_bytes()), &[]);
+        self.send(flow, ok.clone());
+        let linger = if flow.transport == Transport::Udp { self.cfg.timers.t64() } else { Duration::ZERO };
+        self.txns.insert_server(
+            cancel_key,
+            ServerTxn {
+                flow,
+                method: Method::Cancel,
+                vias: Vec::new(),
+                from: Vec::new(),
+                to: Vec::new(),
+                call_id: Vec::new(),
+                cseq: Vec::new(),
+                record_route: Vec::new(),
+                state: ServerState::Completed,
+                last_response: Some(ok),
+                client: None,
+                local_tag: tag,
+                retransmit: None,
+                expires: now + linger,
+                reply_to: None,
+            },
+        );
+        if !proceeding {
+            return;
+        }
+        if let Some(ck) = client
+            && let Some(ct) = self.txns.client_mut(&ck)
+        {
+            match ct.state {
+                ClientState::Proceeding => self.send_cancel(now, &ck),
+                ClientState::Calling => ct.cancel_pending = true,
+                _ => {}
+            }
+        }
+    }
+
+    /// §9.1: CANCEL toward the far side, same branch as the INVITE, only once it has answered.
+    pub(super) fn send_cancel(&mut self, now: Instant, invite_key: &str) {
+        self.txns.cancel(now, invite_key, &mut self.out);
+    }
+
+    /// Finishes a server transaction with a response the SBC makes itself (408, 503...).
+    pub(super) fn answer_server(&mut self, now: Instant, key: &ServerKey, code: u16, reason: &str) {
+        let Some(st) = self.txns.server(key) else { return };
+        let resp = build::local_response(st, code, reason);
+        let outcome = Final {
+            requester: st.flow,
+            method: st.method,
+            code,
+            by_sbc: true,
+            to: &st.to,
+            call_id: &st.call_id,
+            dialog: None,
+        };
+        self.guard.on_final(now, &outcome);
+        self.txns.respond(now, key, code, resp, &mut self.out);
+        self.stats.local_replies += 1;
+    }
+}
