@@ -4,7 +4,7 @@
 //! `SBC_REQUIRE_PRIVILEGED=1`. Each test builds its own lab:
 //!
 //! ```text
-//!  [sbclab-x?s-<pid>] s0 ── veth ── r0 [sbclab-x?r-<pid>]  sbc_xdp attached, native mode
+//!  [sbclab-x?s-<pid>] s0 ────── veth ───── r0 [sbclab-x?r-<pid>]  sbc_xdp attached, native mode
 //!   203.0.113.10    listed                   192.0.2.1       protected: *:5060 udp+tcp (v4 wildcard)
 //!   198.51.100.66   unlisted                 2001:db8:2::1   protected: [2001:db8:2::1]:5060 udp+tcp
 //!   2001:db8:1::10  listed
