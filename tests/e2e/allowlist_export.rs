@@ -5,7 +5,7 @@
 //! asks only that server, never the host's or the Internet's.
 //!
 //! ```text
-//!  [ha-alw-db netns]  lo 127.0.0.1
+//!  [sbclab-ha-alw-db-<pid> netns]  lo 127.0.0.1
 //!     dnsmasq :53 (hosts file: sbc.voxbeam.com, sip.zadarma.com; anything else REFUSED)
 //!     mariadbd 127.0.0.1:3306 + unix socket in the work dir
 //!     sbc allowlist export --db mysql://…   (resolv.conf → 127.0.0.1)
@@ -44,7 +44,7 @@ struct NetnsEtc {
 
 impl NetnsEtc {
     fn new(ns: &Netns) -> Result<NetnsEtc> {
-        let dir = Path::new("/etc/netns").join(&ns.name);
+        let dir = Path::new("/etc/netns").join(ns.name());
         std::fs::create_dir_all(&dir)?;
         let etc = NetnsEtc { dir };
         std::fs::write(etc.dir.join("resolv.conf"), "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")?;
@@ -111,7 +111,7 @@ impl DnsLab {
         // The namespace's resolver sees the lab's names, and nothing else.
         let out = ns.cmd("getent").args(["ahosts", "sbc.voxbeam.com"]).output()?;
         let text = String::from_utf8_lossy(&out.stdout);
-        ensure!(text.contains("203.0.113.50") && text.contains("2001:db8::50"), "getent in {}: {text}", ns.name);
+        ensure!(text.contains("203.0.113.50") && text.contains("2001:db8::50"), "getent in {}: {text}", ns.name());
         Ok(DnsLab { dns, _etc: etc, ns, dir })
     }
 

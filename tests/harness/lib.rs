@@ -1,24 +1,28 @@
-//! The lab harness: network namespaces joined by veth pairs, real peers (sipp, Kamailio) and
-//! the SBC started inside them, tcpdump captures of each side, and the leak check that reads
-//! them. Everything started is stopped by PID when its guard drops, and every namespace is
-//! deleted, even when a test fails.
+//! The lab harness: network namespaces joined by veth pairs ([`netns`]), real peers (sipp,
+//! Kamailio) and the SBC started inside them, tcpdump captures of each side, and the leak check
+//! that reads them. Everything started is stopped by PID when its guard drops, and every
+//! namespace is deleted, even when a test fails.
 //!
 //! Privileged tests call [`privileged`] first: without root they skip, unless
 //! `SBC_REQUIRE_PRIVILEGED=1` (CI), where a skip is a failure.
 
 pub mod calls;
+pub mod netns;
 pub mod pcap;
+
+pub use netns::{Netns, veth};
 
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
-/// Labs are CPU-heavy and share names: one at a time per test binary.
+/// Labs are CPU-heavy (sipp, tcpdump, the SBC): one at a time per test binary. (Their namespace
+/// names never clash: see [`netns`].)
 static LAB_LOCK: Mutex<()> = Mutex::new(());
 
 pub fn lab_lock() -> MutexGuard<'static, ()> {
@@ -57,73 +61,6 @@ pub fn sbc_bin() -> PathBuf {
 
 pub fn scenario(name: &str) -> PathBuf {
     root().join("tests/peers/scenarios").join(name)
-}
-
-fn run(cmd: &mut Command) -> Result<Output> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(out)
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    run(Command::new("ip").args(args)).map(|_| ())
-}
-
-/// A network namespace, deleted on drop.
-#[derive(Debug)]
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(name: &str) -> Result<Netns> {
-        // A namespace left by a crashed earlier run of the same test is removed first.
-        let _ = Command::new("ip").args(["netns", "del", name]).output();
-        ip(&["netns", "add", name])?;
-        let ns = Netns { name: name.to_string() };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    /// `ip` inside the namespace.
-    pub fn ip(&self, args: &[&str]) -> Result<()> {
-        let mut full = vec!["-n", self.name.as_str()];
-        full.extend_from_slice(args);
-        ip(&full)
-    }
-
-    /// A command that runs inside the namespace.
-    pub fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
-        c
-    }
-
-    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        run(self.cmd("sysctl").args(["-qw", &format!("{key}={value}")])).map(|_| ())
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
-    }
-}
-
-/// A veth pair between two namespaces, each end with an address (`a.b.c.d/len`).
-pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) -> Result<()> {
-    ip(&["link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns", &b.name])?;
-    for (ns, ifname, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
-        if addr.contains(':') {
-            ns.ip(&["-6", "addr", "add", addr, "dev", ifname, "nodad"])?;
-        } else {
-            ns.ip(&["addr", "add", addr, "dev", ifname])?;
-        }
-        ns.ip(&["link", "set", ifname, "up"])?;
-    }
-    Ok(())
 }
 
 /// A child process stopped by PID (SIGTERM, then SIGKILL) when dropped.
@@ -245,8 +182,8 @@ pub fn workdir(test: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The standard three-namespace lab of DESIGN.md:
-/// `[ext 203.0.113.10] ─ x0/e0 ─ [sbc 203.0.113.1 | 10.99.0.1] ─ i0/c0 ─ [core 10.99.0.10]`.
+/// The standard three-namespace lab (`sbclab-<prefix>-{ext,sbc,core}-<pid>`):
+/// `[ext 203.0.113.10] ─ e0/x0 ─ [sbc 203.0.113.1 | 10.99.0.1] ─ i0/c0 ─ [core 10.99.0.10]`.
 pub struct Lab {
     pub ext: Netns,
     pub sbc: Netns,
@@ -267,8 +204,13 @@ impl Lab {
         let ext = Netns::new(&format!("{prefix}-ext"))?;
         let sbc = Netns::new(&format!("{prefix}-sbc"))?;
         let core = Netns::new(&format!("{prefix}-core"))?;
-        veth(&ext, "e0", &format!("{EXT_PEER}/24"), &sbc, "x0", &format!("{SBC_EXT}/24"))?;
-        veth(&sbc, "i0", &format!("{SBC_INT}/24"), &core, "c0", &format!("{CORE}/24"))?;
+        veth(&ext, "e0", &sbc, "x0")?;
+        veth(&sbc, "i0", &core, "c0")?;
+        for (ns, ifname, addr) in
+            [(&ext, "e0", EXT_PEER), (&sbc, "x0", SBC_EXT), (&sbc, "i0", SBC_INT), (&core, "c0", CORE)]
+        {
+            ns.addr(ifname, &format!("{addr}/24"))?;
+        }
         Ok(Lab { ext, sbc, core, dir })
     }
 

@@ -4,7 +4,7 @@
 //! `SBC_REQUIRE_PRIVILEGED=1`. Each test builds its own lab:
 //!
 //! ```text
-//!  [hx-xs-<pid>] s0 ─────── veth ─────── r0 [hx-xr-<pid>]   sbc_xdp attached, native mode
+//!  [sbclab-x?s-<pid>] s0 ────── veth ───── r0 [sbclab-x?r-<pid>]  sbc_xdp attached, native mode
 //!   203.0.113.10    listed                   192.0.2.1       protected: *:5060 udp+tcp (v4 wildcard)
 //!   198.51.100.66   unlisted                 2001:db8:2::1   protected: [2001:db8:2::1]:5060 udp+tcp
 //!   2001:db8:1::10  listed
@@ -18,8 +18,6 @@
 
 #[path = "frames.rs"]
 mod frames;
-#[path = "netns.rs"]
-mod netns;
 
 use std::{
     io::{ErrorKind, Read, Write},
@@ -32,8 +30,7 @@ use std::{
 };
 
 use frames::Frame;
-use netns::{Netns, veth};
-use sbc_lab::privileged;
+use sbc_lab::{Netns, privileged, veth};
 use sbc_xdp::{AttachMode, Counters, Prefix, Proto, XdpAction, XdpFilter};
 use socket2::{Domain, Socket, Type};
 
@@ -65,35 +62,36 @@ struct Lab {
 
 impl Lab {
     fn new(tag: &str) -> Lab {
-        let r = Netns::new(&format!("x{tag}r"));
-        let s = Netns::new(&format!("x{tag}s"));
-        veth(&s, "s0", &r, "r0");
+        let r = Netns::new(&format!("x{tag}r")).unwrap();
+        let s = Netns::new(&format!("x{tag}s")).unwrap();
+        veth(&s, "s0", &r, "r0").unwrap();
         for a in ["192.0.2.1/24", "2001:db8:2::1/64"] {
-            r.ip(&["addr", "add", a, "dev", "r0", "nodad"]);
+            r.addr("r0", a).unwrap();
         }
         for a in ["203.0.113.10/24", "198.51.100.66/24", "2001:db8:1::10/64", "2001:db8:1::66/64"] {
-            s.ip(&["addr", "add", a, "dev", "s0", "nodad"]);
+            s.addr("s0", a).unwrap();
         }
         for net in ["203.0.113.0/24", "198.51.100.0/24", "2001:db8:1::/64"] {
-            r.ip(&["route", "replace", net, "dev", "r0"]);
+            r.ip(&["route", "replace", net, "dev", "r0"]).unwrap();
         }
         for net in ["192.0.2.0/24", "2001:db8:2::/64"] {
-            s.ip(&["route", "replace", net, "dev", "s0"]);
+            s.ip(&["route", "replace", net, "dev", "s0"]).unwrap();
         }
         // A qdisc on the sending veth: when r0's ring is full, veth stops the queue
         // (backpressure) instead of dropping, so every datagram a socket sent reaches the
         // program. With IP_RECVERR a qdisc overflow is a send error, not a silent loss.
-        netns::run(&["tc", "-n", s.name(), "qdisc", "replace", "dev", "s0", "root", "pfifo", "limit", "20000"]);
+        s.exec(&["tc", "qdisc", "replace", "dev", "s0", "root", "pfifo", "limit", "20000"]).unwrap();
         // Static neighbours: no ARP/ND in the counters, and a blocked IPv6 source (whose
         // neighbour solicitations the filter drops too) still puts its packets on the wire.
         let (r_mac, s_mac) = (mac_string(&r, "r0"), mac_string(&s, "s0"));
         for a in ["192.0.2.1", "2001:db8:2::1"] {
-            s.ip(&["neigh", "replace", a, "lladdr", &r_mac, "dev", "s0", "nud", "permanent"]);
+            s.ip(&["neigh", "replace", a, "lladdr", &r_mac, "dev", "s0", "nud", "permanent"]).unwrap();
         }
         for a in ["203.0.113.10", "198.51.100.66", "2001:db8:1::10", "2001:db8:1::66"] {
-            r.ip(&["neigh", "replace", a, "lladdr", &s_mac, "dev", "r0", "nud", "permanent"]);
+            r.ip(&["neigh", "replace", a, "lladdr", &s_mac, "dev", "r0", "nud", "permanent"]).unwrap();
         }
-        let mut filter = r.enter(|| XdpFilter::attach("r0", AttachMode::Native)).expect("attach XDP natively on r0");
+        let mut filter =
+            r.enter(|| XdpFilter::attach("r0", AttachMode::Native)).unwrap().expect("attach XDP natively on r0");
         assert_eq!(filter.mode(), Some(AttachMode::Native));
         filter
             .set_protected(&[
@@ -125,24 +123,29 @@ impl Lab {
             }
             UdpSocket::from(sock)
         })
+        .unwrap()
     }
 
     fn tcp_listen(&self, bind: SocketAddr) -> TcpListener {
-        self.r.enter(|| {
-            let l = TcpListener::bind(bind).unwrap_or_else(|e| panic!("listen {bind}: {e}"));
-            l.set_nonblocking(true).unwrap();
-            l
-        })
+        self.r
+            .enter(|| {
+                let l = TcpListener::bind(bind).unwrap_or_else(|e| panic!("listen {bind}: {e}"));
+                l.set_nonblocking(true).unwrap();
+                l
+            })
+            .unwrap()
     }
 
     /// Connects from `src` (an address of the sender namespace) with a bounded timeout.
     fn tcp_connect(&self, src: IpAddr, dst: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-        self.s.enter(|| {
-            let sock = Socket::new(Domain::for_address(dst), Type::STREAM, None)?;
-            sock.bind(&SocketAddr::new(src, 0).into())?;
-            sock.connect_timeout(&dst.into(), timeout)?;
-            Ok(TcpStream::from(sock))
-        })
+        self.s
+            .enter(|| {
+                let sock = Socket::new(Domain::for_address(dst), Type::STREAM, None)?;
+                sock.bind(&SocketAddr::new(src, 0).into())?;
+                sock.connect_timeout(&dst.into(), timeout)?;
+                Ok(TcpStream::from(sock))
+            })
+            .unwrap()
     }
 }
 
@@ -332,11 +335,11 @@ fn inject(lab: &Lab, frames: &[Vec<u8>]) {
     let script = "import socket,sys\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\ns.bind(('s0',0))\nfor h in sys.argv[1:]: s.send(bytes.fromhex(h))\n";
     let mut args = vec!["python3", "-c", script];
     args.extend(hex.iter().map(String::as_str));
-    lab.s.exec(&args).unwrap_or_else(|e| panic!("inject frames with python3: {e}"));
+    lab.s.exec(&args).unwrap_or_else(|e| panic!("inject frames with python3: {e:#}"));
 }
 
 fn mac_string(ns: &Netns, ifname: &str) -> String {
-    let out = ns.ip(&["-br", "link", "show", ifname]);
+    let out = ns.ip(&["-br", "link", "show", ifname]).unwrap();
     out.split_whitespace().nth(2).expect("mac").to_owned()
 }
 
@@ -624,7 +627,7 @@ fn allowlist_swap_under_load_drops_no_listed_packet_and_admits_no_unlisted() {
         (n, first, Instant::now())
     };
     let tx_dropped = || -> u64 {
-        let out = lab.s.ip(&["-s", "link", "show", "s0"]);
+        let out = lab.s.ip(&["-s", "link", "show", "s0"]).unwrap();
         let mut lines = out.lines().skip_while(|l| !l.trim_start().starts_with("TX:"));
         lines.nth(1).and_then(|l| l.split_whitespace().nth(3)).and_then(|v| v.parse().ok()).expect("s0 TX dropped")
     };
