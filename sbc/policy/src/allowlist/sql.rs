@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use super::{MAX_ROWS, MAX_SQL_BYTES, ParseError, ParseErrorKind, Provider, ProviderIp, Tables, value};
 
-/// Column order of the seed's schema (`../shared/seeds/003_*.txt`), for dumps without a
+/// Column order of the seed's schema (`tests/vectors/providers/seed.sql`), for dumps without a
 /// `CREATE TABLE` or column list.
 const PROVIDERS_COLUMNS: &[&str] = &[
     "id",
