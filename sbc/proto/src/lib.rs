@@ -4,7 +4,6 @@
 //! [`topology`], and the proxy that ties them together in [`engine`]).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
-pub mod allowlist;
 pub mod dialog;
 pub mod engine;
 pub mod flow;

@@ -1,4 +1,4 @@
-//! `sbc allowlist export`: the IO around `sbc_proto::allowlist` — read `providers` and
+//! `sbc allowlist export`: the IO around `sbc_policy::allowlist` — read `providers` and
 //! `providers_ips` from a live MariaDB, a SQL dump or a CSV file, resolve names with the
 //! system resolver (so `/etc/resolv.conf` and `/etc/hosts` decide), and write the allowlist
 //! file atomically. Every error is printed, each naming its row; nothing is written unless the
@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use sbc_proto::allowlist::{self, MAX_ROWS, Options, Tables};
+use sbc_policy::allowlist::{self, MAX_ROWS, Options, Tables};
 
 /// `sbc allowlist ...`.
 #[derive(clap::Subcommand, Debug, Clone)]

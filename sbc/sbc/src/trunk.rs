@@ -2,7 +2,7 @@
 //! interface (drops before the kernel's stack), and in userspace (defence in depth, and the
 //! only filter where XDP cannot attach, with a loud warning).
 //!
-//! Direction (see `sbc_proto::allowlist`): every listed address (IN, OUT, IN/OUT) passes the
+//! Direction (see `sbc_policy::allowlist`): every listed address (IN, OUT, IN/OUT) passes the
 //! packet filters, because OUT-only providers answer our requests and send in-dialog requests;
 //! only IN and IN/OUT addresses may start a new dialog or transaction ([`TrunkGuard`]).
 //!
@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sbc_proto::allowlist::Allowlist;
+use sbc_policy::allowlist::Allowlist;
 use sbc_proto::engine::{Admit, Flow, Guard, Side};
 use sbc_proto::sip::sanity::Checked;
 use sbc_proto::sip::uri::Transport;

@@ -31,8 +31,9 @@ use sbc_ebpf_common::{
     ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, FlagValue, LPM_FLAGS, PRESENT, PROGRAM_NAME, PROTECTED_MAX_ENTRIES,
     ProtectedKey, Stat, V4_WILDCARD, V6_WILDCARD, config, map, port_flags, proto,
 };
-/// The one prefix type of the project, shared with the allowlist (sbc-proto is pure Rust).
-pub use sbc_proto::allowlist::{Prefix, PrefixError};
+/// The one prefix type of the project, shared with the allowlist and the guard (sbc-policy is
+/// sans-IO and depends on no other workspace crate, so the loader does not pull in SIP).
+pub use sbc_policy::{Prefix, PrefixError};
 
 /// The eBPF object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sbc-ebpf-xdp"));

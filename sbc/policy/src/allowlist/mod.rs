@@ -7,7 +7,7 @@
 //! validate, collect every error) → [`Allowlist`] → [`Allowlist::render`] (file format v1);
 //! [`Allowlist::parse`] reads the file back (the daemon's loader).
 //!
-//! # The table (schema in `../shared/seeds/003_*.txt`)
+//! # The table (the seed's `CREATE TABLE`s are in `tests/vectors/providers/seed.sql`)
 //!
 //! `providers_ips(id, provider_id, ipaddress INT UNSIGNED DEFAULT 2130706433, domainname,
 //! direction ENUM('IN','OUT','IN/OUT'), proto ENUM('SIP','IAX2','H323'))`, joined with
@@ -70,14 +70,14 @@
 pub mod csv;
 mod export;
 mod file;
-mod prefix;
 pub mod sql;
 
 use std::fmt;
 
 pub use export::{Export, ExportError, Options, RowRef, build};
 pub use file::{Allowlist, Entry, FileError, FileErrorKind, FileErrors, Origin};
-pub use prefix::{Prefix, PrefixError};
+
+use crate::{Prefix, PrefixError};
 
 /// `ipaddress` of a row whose address is to be taken from `domainname`: 127.0.0.1, the
 /// column's default.

@@ -9,10 +9,16 @@
 //! quad. Every row that names a provider must give it the same name. The input is bounded
 //! ([`MAX_CSV_BYTES`]) before parsing; every row error is collected with
 //! its line.
+//!
+//! Splitting records into fields and unquoting them is `csv_core`'s (the parser under the `csv`
+//! crate). What it leaves out on purpose, this module adds from each field's raw bytes: whether
+//! the field was quoted (a quoted `"NULL"` is text), and the errors for a stray quote, text
+//! after a closing quote and an unterminated quoted field, which `csv_core` reads leniently.
+//! A row with such an error is dropped up to the end of its line and reading goes on.
 
 use std::collections::HashMap;
 
-use super::{MAX_CSV_BYTES, MAX_ROWS, ParseError, ParseErrorKind, Provider, ProviderIp, Tables, value};
+use super::{MAX_CSV_BYTES, MAX_ROWS, MAX_TEXT, ParseError, ParseErrorKind, Provider, ProviderIp, Tables, value};
 
 const TABLE: &str = "csv";
 const COLUMNS: [&str; 7] = ["id", "provider_id", "provider_name", "ipaddress", "domainname", "direction", "proto"];
@@ -30,8 +36,8 @@ pub fn parse(input: &[u8]) -> Result<Tables, Vec<ParseError>> {
             return Err(vec![ParseError::new(line, ParseErrorKind::Syntax("not valid UTF-8".into()))]);
         }
     };
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut rd = Reader { chars: text.char_indices().peekable(), line: 1 };
+    // `csv_core` drops a byte order mark at the start of the input (only there).
+    let mut rd = Records::new(text);
     let mut errors = Vec::new();
     let mut tables = Tables::default();
 
@@ -176,109 +182,168 @@ impl Record {
     }
 }
 
-struct Reader<'a> {
-    chars: std::iter::Peekable<std::str::CharIndices<'a>>,
+const BOM: char = '\u{feff}';
+
+/// Longest field accepted, in bytes (the longest column is [`MAX_TEXT`] characters).
+const MAX_FIELD: usize = MAX_TEXT * 4;
+
+/// Records of the CSV: `csv_core` splits and unquotes; [`Records::check`] adds, from each
+/// field's raw bytes (`read_field` says how many it took), what `csv_core` does not tell or
+/// enforce (see the module doc).
+struct Records<'a> {
+    text: &'a str,
+    rdr: csv_core::Reader,
+    /// Bytes of `text` handed to `rdr`.
+    pos: usize,
+    /// Unquoted output of the field being read.
+    buf: Vec<u8>,
+    /// `line` is the line of byte `line_pos` (a cursor, so counting lines stays linear).
+    line_pos: usize,
     line: u32,
 }
 
-impl Reader<'_> {
-    fn bump(&mut self) -> Option<char> {
-        let (_, c) = self.chars.next()?;
-        if c == '\n' {
-            self.line += 1;
+/// One field as `csv_core` split it: `raw` is `text[start..end]`, its delimiter included.
+struct RawField {
+    start: usize,
+    end: usize,
+    record_end: bool,
+}
+
+impl<'a> Records<'a> {
+    fn new(text: &'a str) -> Records<'a> {
+        Records { text, rdr: csv_core::Reader::new(), pos: 0, buf: vec![0; 256], line_pos: 0, line: 1 }
+    }
+
+    /// The line (1-based) of byte `at`, counted from the last one asked for (they only move
+    /// forward, so each line end is counted once).
+    fn line_at(&mut self, at: usize) -> u32 {
+        if at < self.line_pos {
+            (self.line_pos, self.line) = (0, 1);
         }
-        Some(c)
+        let newlines =
+            self.text.as_bytes().get(self.line_pos..at).map_or(0, |s| s.iter().filter(|&&b| b == b'\n').count());
+        self.line = self.line.saturating_add(u32::try_from(newlines).unwrap_or(u32::MAX));
+        self.line_pos = at;
+        self.line
     }
 
-    fn peek(&mut self) -> Option<char> {
-        self.chars.peek().map(|&(_, c)| c)
-    }
-
-    /// Skips to the start of the next line (error recovery).
-    fn skip_line(&mut self) {
-        while let Some(c) = self.bump() {
-            if c == '\n' {
-                break;
+    /// The next field, its unquoted text in `buf[..len]`; `None` at the end of input.
+    fn read_field(&mut self) -> Option<(RawField, usize)> {
+        let start = self.pos;
+        let mut len = 0;
+        loop {
+            let input = self.text.as_bytes().get(self.pos..).unwrap_or_default();
+            if len >= self.buf.len() {
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
+            let out = self.buf.get_mut(len..).unwrap_or_default();
+            let (res, nin, nout) = self.rdr.read_field(input, out);
+            self.pos += nin;
+            len += nout;
+            match res {
+                csv_core::ReadFieldResult::Field { record_end } => {
+                    return Some((RawField { start, end: self.pos, record_end }, len));
+                }
+                // An empty input tells `csv_core` the input ended: it answers with a field or the end.
+                csv_core::ReadFieldResult::InputEmpty if !input.is_empty() => {}
+                csv_core::ReadFieldResult::OutputFull => {}
+                csv_core::ReadFieldResult::InputEmpty | csv_core::ReadFieldResult::End => return None,
             }
         }
     }
 
     /// The next record, `None` at the end of input.
     fn record(&mut self) -> Result<Option<Record>, ParseError> {
-        if self.peek().is_none() {
-            return Ok(None);
-        }
-        let line = self.line;
         let mut fields = Vec::new();
+        let mut line = None;
         loop {
-            let mut f = Field { text: String::new(), quoted: false };
-            if self.peek() == Some('"') {
-                f.quoted = true;
-                self.bump();
-                loop {
-                    match self.bump() {
-                        None => {
-                            return Err(ParseError::new(line, ParseErrorKind::Unterminated { what: "quoted field" }));
-                        }
-                        Some('"') if self.peek() == Some('"') => {
-                            self.bump();
-                            f.text.push('"');
-                        }
-                        Some('"') => break,
-                        Some(c) => f.text.push(c),
-                    }
+            let Some((mut f, len)) = self.read_field() else { return Ok(None) };
+            if fields.is_empty() {
+                // Before the first field, `csv_core` skips the byte order mark at the start of the
+                // input, the previous record's line end and empty lines.
+                if f.start == 0 && self.text.starts_with(BOM) {
+                    f.start = BOM.len_utf8();
                 }
-                match self.peek() {
-                    None | Some(',' | '\n' | '\r') => {}
-                    Some(c) => {
-                        let at = self.line;
-                        self.skip_line();
-                        return Err(ParseError::new(
-                            at,
-                            ParseErrorKind::Syntax(format!("{c:?} after a closing quote")),
-                        ));
-                    }
-                }
-            } else {
-                while let Some(c) = self.peek() {
-                    match c {
-                        ',' | '\n' | '\r' => break,
-                        '"' => {
-                            let at = self.line;
-                            self.skip_line();
-                            return Err(ParseError::new(
-                                at,
-                                ParseErrorKind::Syntax("'\"' inside an unquoted field".into()),
-                            ));
-                        }
-                        _ => {
-                            self.bump();
-                            f.text.push(c);
-                        }
-                    }
-                }
+                let skipped = self
+                    .text
+                    .as_bytes()
+                    .get(f.start..f.end)
+                    .map_or(0, |raw| raw.iter().take_while(|&&b| b == b'\r' || b == b'\n').count());
+                f.start += skipped;
             }
-            if f.text.len() > super::MAX_TEXT * 4 {
-                let at = self.line;
-                self.skip_line();
-                return Err(ParseError::new(
-                    at,
-                    ParseErrorKind::Syntax(format!("field longer than {} bytes", super::MAX_TEXT * 4)),
-                ));
-            }
-            fields.push(f);
-            match self.bump() {
-                Some(',') => continue,
-                Some('\r') => {
-                    if self.peek() == Some('\n') {
-                        self.bump();
+            let line = *line.get_or_insert_with(|| self.line_at(f.start));
+            let quoted = match self.check(&f, len, line) {
+                Ok(quoted) => quoted,
+                Err((e, at)) => {
+                    if !matches!(e.kind, ParseErrorKind::Unterminated { .. }) {
+                        self.skip_line(at, f.record_end);
                     }
-                    break;
+                    return Err(e);
                 }
-                Some(_) | None => break,
+            };
+            let text = String::from_utf8_lossy(self.buf.get(..len).unwrap_or_default()).into_owned();
+            fields.push(Field { text, quoted });
+            if f.record_end {
+                return Ok(Some(Record { fields, line }));
             }
         }
-        Ok(Some(Record { fields, line }))
+    }
+
+    /// Whether the field was quoted, or what is wrong with it and the byte the error is at:
+    /// a quoted field must be closed and followed by its delimiter, an unquoted one must not
+    /// hold a quote (RFC 4180 §2.5–2.7), and neither may be longer than [`MAX_FIELD`].
+    fn check(&mut self, f: &RawField, len: usize, record_line: u32) -> Result<bool, (ParseError, usize)> {
+        let raw = self.text.as_bytes().get(f.start..f.end).unwrap_or_default();
+        let quoted = raw.first() == Some(&b'"');
+        // Where the field's content ends: before its delimiter, if it has one.
+        let mut content_end = f.end;
+        if quoted {
+            let mut i = 1;
+            loop {
+                let Some(q) = raw.get(i..).and_then(|r| r.iter().position(|&b| b == b'"')).map(|q| q + i) else {
+                    let kind = ParseErrorKind::Unterminated { what: "quoted field" };
+                    return Err((ParseError::new(record_line, kind), f.end));
+                };
+                match raw.get(q + 1) {
+                    Some(b'"') => i = q + 2,
+                    None | Some(b',' | b'\n' | b'\r') => {
+                        content_end = f.start + q + 1;
+                        break;
+                    }
+                    Some(_) => {
+                        let at = f.start + q + 1;
+                        let c = self.text.get(at..).and_then(|t| t.chars().next()).unwrap_or_default();
+                        let kind = ParseErrorKind::Syntax(format!("{c:?} after a closing quote"));
+                        return Err((ParseError::new(self.line_at(at), kind), at));
+                    }
+                }
+            }
+        } else {
+            if let Some(q) = raw.iter().position(|&b| b == b'"') {
+                let at = f.start + q;
+                let kind = ParseErrorKind::Syntax("'\"' inside an unquoted field".into());
+                return Err((ParseError::new(self.line_at(at), kind), at));
+            }
+            if raw.last().is_some_and(|b| matches!(b, b',' | b'\n' | b'\r')) {
+                content_end -= 1;
+            }
+        }
+        if len > MAX_FIELD {
+            let kind = ParseErrorKind::Syntax(format!("field longer than {MAX_FIELD} bytes"));
+            return Err((ParseError::new(self.line_at(content_end), kind), content_end));
+        }
+        Ok(quoted)
+    }
+
+    /// Error recovery: drops the rest of the line from byte `at` (the record goes with it).
+    fn skip_line(&mut self, at: usize, record_end: bool) {
+        if !record_end {
+            // `csv_core` is inside the record: a line end closes it, so the next field read
+            // starts a record.
+            let _ = self.rdr.read_field(b"\n", &mut [0; 1]);
+        }
+        let rest = self.text.as_bytes().get(at..).unwrap_or_default();
+        self.pos = rest.iter().position(|&b| b == b'\n').map_or(self.text.len(), |n| at + n + 1).max(self.pos);
     }
 }
 
@@ -342,6 +407,25 @@ mod tests {
                 "line 8: unterminated quoted field",
             ]
         );
+    }
+
+    #[test]
+    fn quoting_decides_null_and_errors_in_multiline_fields_name_their_own_line() {
+        const HEADER: &str = "id,provider_id,provider_name,ipaddress,domainname,direction,proto\n";
+        let t = parse(format!("{HEADER}1,8,\"NULL\",1,\"\\N\",IN,SIP\n2,9,NULL,1,\\N,IN,SIP\n").as_bytes()).unwrap();
+        assert_eq!(t.providers[0].name.as_deref(), Some("NULL"));
+        assert_eq!(t.ips[0].domainname.as_deref(), Some("\\N"));
+        assert_eq!((t.providers[1].name.as_deref(), t.ips[1].domainname.as_deref()), (None, None));
+        // Only the first byte order mark is one; a second is part of the first column's name.
+        assert_eq!(errs(&format!("\u{feff}\u{feff}{HEADER}"))[0], "line 1: `csv` has no column `id`");
+        assert_eq!(
+            errs(&format!(
+                "{HEADER}1,8,\"Vox\nBeam\"x,1,a,IN,SIP\n2,8,\"a\n\nb\",1,b\"c,IN,SIP\n3,7,C,1,,IN,\"SIP\"\r\n"
+            )),
+            vec!["line 3: 'x' after a closing quote", "line 6: '\"' inside an unquoted field"]
+        );
+        let long = format!("{HEADER}1,8,\"{}\n{}\",1,a,IN,SIP\n2,8,B,1,a,IN,SIP\n", "v".repeat(600), "w".repeat(600));
+        assert_eq!(errs(&long), vec!["line 3: field longer than 1020 bytes"]);
     }
 
     #[test]

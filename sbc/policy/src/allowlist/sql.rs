@@ -9,12 +9,20 @@
 //! from the seed's schema. String literals follow MariaDB's default escaping (backslash
 //! escapes and doubled quotes). The input is bounded ([`MAX_SQL_BYTES`])
 //! before anything is read; every row-level error is collected, with the line of the tuple.
+//!
+//! Why a reader of our own and not a SQL parser crate (`sqlparser`): a dump is a client
+//! script, not SQL a server parses. `DELIMITER` (around routines and triggers) is a client
+//! command, which `sqlparser` does not handle; other tables' rows may hold binary strings that
+//! are not UTF-8, where `sqlparser` takes `&str`; it stops at the first error, where the export
+//! must report every bad row with its line; and it would build the AST of every table of a
+//! dump of up to [`MAX_SQL_BYTES`] to keep two. What this reader needs is a lexer that cannot
+//! be fooled about statement boundaries, and the `INSERT ... VALUES` tuples of two tables.
 
 use std::collections::HashMap;
 
 use super::{MAX_ROWS, MAX_SQL_BYTES, ParseError, ParseErrorKind, Provider, ProviderIp, Tables, value};
 
-/// Column order of the seed's schema (`../shared/seeds/003_*.txt`), for dumps without a
+/// Column order of the seed's schema (`tests/vectors/providers/seed.sql`), for dumps without a
 /// `CREATE TABLE` or column list.
 const PROVIDERS_COLUMNS: &[&str] = &[
     "id",

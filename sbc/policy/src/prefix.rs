@@ -1,9 +1,9 @@
-//! [`Prefix`]: an IPv4 or IPv6 CIDR prefix with its host bits zero, the unit of the allowlist.
+//! [`Prefix`]: an IPv4 or IPv6 CIDR prefix with its host bits zero, the unit of the allowlist
+//! and of the XDP maps (`sbc_xdp` re-exports this type, so the loader and the policy agree on
+//! it by construction).
 //!
-//! The same strict rules as `sbc_xdp::Prefix` (which this crate cannot depend on: it pulls in
-//! aya): `203.0.113.5/24` is rejected rather than widened, because host bits set in a provider
-//! table usually mean a typo, which must be reported. The daemon converts with
-//! `sbc_xdp::Prefix::new(p.addr(), p.prefix_len())`.
+//! Strict: `203.0.113.5/24` is rejected rather than widened, because host bits set in a
+//! provider table usually mean a typo, which must be reported.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

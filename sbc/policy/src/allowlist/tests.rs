@@ -40,7 +40,7 @@ fn row(
     }
 }
 
-/// The seed's tables (`../shared/seeds/003_*.txt`), row by row.
+/// The seed's tables (`tests/vectors/providers/seed.sql`), row by row.
 fn seed() -> Tables {
     use Direction::*;
     Tables {
