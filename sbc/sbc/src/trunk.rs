@@ -12,7 +12,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use sbc_policy::allowlist::Allowlist;
@@ -29,9 +29,14 @@ pub struct UserStats {
     pub dropped_not_listed: u64,
 }
 
+/// The running list, shared by the packet filter and the engine's guard: a reload swaps what
+/// is inside, so the guard (and, later, its rate-limit and ban state) is never replaced.
+type SharedList = Arc<RwLock<Arc<Allowlist>>>;
+
 pub struct Trunk {
     file: PathBuf,
     list: Arc<Allowlist>,
+    shared: SharedList,
     xdp: Option<XdpFilter>,
     protected: Vec<(SocketAddr, bool)>,
     pub stats: UserStats,
@@ -49,10 +54,11 @@ impl Trunk {
         let Some(file) = cfg.allowlist.clone() else {
             return Ok(None);
         };
-        let list = read_list(&file)?;
+        let list = Arc::new(read_list(&file)?);
         let mut trunk = Trunk {
             file,
-            list: Arc::new(list),
+            shared: Arc::new(RwLock::new(list.clone())),
+            list,
             xdp: None,
             protected: cfg.protected.clone(),
             stats: UserStats::default(),
@@ -97,6 +103,7 @@ impl Trunk {
         }
         let n = list.len();
         self.list = Arc::new(list);
+        *self.shared.write().unwrap_or_else(|e| e.into_inner()) = self.list.clone();
         tracing::info!(entries = n, "trunk allowlist reloaded");
         Ok(format!("reloaded {n} entries from {}", self.file.display()))
     }
@@ -110,9 +117,10 @@ impl Trunk {
         false
     }
 
-    /// The engine guard for the current list (replaced on reload).
+    /// The engine's guard, given to the engine once: it reads the running list, whatever
+    /// reloads happen.
     pub fn guard(&self) -> TrunkGuard {
-        TrunkGuard { list: self.list.clone(), protected: self.protected.clone() }
+        TrunkGuard { list: self.shared.clone(), protected: self.protected.clone() }
     }
 
     pub fn show(&self) -> String {
@@ -150,13 +158,17 @@ fn protects(protected: &[(SocketAddr, bool)], flow: &Flow) -> bool {
 
 /// Refuses new requests from OUT-only providers on the trunk; in-dialog requests pass.
 pub struct TrunkGuard {
-    list: Arc<Allowlist>,
+    list: SharedList,
     protected: Vec<(SocketAddr, bool)>,
 }
 
 impl Guard for TrunkGuard {
     fn admit(&mut self, _now: Instant, flow: &Flow, req: &Checked<'_>) -> Admit {
-        if !protects(&self.protected, flow) || req.to_tag.is_some() || self.list.may_originate(flow.remote.ip()) {
+        if !protects(&self.protected, flow) || req.to_tag.is_some() {
+            return Admit::Accept;
+        }
+        let list = self.list.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if list.may_originate(flow.remote.ip()) {
             return Admit::Accept;
         }
         Admit::Reject { code: 403, reason: "Forbidden" }
