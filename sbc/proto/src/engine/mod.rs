@@ -169,11 +169,20 @@ impl Engine {
         let (cfg_timers, cfg_max_headers) = (cfg.timers, cfg.limits.max_headers);
         let external_addrs: Vec<std::net::IpAddr> =
             cfg.external.udp.iter().chain(cfg.external.tcp.iter()).map(SocketAddr::ip).collect();
+        let internal_addrs: Vec<std::net::IpAddr> = cfg
+            .internal
+            .udp
+            .iter()
+            .chain(cfg.internal.tcp.iter())
+            .map(SocketAddr::ip)
+            .chain(cfg.cores.iter().map(|c| c.addr.ip()))
+            .collect();
         let topology = Topology::new(Settings {
             secret: &cfg.secret,
             external: SideView { advertise: cfg.external.advertise.clone(), hide: cfg.external.hide },
             internal: SideView { advertise: cfg.internal.advertise.clone(), hide: cfg.internal.hide },
             external_addrs: &external_addrs,
+            internal_addrs: &internal_addrs,
             public_domains: &cfg.public_domains,
             strip_headers: cfg.strip_headers.clone(),
             strip_credentials: cfg.strip_credentials,

@@ -32,6 +32,9 @@ pub struct Topology {
     internal: SideView,
     /// Hosts left alone in identities sent to a hidden external side (lower case).
     public_hosts: Vec<Vec<u8>>,
+    /// The internal side's own names and addresses and the cores' (lower case): replaced
+    /// wherever they appear in From/To toward a hidden external side, the To included.
+    internal_hosts: Vec<Vec<u8>>,
     strip_headers: Vec<String>,
     strip_credentials: bool,
 }
@@ -74,6 +77,8 @@ pub struct Settings<'a> {
     pub internal: SideView,
     /// The SBC's own external addresses (identities naming them are left alone).
     pub external_addrs: &'a [IpAddr],
+    /// The SBC's internal addresses and the cores': never seen outside, in any header.
+    pub internal_addrs: &'a [IpAddr],
     pub public_domains: &'a [String],
     pub strip_headers: Vec<String>,
     pub strip_credentials: bool,
@@ -81,12 +86,14 @@ pub struct Settings<'a> {
 
 impl Topology {
     pub fn new(s: Settings<'_>) -> Topology {
-        let public_hosts = public_hosts(&s.external.advertise, s.external_addrs, s.public_domains);
+        let public_hosts = host_set(&s.external.advertise, s.external_addrs, s.public_domains);
+        let internal_hosts = host_set(&s.internal.advertise, s.internal_addrs, &[]);
         Topology {
             masker: Masker::new(s.secret),
             external: s.external,
             internal: s.internal,
             public_hosts,
+            internal_hosts,
             strip_headers: s.strip_headers,
             strip_credentials: s.strip_credentials,
         }
@@ -213,11 +220,18 @@ impl Topology {
             {
                 v = x;
             }
-            // The requester's identity (From) toward the outside gets the SBC's host; the To of a
-            // request is the destination's own URI and stays.
+            // The requester's identity (From) toward the outside gets the SBC's host unless it is
+            // public; the To of a request is the destination's own URI and keeps its host unless
+            // that is the core's or the SBC's internal address (an AOR at the core's IP).
             if replace_hosts
-                && h.name == HeaderName::From
-                && let Some(x) = rewrite_uri_host(&v, |host| self.hides_host(host), adv.as_bytes())
+                && let Some(x) = rewrite_uri_host(
+                    &v,
+                    |host| match h.name {
+                        HeaderName::From => self.hides_host(host),
+                        _ => self.internal_hosts.iter().any(|k| k.eq_ignore_ascii_case(host)),
+                    },
+                    adv.as_bytes(),
+                )
             {
                 v = x;
             }
@@ -405,10 +419,10 @@ pub fn sbc_uri(advertise: &str, flow: Flow, token: Option<&str>, brackets: bool)
 /// The hosts an identity sent to a hidden external side may keep: the configured public
 /// domains and the SBC's own external names and addresses. Lower case; IPv6 both bare and
 /// bracketed.
-fn public_hosts(advertise: &str, addrs: &[IpAddr], public_domains: &[String]) -> Vec<Vec<u8>> {
+fn host_set(advertise: &str, addrs: &[IpAddr], names: &[String]) -> Vec<Vec<u8>> {
     let mut hosts: Vec<String> = vec![advertise.to_owned()];
     hosts.extend(addrs.iter().map(IpAddr::to_string));
-    hosts.extend(public_domains.iter().cloned());
+    hosts.extend(names.iter().cloned());
     let mut out: Vec<Vec<u8>> = Vec::new();
     for h in hosts {
         let h = h.to_ascii_lowercase();
