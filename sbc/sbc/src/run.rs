@@ -7,10 +7,11 @@ use anyhow::Context;
 use sbc_proto::engine::{Engine, Event, Side};
 use tokio::sync::mpsc;
 
+use crate::admin::{self, AdminCommand};
 use crate::config::Validated;
+use crate::logsum;
 use crate::net::{Input, Net, StreamSettings};
 use crate::trunk::Trunk;
-use crate::{admin, logsum};
 
 /// How many queued inputs are handled before transmits are flushed (batching under load).
 const BATCH: usize = 64;
@@ -70,7 +71,7 @@ async fn main_loop(cfg: Validated) -> anyhow::Result<()> {
                 }
             }
             Some(req) = admin_rx.recv() => {
-                let answer = command(&req.command, &mut engine, &mut trunk, &net);
+                let answer = command(req.command, &mut engine, &mut trunk, &net);
                 let _ = req.reply.send(answer);
             }
             input = rx.recv() => {
@@ -119,9 +120,9 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Executes an admin command on the engine task.
-fn command(cmd: &str, engine: &mut Engine, trunk: &mut Option<Trunk>, net: &Net) -> Result<String, String> {
+fn command(cmd: AdminCommand, engine: &mut Engine, trunk: &mut Option<Trunk>, net: &Net) -> Result<String, String> {
     match cmd {
-        "stats" => {
+        AdminCommand::Stats => {
             let st = engine.stats();
             let (s, c, d, r) = engine.sizes();
             let mut out = format!(
@@ -145,14 +146,15 @@ fn command(cmd: &str, engine: &mut Engine, trunk: &mut Option<Trunk>, net: &Net)
             }
             Ok(out)
         }
-        "allowlist show" => trunk.as_ref().map(Trunk::show).ok_or_else(|| "no trunk.allowlist configured".to_string()),
-        "allowlist reload" => {
+        AdminCommand::AllowlistShow => {
+            trunk.as_ref().map(Trunk::show).ok_or_else(|| "no trunk.allowlist configured".to_string())
+        }
+        AdminCommand::AllowlistReload => {
             let t = trunk.as_mut().ok_or_else(|| "no trunk.allowlist configured".to_string())?;
             let msg = t.reload()?;
             engine.set_guard(Box::new(t.guard()));
             Ok(format!("{msg}\n"))
         }
-        other => Err(format!("unknown command {other:?} (allowlist show | allowlist reload | stats)")),
     }
 }
 
