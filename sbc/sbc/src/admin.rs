@@ -1,21 +1,77 @@
 //! The admin socket: a unix stream socket (directory 0700, socket 0600: root only) taking one
-//! command line per connection and answering with text. The engine task executes commands, so
-//! an answer always reflects the state packets see.
+//! command line per connection and answering with text, and its CLI client. Both ends share
+//! [`AdminCommand`] and the one wire encoding defined here: the command's [`Display`] form
+//! and a newline; the answer `ok\n` or `error\n`, then text. The daemon executes commands on
+//! its own task, so an answer always reflects the state packets see.
 //!
 //! Commands: `allowlist show`, `allowlist reload`, `stats`.
 
+use std::fmt;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::str::FromStr;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
+/// What the admin socket can ask of the running daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminCommand {
+    /// The counters: SIP, state, XDP verdicts, userspace drops.
+    Stats,
+    /// The allowlist the daemon enforces, in the file format.
+    AllowlistShow,
+    /// Re-read the allowlist file (a bad file leaves the running list).
+    AllowlistReload,
+}
+
+impl AdminCommand {
+    /// Every command, in the order an error lists them.
+    pub const ALL: [AdminCommand; 3] =
+        [AdminCommand::AllowlistShow, AdminCommand::AllowlistReload, AdminCommand::Stats];
+
+    /// The command line on the wire (also what an operator types after `sbc`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminCommand::Stats => "stats",
+            AdminCommand::AllowlistShow => "allowlist show",
+            AdminCommand::AllowlistReload => "allowlist reload",
+        }
+    }
+}
+
+impl fmt::Display for AdminCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A command line that names no [`AdminCommand`]; its message lists the commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownCommand(pub String);
+
+impl fmt::Display for UnknownCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let known: Vec<&str> = AdminCommand::ALL.iter().map(|c| c.as_str()).collect();
+        write!(f, "unknown command {:?} ({})", self.0, known.join(" | "))
+    }
+}
+
+impl std::error::Error for UnknownCommand {}
+
+impl FromStr for AdminCommand {
+    type Err = UnknownCommand;
+    fn from_str(line: &str) -> Result<Self, Self::Err> {
+        AdminCommand::ALL.into_iter().find(|c| c.as_str() == line).ok_or_else(|| UnknownCommand(line.to_owned()))
+    }
+}
+
 /// A command from a client, with where to send the answer (`Err` → the CLI exits non-zero).
 pub struct Request {
-    pub command: String,
+    pub command: AdminCommand,
     pub reply: oneshot::Sender<Result<String, String>>,
 }
 
@@ -46,16 +102,7 @@ pub fn serve(path: &Path, tx: mpsc::Sender<Request>) -> std::io::Result<()> {
                 if reader.read_line(&mut line).await.is_err() {
                     return;
                 }
-                let (rtx, rrx) = oneshot::channel();
-                let answer = if tx.send(Request { command: line.trim().to_string(), reply: rtx }).await.is_ok() {
-                    rrx.await.unwrap_or_else(|_| Err("daemon stopping".into()))
-                } else {
-                    Err("daemon stopping".into())
-                };
-                let text = match answer {
-                    Ok(t) => format!("ok\n{t}"),
-                    Err(e) => format!("error\n{e}\n"),
-                };
+                let text = encode_answer(&answer(&line, &tx).await);
                 let _ = w.write_all(text.as_bytes()).await;
             });
         }
@@ -63,19 +110,118 @@ pub fn serve(path: &Path, tx: mpsc::Sender<Request>) -> std::io::Result<()> {
     Ok(())
 }
 
-use tokio::io::AsyncReadExt as _;
+/// The daemon's answer to one command line; an unknown command is answered here, without
+/// bothering the daemon.
+async fn answer(line: &str, tx: &mpsc::Sender<Request>) -> Result<String, String> {
+    let command: AdminCommand = line.trim().parse().map_err(|e: UnknownCommand| e.to_string())?;
+    let (reply, answer) = oneshot::channel();
+    if tx.send(Request { command, reply }).await.is_err() {
+        return Err("daemon stopping".into());
+    }
+    answer.await.unwrap_or_else(|_| Err("daemon stopping".into()))
+}
 
-/// The CLI side: sends one command, prints the answer, fails on `error`.
-pub fn call(socket: &PathBuf, command: &str) -> Result<String, String> {
+fn encode_answer(answer: &Result<String, String>) -> String {
+    match answer {
+        Ok(t) => format!("ok\n{t}"),
+        Err(e) => format!("error\n{e}\n"),
+    }
+}
+
+fn decode_answer(text: &str) -> Result<String, String> {
+    match text.split_once('\n') {
+        Some(("ok", rest)) => Ok(rest.to_string()),
+        Some(("error", rest)) => Err(rest.trim_end().to_string()),
+        _ => Err(format!("unexpected answer: {text:?}")),
+    }
+}
+
+/// The CLI side: sends one command, returns the answer; `Err` when the daemon refused it or
+/// cannot be reached.
+pub fn call(socket: &Path, command: AdminCommand) -> Result<String, String> {
     let mut s = std::os::unix::net::UnixStream::connect(socket)
         .map_err(|e| format!("cannot reach the daemon at {}: {e}", socket.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
     s.write_all(format!("{command}\n").as_bytes()).map_err(|e| e.to_string())?;
     let mut out = String::new();
     s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-    match out.split_once('\n') {
-        Some(("ok", rest)) => Ok(rest.to_string()),
-        Some(("error", rest)) => Err(rest.trim_end().to_string()),
-        _ => Err(format!("unexpected answer: {out:?}")),
+    decode_answer(&out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_round_trips_through_its_wire_form() {
+        for c in AdminCommand::ALL {
+            assert_eq!(c.to_string().parse::<AdminCommand>(), Ok(c));
+        }
+        // The wire form is a contract with clients already installed (and the lab tests).
+        let wire: Vec<String> = AdminCommand::ALL.iter().map(ToString::to_string).collect();
+        assert_eq!(wire, ["allowlist show", "allowlist reload", "stats"]);
+    }
+
+    #[test]
+    fn an_unknown_command_is_a_typed_error_listing_the_commands() {
+        let err = "allowlist delete".parse::<AdminCommand>().unwrap_err();
+        assert_eq!(err, UnknownCommand("allowlist delete".into()));
+        assert_eq!(
+            err.to_string(),
+            r#"unknown command "allowlist delete" (allowlist show | allowlist reload | stats)"#
+        );
+        assert!("Stats".parse::<AdminCommand>().is_err(), "commands are case-sensitive");
+        assert!("".parse::<AdminCommand>().is_err());
+    }
+
+    #[test]
+    fn answers_round_trip_through_their_wire_form() {
+        for a in [Ok("sip.requests_in 3\n".to_string()), Ok(String::new()), Err("no trunk.allowlist configured".into())]
+        {
+            assert_eq!(decode_answer(&encode_answer(&a)), a);
+        }
+        assert!(decode_answer("garbage").is_err());
+    }
+
+    /// The whole wire, both ends: the CLI's `call` against `serve`, with a fake daemon behind
+    /// the channel; an unknown line is answered by the server without reaching the daemon.
+    #[tokio::test]
+    async fn the_socket_carries_a_command_to_the_daemon_and_refuses_an_unknown_one() {
+        let dir = std::env::temp_dir().join(format!("sbc-admin-test-{}", std::process::id()));
+        let sock = dir.join("admin.sock");
+        let (tx, mut rx) = mpsc::channel::<Request>(4);
+        serve(&sock, tx).unwrap();
+        let daemon = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(req) = rx.recv().await {
+                seen.push(req.command);
+                let _ = req.reply.send(Ok(format!("did {}\n", req.command)));
+                if seen.len() == 2 {
+                    break;
+                }
+            }
+            seen
+        });
+        let s = sock.clone();
+        let answers = tokio::task::spawn_blocking(move || {
+            let unknown = {
+                let mut c = std::os::unix::net::UnixStream::connect(&s).unwrap();
+                c.write_all(b"allowlist delete\n").unwrap();
+                let mut out = String::new();
+                c.read_to_string(&mut out).unwrap();
+                decode_answer(&out)
+            };
+            (call(&s, AdminCommand::Stats), call(&s, AdminCommand::AllowlistReload), unknown)
+        })
+        .await
+        .unwrap();
+        assert_eq!(answers.0, Ok("did stats\n".to_string()));
+        assert_eq!(answers.1, Ok("did allowlist reload\n".to_string()));
+        assert_eq!(
+            answers.2,
+            Err(r#"unknown command "allowlist delete" (allowlist show | allowlist reload | stats)"#.to_string())
+        );
+        assert_eq!(daemon.await.unwrap(), [AdminCommand::Stats, AdminCommand::AllowlistReload]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -16,6 +16,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::admin::AdminCommand;
+
 #[derive(Parser)]
 #[command(name = "sbc", version, about = "Session Border Controller")]
 struct Cli {
@@ -64,11 +66,13 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Cmd::Stats { socket } => admin_call(&socket, "stats"),
+        Cmd::Stats { socket } => admin_call(&socket, AdminCommand::Stats),
         Cmd::Allowlist { cmd: allowlist_cmd::AllowlistCmd::Export(args) } => allowlist_cmd::export(&args),
-        Cmd::Allowlist { cmd: allowlist_cmd::AllowlistCmd::Show { socket } } => admin_call(&socket, "allowlist show"),
+        Cmd::Allowlist { cmd: allowlist_cmd::AllowlistCmd::Show { socket } } => {
+            admin_call(&socket, AdminCommand::AllowlistShow)
+        }
         Cmd::Allowlist { cmd: allowlist_cmd::AllowlistCmd::Reload { socket } } => {
-            admin_call(&socket, "allowlist reload")
+            admin_call(&socket, AdminCommand::AllowlistReload)
         }
         Cmd::DefaultConfig => {
             print!("{}", config::DEFAULT);
@@ -97,8 +101,8 @@ fn main() -> ExitCode {
 }
 
 /// One admin command to the running daemon; its answer on stdout.
-fn admin_call(socket: &std::path::Path, command: &str) -> ExitCode {
-    match admin::call(&socket.to_path_buf(), command) {
+fn admin_call(socket: &std::path::Path, command: AdminCommand) -> ExitCode {
+    match admin::call(socket, command) {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS

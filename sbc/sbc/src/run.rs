@@ -1,186 +1,327 @@
-//! The engine task: owns the sans-IO engine, feeds it socket input and timer ticks, puts its
-//! transmits on the wire, and turns its events into logs.
+//! The daemon: one task owning the sans-IO engine, the sockets ([`Net`]), the trunk filter and
+//! the admin channel. [`Daemon::run`] only waits for the next event and hands it to one method
+//! per source — socket input ([`Daemon::on_input`]), admin command ([`Daemon::on_admin`]),
+//! signal ([`Daemon::on_signal`]), engine timer ([`Daemon::on_timer`]), log tick
+//! ([`Daemon::on_log_tick`]) — then [`Daemon::flush`] puts what the engine produced on the wire
+//! and into the logs.
+//!
+//! The engine's output side (transmits, events, the next timeout) and its guard are touched
+//! only in the block marked "the engine's output and guard": a change of that API lands there.
 
-use std::time::Instant;
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sbc_proto::engine::{Engine, Event, Output, Side};
+use sbc_proto::engine::{Engine, Event, Flow, Output, Side};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
+use crate::admin::{self, AdminCommand};
 use crate::config::Validated;
+use crate::logsum;
 use crate::net::{Input, Net, StreamSettings};
 use crate::trunk::Trunk;
-use crate::{admin, logsum};
 
 /// How many queued inputs are handled before transmits are flushed (batching under load).
 const BATCH: usize = 64;
 
+/// How often ended log-summary intervals are emitted (see [`logsum::tick`]).
+const LOG_TICK: Duration = Duration::from_secs(1);
+
+/// Runs the daemon on a single-threaded runtime until SIGINT or SIGTERM.
 pub fn run(cfg: Validated) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
-    rt.block_on(main_loop(cfg))
+    rt.block_on(async {
+        Daemon::start(&cfg)?.run().await;
+        Ok(())
+    })
 }
 
-async fn main_loop(cfg: Validated) -> anyhow::Result<()> {
-    let (tx, mut rx) = mpsc::channel::<Input>(4096);
-    let settings =
-        StreamSettings { limits: cfg.engine.limits, idle: cfg.tcp_idle, max_connections: cfg.max_tcp_connections };
-    let mut net = Net::bind(
-        &[
-            (Side::External, &cfg.external.udp, &cfg.external.tcp),
-            (Side::Internal, &cfg.internal.udp, &cfg.internal.tcp),
-        ],
-        settings,
-        tx,
-    )
-    .context("binding listen addresses")?;
-    let mut engine = Engine::new(cfg.engine.clone(), Instant::now());
-    let mut trunk = Trunk::start(&cfg.trunk).map_err(|e| anyhow::anyhow!("trunk allowlist: {e}"))?;
-    if let Some(t) = &trunk {
-        engine.set_guard(Box::new(t.guard()));
+/// What a signal asks of the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGHUP: re-read the allowlist.
+    Reload,
+    /// SIGINT or SIGTERM: stop.
+    Stop,
+}
+
+/// The handlers of the signals the daemon acts on, registered at start so none is missed.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+        })
     }
-    let (admin_tx, mut admin_rx) = mpsc::channel::<admin::Request>(16);
-    if let Err(e) = admin::serve(&cfg.admin_socket, admin_tx) {
-        tracing::warn!(socket = %cfg.admin_socket.display(), error = %e, "admin socket unavailable; `sbc stats` and `sbc allowlist` will not reach this daemon");
-    }
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("SIGHUP handler")?;
-    tracing::info!(
-        external_udp = ?cfg.external.udp, external_tcp = ?cfg.external.tcp,
-        internal_udp = ?cfg.internal.udp, internal_tcp = ?cfg.internal.tcp,
-        cores = ?cfg.engine.cores.iter().map(|c| c.addr).collect::<Vec<_>>(),
-        "sbc running"
-    );
-    let mut int =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut log_tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    log_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        let deadline = drain(&mut engine, &mut net);
+
+    /// The next signal; a stop wins over a pending reload.
+    async fn recv(&mut self) -> Signal {
         tokio::select! {
             biased;
-            _ = int.recv() => break,
-            _ = term.recv() => break,
-            _ = hup.recv() => {
-                if let Some(t) = trunk.as_mut() {
-                    match t.reload() {
-                        Ok(_) => engine.set_guard(Box::new(t.guard())),
-                        Err(e) => tracing::error!(error = %e, "allowlist reload failed; the previous list stays"),
-                    }
-                }
-            }
-            Some(req) = admin_rx.recv() => {
-                let answer = command(&req.command, &mut engine, &mut trunk, &net);
-                let _ = req.reply.send(answer);
-            }
-            input = rx.recv() => {
-                let Some(input) = input else { break };
-                let now = Instant::now();
-                handle(&mut engine, &mut net, trunk.as_mut(), now, input);
-                for _ in 0..BATCH {
-                    match rx.try_recv() {
-                        Ok(i) => handle(&mut engine, &mut net, trunk.as_mut(), now, i),
-                        Err(_) => break,
-                    }
-                }
-            }
-            _ = sleep_until(deadline) => engine.handle_timeout(Instant::now()),
-            _ = log_tick.tick() => crate::logsum::tick(),
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
         }
     }
-    let (s, c, d, r) = engine.sizes();
-    let st = engine.stats();
-    tracing::info!(
-        server_txns = s,
-        client_txns = c,
-        dialogs = d,
-        registrations = r,
-        tcp = net.connections(),
-        requests_in = st.requests_in,
-        responses_in = st.responses_in,
-        rejected = st.rejected,
-        dropped = st.dropped,
-        "sbc stopping"
-    );
-    Ok(())
 }
 
-/// Puts the engine's transmits on the wire and its events in the log; returns when to wake it.
-fn drain(engine: &mut Engine, net: &mut Net) -> Option<tokio::time::Instant> {
-    while let Some(out) = engine.poll_output() {
-        match out {
-            Output::Transmit(t) => net.send(t),
-            Output::Event(ev) => log_event(ev),
-            Output::Guard(action) => tracing::warn!(?action, "guard action not supported by this daemon yet"),
-            Output::Timeout(at) => return Some(tokio::time::Instant::from_std(at)),
+pub struct Daemon {
+    engine: Engine,
+    net: Net,
+    /// The provider allowlist (XDP and userspace); `None` without `trunk.allowlist`.
+    trunk: Option<Trunk>,
+    /// What the socket tasks read.
+    inputs: mpsc::Receiver<Input>,
+    /// Commands from the admin socket; closed (and ignored) when the socket could not be bound.
+    admin: mpsc::Receiver<admin::Request>,
+    signals: Signals,
+    log_tick: tokio::time::Interval,
+    /// When the engine next wants [`Daemon::on_timer`]; refreshed by every [`Daemon::flush`].
+    deadline: Option<Instant>,
+}
+
+impl Daemon {
+    /// Binds every listen address, loads the allowlist (attaching XDP), opens the admin socket
+    /// and registers the signal handlers. Runs inside the tokio runtime: the socket tasks are
+    /// spawned here.
+    pub fn start(cfg: &Validated) -> anyhow::Result<Daemon> {
+        let (tx, inputs) = mpsc::channel::<Input>(4096);
+        let settings =
+            StreamSettings { limits: cfg.engine.limits, idle: cfg.tcp_idle, max_connections: cfg.max_tcp_connections };
+        let net = Net::bind(
+            &[
+                (Side::External, &cfg.external.udp, &cfg.external.tcp),
+                (Side::Internal, &cfg.internal.udp, &cfg.internal.tcp),
+            ],
+            settings,
+            tx,
+        )
+        .context("binding listen addresses")?;
+        let engine = Engine::new(cfg.engine.clone(), Instant::now());
+        let trunk = Trunk::start(&cfg.trunk).map_err(|e| anyhow::anyhow!("trunk allowlist: {e}"))?;
+        let (admin_tx, admin) = mpsc::channel::<admin::Request>(16);
+        if let Err(e) = admin::serve(&cfg.admin_socket, admin_tx) {
+            tracing::warn!(socket = %cfg.admin_socket.display(), error = %e, "admin socket unavailable; `sbc stats` and `sbc allowlist` will not reach this daemon");
+        }
+        let signals = Signals::register()?;
+        let mut log_tick = tokio::time::interval(LOG_TICK);
+        log_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut daemon = Daemon { engine, net, trunk, inputs, admin, signals, log_tick, deadline: None };
+        daemon.install_guard();
+        tracing::info!(
+            external_udp = ?cfg.external.udp, external_tcp = ?cfg.external.tcp,
+            internal_udp = ?cfg.internal.udp, internal_tcp = ?cfg.internal.tcp,
+            cores = ?cfg.engine.cores.iter().map(|c| c.addr).collect::<Vec<_>>(),
+            "sbc running"
+        );
+        Ok(daemon)
+    }
+
+    /// Waits for the next event, dispatches it, flushes; until a stop signal.
+    pub async fn run(mut self) {
+        self.flush();
+        loop {
+            let deadline = self.deadline.map(tokio::time::Instant::from_std);
+            // Stops first, then admin commands (an operator waits), then packets, then timers.
+            tokio::select! {
+                biased;
+                signal = self.signals.recv() => if self.on_signal(signal).is_break() { break },
+                Some(req) = self.admin.recv() => self.on_admin(req),
+                input = self.inputs.recv() => match input {
+                    Some(input) => self.on_inputs(input),
+                    None => break,
+                },
+                _ = sleep_until(deadline) => self.on_timer(Instant::now()),
+                _ = self.log_tick.tick() => self.on_log_tick(),
+            }
+            self.flush();
+        }
+        self.log_stop();
+    }
+
+    /// `input`, and up to [`BATCH`] more already queued, on one clock reading: one flush
+    /// serves the batch.
+    fn on_inputs(&mut self, input: Input) {
+        let now = Instant::now();
+        self.on_input(now, input);
+        for _ in 0..BATCH {
+            match self.inputs.try_recv() {
+                Ok(i) => self.on_input(now, i),
+                Err(_) => break,
+            }
         }
     }
-    None
+
+    /// One thing a socket task read: a message for the engine (after the trunk filter), a
+    /// transport error, or a connection opening or closing.
+    fn on_input(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Datagram { flow, data } => {
+                if self.admits(&flow) {
+                    self.engine.handle_datagram(now, flow, &data);
+                }
+            }
+            Input::Stream { flow, data } => {
+                if self.admits(&flow) {
+                    self.engine.handle_stream_message(now, flow, &data);
+                }
+            }
+            Input::TransportError { flow, error } => {
+                logsum::note("transport error", Some(flow.remote.ip()), || {
+                    format!("transport error toward {} ({}): {error}", flow.remote, flow.side.as_str())
+                });
+                self.engine.handle_transport_error(now, flow);
+            }
+            Input::Opened { key, id, tx } => self.net.opened(key, id, tx),
+            Input::Closed { key, id } => self.net.closed(key, id),
+        }
+    }
+
+    /// The userspace trunk filter: defence in depth behind XDP (and the only filter where XDP
+    /// is absent). What it refuses is dropped silently, and counted.
+    fn admits(&mut self, flow: &Flow) -> bool {
+        self.trunk.as_mut().is_none_or(|t| t.admits_packet(flow))
+    }
+
+    /// Executes an admin command and answers it.
+    fn on_admin(&mut self, req: admin::Request) {
+        let answer = self.execute(req.command);
+        let _ = req.reply.send(answer);
+    }
+
+    fn execute(&mut self, command: AdminCommand) -> Result<String, String> {
+        match command {
+            AdminCommand::Stats => Ok(self.stats_text()),
+            AdminCommand::AllowlistShow => self.trunk.as_ref().map(Trunk::show).ok_or_else(no_trunk),
+            AdminCommand::AllowlistReload => self.reload_allowlist().map(|msg| format!("{msg}\n")),
+        }
+    }
+
+    fn on_signal(&mut self, signal: Signal) -> ControlFlow<()> {
+        match signal {
+            Signal::Stop => ControlFlow::Break(()),
+            Signal::Reload => {
+                self.on_reload();
+                ControlFlow::Continue(())
+            }
+        }
+    }
+
+    /// SIGHUP: re-read the allowlist when there is one; a failure is logged, the running list
+    /// stays.
+    fn on_reload(&mut self) {
+        if self.trunk.is_none() {
+            return;
+        }
+        if let Err(e) = self.reload_allowlist() {
+            tracing::error!(error = %e, "allowlist reload failed; the previous list stays");
+        }
+    }
+
+    fn reload_allowlist(&mut self) -> Result<String, String> {
+        self.trunk.as_mut().ok_or_else(no_trunk)?.reload()
+    }
+
+    /// The engine's timers are due.
+    fn on_timer(&mut self, now: Instant) {
+        self.engine.handle_timeout(now);
+    }
+
+    /// Emits the log summaries of an interval that ended, even when nothing new arrives.
+    fn on_log_tick(&mut self) {
+        logsum::tick();
+    }
+
+    /// The `sbc stats` text.
+    fn stats_text(&self) -> String {
+        let st = self.engine.stats();
+        let (s, c, d, r) = self.engine.sizes();
+        let mut out = format!(
+            "sip.requests_in {}\nsip.responses_in {}\nsip.requests_forwarded {}\nsip.responses_forwarded {}\n\
+             sip.local_replies {}\nsip.rejected {}\nsip.dropped {}\nsip.retransmissions_absorbed {}\n\
+             sip.retransmissions_sent {}\nstate.server_transactions {s}\nstate.client_transactions {c}\n\
+             state.dialogs {d}\nstate.registrations {r}\nstate.tcp_connections {}\n",
+            st.requests_in,
+            st.responses_in,
+            st.requests_forwarded,
+            st.responses_forwarded,
+            st.local_replies,
+            st.rejected,
+            st.dropped,
+            st.retransmissions_absorbed,
+            st.retransmissions_sent,
+            self.net.connections(),
+        );
+        if let Some(t) = &self.trunk {
+            out.push_str(&t.stats_text());
+        }
+        out
+    }
+
+    fn log_stop(&self) {
+        let (s, c, d, r) = self.engine.sizes();
+        let st = self.engine.stats();
+        tracing::info!(
+            server_txns = s,
+            client_txns = c,
+            dialogs = d,
+            registrations = r,
+            tcp = self.net.connections(),
+            requests_in = st.requests_in,
+            responses_in = st.responses_in,
+            rejected = st.rejected,
+            dropped = st.dropped,
+            "sbc stopping"
+        );
+    }
+}
+
+/// The engine's output and guard: the only places that drain the engine or replace its guard.
+impl Daemon {
+    /// Drains what the engine produced: transmits onto the sockets, events into the logs, and
+    /// when it next wants [`Daemon::on_timer`]. Called after every event, so `deadline` is
+    /// always current when [`Daemon::run`] waits.
+    fn flush(&mut self) {
+        self.deadline = None;
+        while let Some(out) = self.engine.poll_output() {
+            match out {
+                Output::Transmit(t) => self.net.send(t),
+                Output::Event(ev) => log_event(ev),
+                // No guard of this daemon emits actions yet (bans arrive with the guard).
+                Output::Guard(action) => tracing::warn!(?action, "guard action ignored: not supported yet"),
+                Output::Timeout(at) => {
+                    self.deadline = Some(at);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Hands the engine its guard, once, at start: the guard reads the running allowlist
+    /// through a slot a reload swaps, so its state is never thrown away.
+    fn install_guard(&mut self) {
+        if let Some(t) = &self.trunk {
+            self.engine.set_guard(Box::new(t.guard()));
+        }
+    }
+}
+
+fn no_trunk() -> String {
+    "no trunk.allowlist configured".to_string()
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Executes an admin command on the engine task.
-fn command(cmd: &str, engine: &mut Engine, trunk: &mut Option<Trunk>, net: &Net) -> Result<String, String> {
-    match cmd {
-        "stats" => {
-            let st = engine.stats();
-            let (s, c, d, r) = engine.sizes();
-            let mut out = format!(
-                "sip.requests_in {}\nsip.responses_in {}\nsip.requests_forwarded {}\nsip.responses_forwarded {}\n\
-                 sip.local_replies {}\nsip.rejected {}\nsip.dropped {}\nsip.retransmissions_absorbed {}\n\
-                 sip.retransmissions_sent {}\nstate.server_transactions {s}\nstate.client_transactions {c}\n\
-                 state.dialogs {d}\nstate.registrations {r}\nstate.tcp_connections {}\n",
-                st.requests_in,
-                st.responses_in,
-                st.requests_forwarded,
-                st.responses_forwarded,
-                st.local_replies,
-                st.rejected,
-                st.dropped,
-                st.retransmissions_absorbed,
-                st.retransmissions_sent,
-                net.connections(),
-            );
-            if let Some(t) = trunk {
-                out.push_str(&t.stats_text());
-            }
-            Ok(out)
-        }
-        "allowlist show" => trunk.as_ref().map(Trunk::show).ok_or_else(|| "no trunk.allowlist configured".to_string()),
-        "allowlist reload" => {
-            let t = trunk.as_mut().ok_or_else(|| "no trunk.allowlist configured".to_string())?;
-            let msg = t.reload()?;
-            engine.set_guard(Box::new(t.guard()));
-            Ok(format!("{msg}\n"))
-        }
-        other => Err(format!("unknown command {other:?} (allowlist show | allowlist reload | stats)")),
-    }
-}
-
-fn handle(engine: &mut Engine, net: &mut Net, trunk: Option<&mut Trunk>, now: Instant, input: Input) {
-    if let (Input::Datagram { flow, .. } | Input::Stream { flow, .. }, Some(t)) = (&input, trunk)
-        && !t.admits_packet(flow)
-    {
-        // Defence in depth behind XDP (and the only filter where XDP is absent): silent.
-        return;
-    }
-    match input {
-        Input::Datagram { flow, data } => engine.handle_datagram(now, flow, &data),
-        Input::Stream { flow, data } => engine.handle_stream_message(now, flow, &data),
-        Input::TransportError { flow, error } => {
-            logsum::note("transport error", Some(flow.remote.ip()), || {
-                format!("transport error toward {} ({}): {error}", flow.remote, flow.side.as_str())
-            });
-            engine.handle_transport_error(now, flow);
-        }
-        Input::Opened { key, id, tx } => net.opened(key, id, tx),
-        Input::Closed { key, id } => net.closed(key, id),
     }
 }
 

@@ -1,7 +1,9 @@
 //! Every socket of the daemon lives here (with `xdp`, the only place for syscalls): UDP sockets
-//! bound with socket2, TCP listeners and connections, and the [`StreamTransport`] seam that
-//! TLS and WebSocket transports will implement. Readers turn bytes into [`Input`]s for the
-//! engine task; [`Net::send`] puts the engine's transmits on the wire.
+//! bound with socket2 and their error queues, TCP listeners and connections, and the connection
+//! table. [`conn`] holds the transport seams — `StreamTransport` (TCP; TLS later) and
+//! `MessageTransport` (WS, later SCTP) — and the one connection loop that drives both. Readers
+//! turn what arrives into [`Input`]s for the engine task; [`Net::send`] puts the engine's
+//! transmits on the wire.
 
 use std::collections::HashMap;
 use std::io;
@@ -11,64 +13,36 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sbc_proto::engine::{Flow, Side, Transmit};
-use sbc_proto::sip::framer::{Limits, StreamFramer, StreamItem};
+use sbc_proto::sip::framer::Limits;
 use sbc_proto::sip::uri::Transport;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
+
+mod conn;
+
+use conn::{ByteStream, Connection, Framing, Tcp, accept_loop, connection};
 
 /// What the socket tasks hand to the engine task.
 #[derive(Debug)]
 pub enum Input {
-    Datagram {
-        flow: Flow,
-        data: Vec<u8>,
-    },
-    Stream {
-        flow: Flow,
-        data: Vec<u8>,
-    },
+    /// One whole message as its transport delimited it, not yet framed: a UDP datagram, or one
+    /// frame of a message transport. The engine frames it (size bound, Content-Length optional).
+    Datagram { flow: Flow, data: Vec<u8> },
+    /// One message the stream framer cut from a connection's bytes.
+    Stream { flow: Flow, data: Vec<u8> },
     /// The kernel says `flow` is dead: an ICMP unreachable for a datagram we sent there, or a
     /// TCP connection refused or reset (RFC 3261 §18.4: the transaction layer must know).
-    TransportError {
-        flow: Flow,
-        error: io::ErrorKind,
-    },
-    Opened {
-        key: ConnKey,
-        id: u64,
-        tx: mpsc::Sender<Vec<u8>>,
-    },
-    Closed {
-        key: ConnKey,
-        id: u64,
-    },
+    TransportError { flow: Flow, error: io::ErrorKind },
+    /// A connection was accepted: what the engine sends to `key` goes to `tx`.
+    Opened { key: ConnKey, id: u64, tx: mpsc::Sender<Vec<u8>> },
+    /// Connection `id` ended (its table entry goes unless a newer connection replaced it).
+    Closed { key: ConnKey, id: u64 },
 }
 
-/// A stream connection is named by its side and the peer's address.
+/// A connection is named by its side and the peer's address.
 pub type ConnKey = (Side, SocketAddr);
-
-/// A stream transport: TCP now; TLS (rustls) and WS wrap the accepted/connected TCP stream.
-pub trait StreamTransport: Send + Sync + 'static {
-    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    fn kind(&self) -> Transport;
-    fn wrap(&self, tcp: TcpStream) -> impl std::future::Future<Output = io::Result<Self::Stream>> + Send;
-}
-
-/// Plain TCP (RFC 3261 §18.3).
-#[derive(Debug, Clone, Copy)]
-pub struct Tcp;
-impl StreamTransport for Tcp {
-    type Stream = TcpStream;
-    fn kind(&self) -> Transport {
-        Transport::Tcp
-    }
-    async fn wrap(&self, tcp: TcpStream) -> io::Result<TcpStream> {
-        tcp.set_nodelay(true)?;
-        Ok(tcp)
-    }
-}
 
 fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -190,7 +164,7 @@ impl Net {
                     net.tcp_local.insert(*side, local);
                 }
                 tokio::spawn(accept_loop(
-                    Tcp,
+                    ByteStream { transport: Tcp, limits: settings.limits },
                     *side,
                     local,
                     l,
@@ -281,12 +255,12 @@ impl Net {
         self.conns.insert(key, (id, tx));
         let flow = Flow { local, ..t.flow };
         let main = self.tx.clone();
-        let settings = self.settings;
-        let open = self.open.clone();
+        let framing = ByteStream { transport: Tcp, limits: self.settings.limits };
+        let task = Connection { flow, id, main: main.clone(), idle: self.settings.idle, open: self.open.clone() };
         tokio::spawn(async move {
             match connect(local, flow.remote).await {
-                Ok(stream) => match Tcp.wrap(stream).await {
-                    Ok(s) => connection(s, flow, id, main, rx, settings, open).await,
+                Ok(stream) => match framing.open(stream).await {
+                    Ok((reader, writer)) => connection(reader, writer, rx, task).await,
                     Err(e) => {
                         tracing::debug!(remote = %flow.remote, error = %e, "TCP setup failed");
                         let _ = main.send(Input::Closed { key, id }).await;
@@ -353,116 +327,4 @@ async fn udp_reader(side: Side, local: SocketAddr, sock: Arc<UdpSocket>, tx: mps
             Err(e) => tracing::debug!(%local, error = %e, "UDP receive error"),
         }
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn accept_loop<T: StreamTransport>(
-    transport: T,
-    side: Side,
-    local: SocketAddr,
-    listener: TcpListener,
-    tx: mpsc::Sender<Input>,
-    settings: StreamSettings,
-    open: Arc<AtomicUsize>,
-    id_base: u64,
-) {
-    let transport = Arc::new(transport);
-    let mut id = id_base;
-    loop {
-        let (stream, remote) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(%local, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if open.load(Ordering::Relaxed) >= settings.max_connections {
-            crate::logsum::note("tcp connection limit (incoming)", Some(remote.ip()), || {
-                format!("TCP connection limit reached; connection from {remote} refused")
-            });
-            drop(stream);
-            continue;
-        }
-        id += 1;
-        let (ctx, crx) = mpsc::channel(256);
-        let key = (side, remote);
-        if tx.send(Input::Opened { key, id, tx: ctx }).await.is_err() {
-            return;
-        }
-        let flow = Flow { side, transport: transport.kind(), local, remote };
-        let (t, main, open, conn_id) = (transport.clone(), tx.clone(), open.clone(), id);
-        tokio::spawn(async move {
-            match t.wrap(stream).await {
-                Ok(s) => connection(s, flow, conn_id, main, crx, settings, open).await,
-                Err(_) => {
-                    let _ = main.send(Input::Closed { key, id: conn_id }).await;
-                }
-            }
-        });
-    }
-}
-
-/// One stream connection: frames what it reads (bounded), writes what the engine sends,
-/// answers CRLFCRLF pings with a CRLF pong (RFC 5626 §4.4.1), closes when idle.
-async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: S,
-    flow: Flow,
-    id: u64,
-    main: mpsc::Sender<Input>,
-    mut rx: mpsc::Receiver<Vec<u8>>,
-    settings: StreamSettings,
-    open: Arc<AtomicUsize>,
-) {
-    open.fetch_add(1, Ordering::Relaxed);
-    let key = (flow.side, flow.remote);
-    let (mut r, mut w) = tokio::io::split(stream);
-    let mut framer = StreamFramer::new(settings.limits);
-    let mut buf = vec![0u8; 16384];
-    'conn: loop {
-        tokio::select! {
-            res = r.read(&mut buf) => {
-                let n = match res {
-                    Ok(0) => break 'conn,
-                    Err(e) => {
-                        // A reset: whatever waits on this connection will get nothing (§18.4).
-                        let _ = main.send(Input::TransportError { flow, error: e.kind() }).await;
-                        break 'conn;
-                    }
-                    Ok(n) => n,
-                };
-                if let Err(e) = framer.push(buf.get(..n).unwrap_or_default()) {
-                    tracing::info!(remote = %flow.remote, error = %e, "closing stream: framing limit");
-                    break 'conn;
-                }
-                loop {
-                    match framer.next_item() {
-                        Ok(Some(StreamItem::Message(data))) => {
-                            if main.send(Input::Stream { flow, data }).await.is_err() {
-                                break 'conn;
-                            }
-                        }
-                        Ok(Some(StreamItem::Ping)) => {
-                            if w.write_all(b"\r\n").await.is_err() {
-                                break 'conn;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            // RFC 4475 §3.1.2.3: stream framing cannot recover; close.
-                            tracing::info!(remote = %flow.remote, error = %e, "closing stream: unframeable input");
-                            break 'conn;
-                        }
-                    }
-                }
-            }
-            out = rx.recv() => match out {
-                Some(d) => if w.write_all(&d).await.is_err() { break 'conn },
-                None => break 'conn,
-            },
-            _ = tokio::time::sleep(settings.idle) => break 'conn,
-        }
-    }
-    open.fetch_sub(1, Ordering::Relaxed);
-    let _ = main.send(Input::Closed { key, id }).await;
 }
