@@ -167,8 +167,15 @@ impl Capture {
         let count = |what: &str| -> Option<u64> {
             log.lines().find(|l| l.ends_with(what)).and_then(|l| l.split_whitespace().next()?.parse().ok())
         };
+        // A packet the kernel dropped is one the leak check never saw: that fails. A packet or
+        // two the filter took in while tcpdump was being stopped (a probe, a retransmission
+        // after the traffic under test ended) was never read: tolerated, counted in the error
+        // only when more are missing.
+        if let Some(dropped) = count("packets dropped by kernel") {
+            ensure!(dropped == 0, "{}: the kernel dropped {dropped} packets", self.proc.name);
+        }
         if let (Some(captured), Some(received)) = (count("packets captured"), count("packets received by filter")) {
-            ensure!(captured >= received, "{}: captured {captured} of {received} packets", self.proc.name);
+            ensure!(captured + 2 >= received, "{}: captured {captured} of {received} packets", self.proc.name);
         }
         pcap::read(&self.file)
     }
