@@ -71,6 +71,16 @@ pub(super) fn record_routes(msg: &Message<'_>) -> Vec<Vec<u8>> {
     out
 }
 
+/// The internal side's addresses (the SBC's internal advertise and listen addresses, the
+/// cores'): a To naming one of these toward a hidden external side is the core's view of the
+/// callee (a registered user addressed at the core), never the destination's own URI.
+pub(super) fn internal_hosts(cfg: &Config) -> Vec<Vec<u8>> {
+    let mut hosts: Vec<String> = vec![cfg.internal.advertise.clone()];
+    hosts.extend(cfg.internal.udp.iter().chain(cfg.internal.tcp.iter()).map(|a| a.ip().to_string()));
+    hosts.extend(cfg.cores.iter().map(|c| c.addr.ip().to_string()));
+    lower_hosts(hosts)
+}
+
 /// The hosts an identity sent to a hidden external side may keep: the configured public
 /// domains and the SBC's own external names and addresses. Lower case; IPv6 both bare and
 /// bracketed.
@@ -78,6 +88,11 @@ pub(super) fn public_hosts(cfg: &Config) -> Vec<Vec<u8>> {
     let mut hosts: Vec<String> = vec![cfg.external.advertise.clone()];
     hosts.extend(cfg.external.udp.iter().chain(cfg.external.tcp.iter()).map(|a| a.ip().to_string()));
     hosts.extend(cfg.public_domains.iter().cloned());
+    lower_hosts(hosts)
+}
+
+/// Lower case, IPv6 both bare and bracketed, sorted, no duplicates.
+fn lower_hosts(hosts: Vec<String>) -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = Vec::new();
     for h in hosts {
         let h = h.to_ascii_lowercase();
@@ -358,10 +373,21 @@ impl Engine {
                 v = x;
             }
             // The requester's identity (From) toward the outside gets the SBC's host; the To of a
-            // request is the destination's own URI and stays.
+            // request is the destination's own URI and stays, unless it names the internal side
+            // (the core addressing a registered user at itself).
             if replace_hosts
                 && h.name == HeaderName::From
                 && let Some(x) = rewrite_uri_host(&v, |host| self.hides_host(host), adv.as_bytes())
+            {
+                v = x;
+            }
+            if replace_hosts
+                && h.name == HeaderName::To
+                && let Some(x) = rewrite_uri_host(
+                    &v,
+                    |host| self.internal_hosts.iter().any(|k| k.eq_ignore_ascii_case(host)),
+                    adv.as_bytes(),
+                )
             {
                 v = x;
             }

@@ -287,9 +287,11 @@ pub struct Engine {
     events: VecDeque<Event>,
     rng: u64,
     stats: Stats,
-    /// Host strings of the internal side, replaced in From/To toward a hidden external side.
     /// Hosts left alone in identities sent to a hidden external side (lower case).
     public_hosts: Vec<Vec<u8>>,
+    /// The core's and the SBC's internal addresses: never the outside destination's own, so
+    /// replaced even in the To of a request sent to a hidden external side (lower case).
+    internal_hosts: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -310,6 +312,7 @@ impl Engine {
         let masker = Masker::new(&cfg.secret);
         let cores = cfg.cores.iter().map(|t| CoreState { target: *t, up: true }).collect();
         let public_hosts = build::public_hosts(&cfg);
+        let internal_hosts = build::internal_hosts(&cfg);
         let mut e = Engine {
             rng: cfg.seed | 1,
             cfg,
@@ -328,6 +331,7 @@ impl Engine {
             events: VecDeque::new(),
             stats: Stats::default(),
             public_hosts,
+            internal_hosts,
         };
         if e.cfg.probe_interval.is_some() {
             e.schedule(now, Timer::Probe);
