@@ -5,30 +5,43 @@
 //! Core-side scenarios carry no SDP: media anchoring is a later capability, and an SDP body
 //! would put the core's media address on the wire by design until then.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use sbc_lab::calls::{Calls, capture_both, run_calls, sipp_ok, spawn_sipp};
-use sbc_lab::{CORE, CORE_PORT, EXT_PEER, Lab, Proc, SBC_EXT, lab_lock, privileged, scenario};
+use sbc_lab::calls::{
+    Calls, Captured, LeakReport, Way, capture_both, core_call_id, run_calls, sipp_ok, spawn_phone, spawn_sipp,
+    start_kamailio,
+};
+use sbc_lab::{CORE, CORE_HOST, CORE_PORT, CORE_UA, Lab, lab_lock, privileged, scenario};
 
-/// Captures on both SBC veths around `f`, then asserts nothing of the core leaked outside and
-/// that the check had at least `min_secrets` core identifiers to look for.
-fn with_captures(lab: &Lab, min_secrets: usize, f: impl FnOnce() -> Result<()>) -> Result<usize> {
+/// Captures on both SBC veths around `f`, then asserts nothing of the core leaked outside, that
+/// the check had at least `min_secrets` core identifiers to look for, and that `names` (what
+/// the core's UAs call themselves: [`CORE_HOST`], [`CORE_UA`]) were among them.
+fn with_captures(lab: &Lab, min_secrets: usize, names: &[&str], f: impl FnOnce() -> Result<()>) -> Result<usize> {
     let (res, cap) = capture_both(lab, f)?;
     res?;
+    let report = no_leaks(&cap, min_secrets)?;
+    for name in names {
+        ensure!(report.secrets.iter().any(|s| s == name), "the leak check did not look for {name:?}");
+    }
+    Ok(cap.external.len())
+}
+
+fn no_leaks(cap: &Captured, min_secrets: usize) -> Result<LeakReport> {
     let report = cap.leak_report();
     ensure!(
-        report.secrets >= min_secrets,
+        report.secrets.len() >= min_secrets,
         "too few core identifiers found in the internal capture: {}",
-        report.secrets
+        report.secrets.len()
     );
     ensure!(
         report.leaks.is_empty(),
         "{} leaks, first:\n{}",
         report.leaks.len(),
-        report.leaks.first().map_or("", String::as_str)
+        report.leaks.first().map_or("", |l| l.at.as_str())
     );
-    Ok(cap.external.len())
+    Ok(report)
 }
 
 fn no_probe() -> &'static str {
@@ -43,7 +56,8 @@ fn calls_from_outside_reach_the_core_and_nothing_of_the_core_leaks() -> Result<(
     let _g = lab_lock();
     let lab = Lab::new("sbl1", "calls_from_outside")?;
     let _sbc = lab.start_sbc(no_probe())?;
-    let packets = with_captures(&lab, 200, || run_calls(&lab, &Calls::inbound("uas-nosdp.xml", "uac.xml", 200, 40)))?;
+    let packets =
+        with_captures(&lab, 200, &[CORE_UA], || run_calls(&lab, &Calls::inbound("uas-nosdp.xml", "uac.xml", 200, 40)))?;
     eprintln!("200 calls external → core over UDP; {packets} external packets checked for leaks");
     Ok(())
 }
@@ -58,12 +72,16 @@ fn calls_from_the_core_reach_outside_and_nothing_of_the_core_leaks() -> Result<(
     let _sbc = lab.start_sbc(no_probe())?;
     // The core uses the SBC as outbound proxy: the Request-URI names the outside callee,
     // the packets go to the SBC's internal address (Way::Outbound).
-    with_captures(&lab, 400, || run_calls(&lab, &Calls::outbound("uas.xml", "uac-nosdp.xml", 200, 40)))?;
+    with_captures(&lab, 400, &[CORE_HOST, CORE_UA], || {
+        run_calls(&lab, &Calls::outbound("uas.xml", "uac-nosdp.xml", 200, 40))
+    })?;
     Ok(())
 }
 
-/// The leak check itself must be able to fail: with hiding off, the core's Call-IDs and tags
-/// reach the outside and the same check finds them.
+/// The leak check itself must be able to fail: with hiding off, what the core made reaches the
+/// outside and the same check finds it: in calls from the core its Call-IDs, tags, the host
+/// name in its From/P-Asserted-Identity/Call-IDs and its User-Agent; in calls to the core its
+/// tags and its Server header.
 #[test]
 fn leak_check_finds_the_core_when_hiding_is_off() -> Result<()> {
     if !privileged("leak_check_can_fail") {
@@ -72,9 +90,30 @@ fn leak_check_finds_the_core_when_hiding_is_off() -> Result<()> {
     let _g = lab_lock();
     let lab = Lab::new("sbl6", "leak_check_can_fail")?;
     let _sbc = lab.start_sbc_hiding(false, no_probe())?;
-    let res = with_captures(&lab, 20, || run_calls(&lab, &Calls::outbound("uas.xml", "uac-nosdp.xml", 5, 10)));
-    let err = res.err().map(|e| e.to_string()).unwrap_or_default();
-    ensure!(err.contains("leaks, first"), "expected the leak check to fire, got {err:?}");
+    let batches = [
+        (Calls::outbound("uas.xml", "uac-nosdp.xml", 5, 10), &[CORE_HOST, CORE_UA, "SIPpTag00"][..]),
+        // The core only answers here: CORE_UA can only come from its Server header.
+        (Calls::inbound("uas-nosdp.xml", "uac.xml", 5, 10), &[CORE_UA, "SIPpTag01"][..]),
+    ];
+    for (calls, must) in batches {
+        let (res, cap) = capture_both(&lab, || run_calls(&lab, &calls))?;
+        res?;
+        let err = no_leaks(&cap, 5).err().map(|e| e.to_string()).unwrap_or_default();
+        ensure!(err.contains("leaks, first"), "{:?}: expected the leak check to fire, got {err:?}", calls.way);
+        let report = cap.leak_report();
+        let found: BTreeSet<&str> = report.leaks.iter().map(|l| l.secret.as_str()).collect();
+        for &want in must {
+            ensure!(
+                found.iter().any(|s| s.contains(want)),
+                "{:?}: nothing with {want:?} among the leaks {found:?}",
+                calls.way
+            );
+        }
+        if calls.way == Way::Outbound {
+            let call_ids = found.iter().filter(|s| s.ends_with(&format!("@{CORE_HOST}"))).count();
+            ensure!(call_ids >= 5, "{call_ids} of the core's 5 Call-IDs found among the leaks {found:?}");
+        }
+    }
     Ok(())
 }
 
@@ -86,7 +125,7 @@ fn bye_from_either_side_and_reinvite_cross_the_sbc() -> Result<()> {
     let _g = lab_lock();
     let lab = Lab::new("sbl3", "bye_and_reinvite")?;
     let _sbc = lab.start_sbc(no_probe())?;
-    with_captures(&lab, 100, || {
+    with_captures(&lab, 100, &[CORE_HOST, CORE_UA], || {
         // The core (callee) hangs up.
         run_calls(&lab, &Calls::inbound("uas-bye-nosdp.xml", "uac-waitbye.xml", 20, 10))?;
         // The outside callee hangs up on a call from the core.
@@ -101,50 +140,14 @@ fn bye_from_either_side_and_reinvite_cross_the_sbc() -> Result<()> {
     Ok(())
 }
 
-fn kamailio(lab: &Lab) -> Result<Proc> {
-    let run = lab.dir.join("kamailio");
-    std::fs::create_dir_all(&run)?;
-    let cfg = sbc_lab::root().join("tests/peers/kamailio-core.cfg");
-    let mut c = lab.core.cmd("kamailio");
-    c.arg("-f").arg(&cfg).args(["-DD", "-E", "-m", "64", "-M", "8"]);
-    c.args(["-l", &format!("udp:{CORE}:{CORE_PORT}"), "-l", &format!("tcp:{CORE}:{CORE_PORT}")]);
-    c.arg("-P").arg(run.join("kamailio.pid")).arg("-Y").arg(&run);
-    let p = Proc::spawn("kamailio", c, lab.dir.join("kamailio.log"))?;
-    std::thread::sleep(Duration::from_millis(800));
-    Ok(p)
-}
-
 fn register_then_call(prefix: &str, test: &str, transport: &str) -> Result<()> {
     let _g = lab_lock();
     let lab = Lab::new(prefix, test)?;
-    // Probing on: Kamailio answers OPTIONS, so the core must be seen up.
+    let _k = start_kamailio(&lab)?;
+    // Probing on: Kamailio answers OPTIONS (it is up before the SBC starts), so the core is up.
     let _sbc = lab.start_sbc("[probe]\ninterval_ms = 1000\ntimeout_ms = 1000\n")?;
-    let _k = kamailio(&lab)?;
-    with_captures(&lab, 5, || {
-        let phone = spawn_sipp(
-            &lab,
-            &lab.ext,
-            "phone",
-            &[
-                "-sf",
-                &scenario("phone-register-uas.xml").to_string_lossy(),
-                "-oocsf",
-                &scenario("phone-incoming-call.xml").to_string_lossy(),
-                "-t",
-                transport,
-                "-i",
-                EXT_PEER,
-                "-p",
-                "5060",
-                "-s",
-                "alice",
-                &format!("{SBC_EXT}:5060"),
-                "-m",
-                "1",
-                "-timeout",
-                "60s",
-            ],
-        )?;
+    with_captures(&lab, 5, &[CORE_HOST, CORE_UA], || {
+        let phone = spawn_phone(&lab, transport, "alice")?;
         std::thread::sleep(Duration::from_millis(1500));
         let core = spawn_sipp(
             &lab,
@@ -168,6 +171,8 @@ fn register_then_call(prefix: &str, test: &str, transport: &str) -> Result<()> {
                 "200",
                 "-timeout",
                 "30s",
+                "-cid_str",
+                &core_call_id(),
             ],
         )?;
         sipp_ok(core, Duration::from_secs(40), 1)?;
@@ -204,6 +209,8 @@ fn refer_and_notify_cross_the_sbc_with_refer_to_pointed_at_it() -> Result<()> {
     // The core (callee) transfers the caller: REFER with Refer-To at the core's own address;
     // the caller fails the call unless it arrives pointed at the SBC (203.0.113.1:5060), then
     // answers 202, sends the NOTIFY (message/sipfrag) and hangs up.
-    with_captures(&lab, 20, || run_calls(&lab, &Calls::inbound("uas-refer-nosdp.xml", "uac-accept-refer.xml", 10, 5)))?;
+    with_captures(&lab, 20, &[CORE_HOST, CORE_UA], || {
+        run_calls(&lab, &Calls::inbound("uas-refer-nosdp.xml", "uac-accept-refer.xml", 10, 5))
+    })?;
     Ok(())
 }

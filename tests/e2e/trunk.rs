@@ -35,6 +35,8 @@ fn allowlist(entries: &[(&str, &str, u32, &str)]) -> String {
 fn trunk_lab(prefix: &str, test: &str) -> Result<(Lab, Proc)> {
     let lab = Lab::new(prefix, test)?;
     lab.ext.ip(&["addr", "add", &format!("{ATTACKER}/24"), "dev", "e0"])?;
+    Lab::enable_ipv6(&lab.ext, "e0")?;
+    Lab::enable_ipv6(&lab.sbc, "x0")?;
     for (ns, ifname, addr) in [(&lab.ext, "e0", EXT6), (&lab.ext, "e0", ATTACKER6), (&lab.sbc, "x0", SBC_EXT6)] {
         ns.ip(&["-6", "addr", "add", &format!("{addr}/64"), "dev", ifname, "nodad"])?;
     }

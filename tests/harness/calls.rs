@@ -1,15 +1,15 @@
 //! Call runs between two sipp peers across the SBC, and the two-sided capture with its leak
 //! report: shared by the lab tests and `just demo`.
 
-use std::net::IpAddr;
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 
 use crate::pcap::Packet;
 use crate::{
-    CORE, CORE_PORT, Capture, EXT_PEER, Lab, Netns, Proc, SBC_EXT, SBC_INT, core_secrets, leaks, scenario, sipp,
-    sipp_stats,
+    CORE, CORE_HOST, CORE_PORT, Capture, EXT_PEER, Lab, Leak, Netns, Proc, SBC_EXT, SBC_INT, core_secrets, leaks,
+    scenario, sipp, sipp_stats,
 };
 
 pub const CORE_ADDR: &str = CORE;
@@ -28,16 +28,17 @@ pub struct Captured {
     pub internal: Vec<Packet>,
 }
 
-/// The leak check's result: how many core identifiers it looked for, and where it found any.
+/// The leak check's result: the core identifiers it looked for, and where it found any.
 pub struct LeakReport {
-    pub secrets: usize,
-    pub leaks: Vec<String>,
+    pub secrets: Vec<String>,
+    pub leaks: Vec<Leak>,
 }
 
 impl Captured {
     pub fn leak_report(&self) -> LeakReport {
         let secrets = core_secrets(&self.internal, core_ip(), &[]);
-        LeakReport { secrets: secrets.len(), leaks: leaks(&self.external, &secrets) }
+        let leaks = leaks(&self.external, &secrets);
+        LeakReport { secrets, leaks }
     }
 }
 
@@ -72,6 +73,12 @@ fn tail(s: &str) -> String {
 
 pub fn spawn_sipp(lab: &Lab, ns: &Netns, name: &str, args: &[&str]) -> Result<Proc> {
     Proc::spawn(name, sipp(ns, &lab.dir, args), lab.dir.join(format!("{name}.log")))
+}
+
+/// sipp's `-cid_str` for a UA of the core: Call-IDs `<call number>-<pid>@pbx.core.example.internal`,
+/// as a PBX names them after its host.
+pub fn core_call_id() -> String {
+    format!("%u-%p@{CORE_HOST}")
 }
 
 /// Which way calls cross the SBC.
@@ -152,11 +159,85 @@ pub fn start_calls(lab: &Lab, c: &Calls<'_>) -> Result<(Proc, Proc)> {
         "-timeout",
         "120s",
     ];
+    let cid = core_call_id();
     if c.way == Way::Outbound {
-        args.extend_from_slice(&["-rsa", &rsa]);
+        args.extend_from_slice(&["-rsa", &rsa, "-cid_str", &cid]);
     }
     let uac = spawn_sipp(lab, caller_ns, "caller", &args)?;
     Ok((uac, uas))
+}
+
+/// Kamailio as the core's registrar (tests/peers/kamailio-core.cfg) on the core's address and
+/// port, UDP and TCP. Returns once it answers an OPTIONS: start it before the SBC, whose first
+/// probe then finds the core up (a REGISTER while the SBC thinks it down gets the SBC's 503).
+pub fn start_kamailio(lab: &Lab) -> Result<Proc> {
+    let run = lab.dir.join("kamailio");
+    std::fs::create_dir_all(&run)?;
+    let cfg = crate::root().join("tests/peers/kamailio-core.cfg");
+    let mut c = lab.core.cmd("kamailio");
+    c.arg("-f").arg(&cfg).args(["-DD", "-E", "-m", "64", "-M", "8"]);
+    c.args(["-l", &format!("udp:{CORE}:{CORE_PORT}"), "-l", &format!("tcp:{CORE}:{CORE_PORT}")]);
+    c.arg("-P").arg(run.join("kamailio.pid")).arg("-Y").arg(&run);
+    let p = Proc::spawn("kamailio", c, lab.dir.join("kamailio.log"))?;
+    wait_answers_options(&lab.core, CORE, SocketAddr::new(core_ip(), CORE_PORT))?;
+    Ok(p)
+}
+
+/// Sends OPTIONS from `ns` (a socket on `src_ip`) to `target` every 100 ms until any response
+/// comes back (5 s at most).
+pub fn wait_answers_options(ns: &Netns, src_ip: &str, target: SocketAddr) -> Result<()> {
+    let ip: IpAddr = src_ip.parse()?;
+    let sock = ns.enter(|| UdpSocket::bind(SocketAddr::new(ip, 0)))??;
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let local = sock.local_addr()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    for n in 1.. {
+        let options = format!(
+            "OPTIONS sip:{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-ready-{n}\r\nMax-Forwards: 70\r\n\
+             From: <sip:lab@{local}>;tag=ready\r\nTo: <sip:{target}>\r\nCall-ID: ready-{n}@{local}\r\nCSeq: {n} OPTIONS\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        // Refused while nothing listens yet (ICMP): try again.
+        let _ = sock.send_to(options.as_bytes(), target);
+        if let Ok(len) = sock.recv(&mut buf)
+            && buf.get(..len).is_some_and(|b| b.starts_with(b"SIP/2.0 "))
+        {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{target} did not answer OPTIONS within 5 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The phone outside (203.0.113.10:5060, sipp -t `transport`): registers `user` through the
+/// SBC, takes one incoming call, un-registers (phone-register-uas.xml + phone-incoming-call.xml).
+pub fn spawn_phone(lab: &Lab, transport: &str, user: &str) -> Result<Proc> {
+    spawn_sipp(
+        lab,
+        &lab.ext,
+        "phone",
+        &[
+            "-sf",
+            &scenario("phone-register-uas.xml").to_string_lossy(),
+            "-oocsf",
+            &scenario("phone-incoming-call.xml").to_string_lossy(),
+            "-t",
+            transport,
+            "-i",
+            EXT_PEER,
+            "-p",
+            "5060",
+            "-s",
+            user,
+            &format!("{SBC_EXT}:5060"),
+            "-m",
+            "1",
+            "-timeout",
+            "60s",
+        ],
+    )
 }
 
 /// Runs a batch of calls; every call must succeed on both sides.

@@ -129,6 +129,18 @@ impl Proc {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits until the log contains `needle`; fails when the process exits or `limit` passes.
+    pub fn wait_log(&mut self, needle: &str, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        while !self.log_text().contains(needle) {
+            if !self.running() || Instant::now() > deadline {
+                bail!("{}: no {needle:?} in its log within {limit:?}:\n{}", self.name, self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Proc {
@@ -204,6 +216,11 @@ pub const SBC_INT: &str = "10.99.0.1";
 pub const CORE: &str = "10.99.0.10";
 /// The core's SIP port: distinct from every SBC port, so finding it outside is a leak.
 pub const CORE_PORT: u16 = 5070;
+/// The host name the core's UAs put in their From, P-Asserted-Identity, Referred-By and
+/// Call-IDs (written in the core-side scenarios; sipp's `-cid_str` for the Call-ID).
+pub const CORE_HOST: &str = "pbx.core.example.internal";
+/// The core's User-Agent (requests) and Server (responses) value, as the scenarios write it.
+pub const CORE_UA: &str = "CorePBX 5.6";
 
 impl Lab {
     pub fn new(prefix: &str, test: &str) -> Result<Lab> {
@@ -211,6 +228,12 @@ impl Lab {
         let ext = Netns::new(&format!("{prefix}-ext"))?;
         let sbc = Netns::new(&format!("{prefix}-sbc"))?;
         let core = Netns::new(&format!("{prefix}-core"))?;
+        // IPv4 unless a test asks ([`Lab::enable_ipv6`]): then no router solicitation or MLD
+        // report lands at a random moment, e.g. while a capture stops.
+        for ns in [&ext, &sbc, &core] {
+            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        }
         veth(&ext, "e0", &sbc, "x0")?;
         veth(&sbc, "i0", &core, "c0")?;
         for (ns, ifname, addr) in
@@ -219,6 +242,11 @@ impl Lab {
             ns.addr(ifname, &format!("{addr}/24"))?;
         }
         Ok(Lab { ext, sbc, core, dir })
+    }
+
+    /// Turns IPv6 on for one interface of the lab (off by default), before adding addresses.
+    pub fn enable_ipv6(ns: &Netns, ifname: &str) -> Result<()> {
+        ns.sysctl(&format!("net.ipv6.conf.{ifname}.disable_ipv6"), "0")
     }
 
     /// The admin socket of this lab's SBC.
@@ -266,13 +294,7 @@ socket = "{admin}"
         let mut c = self.sbc.cmd(&sbc_bin().to_string_lossy());
         c.arg("run").arg("-c").arg(&path);
         let mut p = Proc::spawn("sbc", c, self.dir.join("sbc.log"))?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !p.log_text().contains("sbc running") {
-            if !p.running() || Instant::now() > deadline {
-                bail!("sbc did not start: {}", p.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        p.wait_log("sbc running", Duration::from_secs(5)).context("sbc did not start")?;
         Ok(p)
     }
 }
@@ -352,7 +374,9 @@ pub fn sipp(ns: &Netns, dir: &Path, args: &[&str]) -> Command {
 }
 
 /// Every string that must not appear on the external side: the core's addresses and port,
-/// and the branches, tags and Call-IDs that the core created (read from the internal capture).
+/// and what the core created (read from the internal capture, [`pcap::Sip::core_identifiers`]):
+/// branches, tags, Call-IDs, the host names in its From, Call-ID, P-Asserted-Identity and
+/// Referred-By, its Server and User-Agent values.
 pub fn core_secrets(internal: &[pcap::Packet], core_ip: IpAddr, core_names: &[&str]) -> Vec<String> {
     let mut out: Vec<String> = vec![core_ip.to_string(), format!(":{CORE_PORT}")];
     out.extend(core_names.iter().map(|s| s.to_string()));
@@ -367,16 +391,75 @@ pub fn core_secrets(internal: &[pcap::Packet], core_ip: IpAddr, core_names: &[&s
     out
 }
 
+/// One secret found in the external capture.
+#[derive(Debug, Clone)]
+pub struct Leak {
+    pub secret: String,
+    /// Which packet, and its text.
+    pub at: String,
+}
+
 /// Every secret found in the external capture, with where.
-pub fn leaks(external: &[pcap::Packet], secrets: &[String]) -> Vec<String> {
+pub fn leaks(external: &[pcap::Packet], secrets: &[String]) -> Vec<Leak> {
     let mut found = Vec::new();
     for (i, p) in external.iter().enumerate() {
         for s in secrets {
             if p.payload.windows(s.len()).any(|w| w == s.as_bytes()) {
                 let text = String::from_utf8_lossy(&p.payload);
-                found.push(format!("packet {i} ({} → {}) contains {s:?}:\n{text}", p.src, p.dst));
+                let at = format!("packet {i} ({} → {}) contains {s:?}:\n{text}", p.src, p.dst);
+                found.push(Leak { secret: s.clone(), at });
             }
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_core(text: &str) -> pcap::Packet {
+        pcap::Packet {
+            ts: Duration::ZERO,
+            src: format!("{CORE}:{CORE_PORT}").parse().unwrap(),
+            dst: format!("{SBC_INT}:5060").parse().unwrap(),
+            l4: pcap::L4::Udp,
+            payload: text.replace('\n', "\r\n").into_bytes(),
+        }
+    }
+
+    #[test]
+    fn core_secrets_hold_the_hosts_and_product_names_the_core_sends() {
+        let invite = "INVITE sip:bob@203.0.113.10 SIP/2.0\nVia: SIP/2.0/UDP 10.99.0.10:5070;branch=z9hG4bK-abc123\n\
+                      From: \"Caller\" <sip:caller@from.pbx.example>;tag=tag-from-1\nTo: <sip:bob@203.0.113.10>\n\
+                      Call-ID: 1-2@callid.pbx.example\nCSeq: 1 INVITE\n\
+                      P-Asserted-Identity: <sip:caller@pai.pbx.example>, <tel:+15551234>\n\
+                      User-Agent: Agent-Of-Core 1\nContent-Length: 0\n\n";
+        let refer = "REFER sip:x@10.99.0.1 SIP/2.0\nVia: SIP/2.0/UDP 10.99.0.10:5070;branch=z9hG4bK-def456\n\
+                     From: <sip:bob@203.0.113.1>;tag=tag-from-2\nTo: <sip:a@203.0.113.1>;tag=tag-to-2\n\
+                     Call-ID: outside-made@203.0.113.10\nCSeq: 1 REFER\nReferred-By: <sip:bob@refer.pbx.example>\n\
+                     Content-Length: 0\n\n";
+        let ok = "SIP/2.0 200 OK\nVia: SIP/2.0/UDP 10.99.0.1:5060;branch=z9hG4bK-x\nFrom: <sip:a@b.example>;tag=t1\n\
+                  To: <sip:c@d.example>;tag=to-tag-3\nCall-ID: x@y\nCSeq: 1 INVITE\nServer: Server-Of-Core 2\n\
+                  Content-Length: 0\n\n";
+        let secrets = core_secrets(&[from_core(invite), from_core(refer), from_core(ok)], CORE.parse().unwrap(), &[]);
+        for want in [
+            "from.pbx.example",
+            "callid.pbx.example",
+            "1-2@callid.pbx.example",
+            "pai.pbx.example",
+            "refer.pbx.example",
+            "Agent-Of-Core 1",
+            "Server-Of-Core 2",
+            "tag-from-1",
+            "to-tag-3",
+        ] {
+            assert!(secrets.iter().any(|s| s == want), "{want:?} missing from {secrets:?}");
+        }
+        // An in-dialog request's From and Call-ID were made outside (the SBC's host, the
+        // caller's Call-ID): they are not the core's, and finding them outside is no leak.
+        for not in ["203.0.113.1", "203.0.113.10", "outside-made@203.0.113.10"] {
+            assert!(!secrets.iter().any(|s| s == not), "{not:?} wrongly in {secrets:?}");
+        }
+    }
 }

@@ -3,18 +3,75 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use sbc_proto::sip::framer::{Limits, StreamFramer, StreamItem};
-use sbc_proto::sip::message::{HeaderName, Message};
+use sbc_proto::sip::message::{Header, HeaderName, Message};
+use sbc_proto::sip::uri::{Host, SipUri};
 use sbc_proto::sip::values;
+
+/// The transport of a captured packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4 {
+    Udp,
+    /// TCP with its flags octet (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10).
+    Tcp {
+        flags: u8,
+    },
+    /// ICMP or ICMPv6 (type, code); the payload is what it quotes of the offending datagram,
+    /// and both ports are 0.
+    Icmp {
+        kind: u8,
+        code: u8,
+    },
+}
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 #[derive(Debug, Clone)]
 pub struct Packet {
+    /// Capture time (since the epoch, as tcpdump recorded it).
+    pub ts: Duration,
     pub src: SocketAddr,
     pub dst: SocketAddr,
-    pub tcp: bool,
+    pub l4: L4,
     pub payload: Vec<u8>,
+}
+
+impl Packet {
+    /// An ICMP "port unreachable" (ICMP 3/3, ICMPv6 1/4).
+    pub fn is_port_unreachable(&self) -> bool {
+        matches!((self.l4, self.src.ip()), (L4::Icmp { kind: 3, code: 3 }, IpAddr::V4(_)))
+            || matches!((self.l4, self.src.ip()), (L4::Icmp { kind: 1, code: 4 }, IpAddr::V6(_)))
+    }
+
+    /// For an ICMP error: the destination (address, port) of the datagram it reports.
+    pub fn icmp_about(&self) -> Option<SocketAddr> {
+        let L4::Icmp { .. } = self.l4 else { return None };
+        let q = &self.payload;
+        let (dst, l4) = match self.src.ip() {
+            IpAddr::V4(_) => {
+                let ihl = usize::from(q.first()? & 0x0f) * 4;
+                let d: [u8; 4] = q.get(16..20)?.try_into().ok()?;
+                (IpAddr::V4(Ipv4Addr::from(d)), q.get(ihl..)?)
+            }
+            IpAddr::V6(_) => {
+                let d: [u8; 16] = q.get(24..40)?.try_into().ok()?;
+                (IpAddr::V6(Ipv6Addr::from(d)), q.get(40..)?)
+            }
+        };
+        Some(SocketAddr::new(dst, u16be(l4, 2)?))
+    }
+
+    pub fn tcp_flags(&self) -> Option<u8> {
+        match self.l4 {
+            L4::Tcp { flags } => Some(flags),
+            _ => None,
+        }
+    }
 }
 
 fn u16be(b: &[u8], at: usize) -> Option<u16> {
@@ -36,13 +93,17 @@ pub fn read(path: &Path) -> Result<Vec<Packet>> {
         if le { u32::from_le_bytes([b[0], b[1], b[2], b[3]]) } else { u32::from_be_bytes([b[0], b[1], b[2], b[3]]) }
     };
     let linktype = rd32(&data[20..24]);
+    let nanos = matches!(magic, 0xa1b23c4d | 0x4d3cb2a1);
     let mut out = Vec::new();
     let mut pos = 24;
     while pos + 16 <= data.len() {
+        let secs = u64::from(rd32(&data[pos..pos + 4]));
+        let frac = rd32(&data[pos + 4..pos + 8]);
+        let ts = Duration::new(secs, if nanos { frac } else { frac.saturating_mul(1000) });
         let caplen = rd32(&data[pos + 8..pos + 12]) as usize;
         let start = pos + 16;
         let end = (start + caplen).min(data.len());
-        if let Some(p) = parse_frame(linktype, &data[start..end]) {
+        if let Some(p) = parse_frame(ts, linktype, &data[start..end]) {
             out.push(p);
         }
         pos = end;
@@ -50,7 +111,7 @@ pub fn read(path: &Path) -> Result<Vec<Packet>> {
     Ok(out)
 }
 
-fn parse_frame(linktype: u32, f: &[u8]) -> Option<Packet> {
+fn parse_frame(ts: Duration, linktype: u32, f: &[u8]) -> Option<Packet> {
     let (mut ethertype, mut off) = match linktype {
         1 => (u16be(f, 12)?, 14),
         113 => (u16be(f, 14)?, 16),
@@ -78,12 +139,19 @@ fn parse_frame(linktype: u32, f: &[u8]) -> Option<Packet> {
         _ => return None,
     };
     let (sport, dport) = (u16be(l4, 0)?, u16be(l4, 2)?);
-    let (tcp, payload) = match proto {
-        17 => (false, l4.get(8..)?),
-        6 => (true, l4.get(usize::from(l4.get(12)? >> 4) * 4..)?),
+    let (kind, payload, ports) = match proto {
+        17 => (L4::Udp, l4.get(8..)?, (sport, dport)),
+        6 => (L4::Tcp { flags: *l4.get(13)? }, l4.get(usize::from(l4.get(12)? >> 4) * 4..)?, (sport, dport)),
+        1 | 58 => (L4::Icmp { kind: *l4.first()?, code: *l4.get(1)? }, l4.get(8..)?, (0, 0)),
         _ => return None,
     };
-    Some(Packet { src: SocketAddr::new(src, sport), dst: SocketAddr::new(dst, dport), tcp, payload: payload.to_vec() })
+    Some(Packet {
+        ts,
+        src: SocketAddr::new(src, ports.0),
+        dst: SocketAddr::new(dst, ports.1),
+        l4: kind,
+        payload: payload.to_vec(),
+    })
 }
 
 /// The SIP messages in one payload (a datagram, or a TCP segment holding whole messages).
@@ -108,8 +176,22 @@ pub fn sip_messages(payload: &[u8]) -> Vec<Sip> {
 pub struct Sip(pub Vec<u8>);
 
 impl Sip {
-    /// Identifiers a UA creates: for a request its top Via branch, its From tag and (initial
-    /// requests) its Call-ID; for a response its To tag.
+    /// A response's status code.
+    pub fn status(&self) -> Option<u16> {
+        Message::index(&self.0, 256).ok()?.status()
+    }
+
+    /// A request's method.
+    pub fn method(&self) -> Option<String> {
+        let m = Message::index(&self.0, 256).ok()?;
+        m.is_request().then(|| String::from_utf8_lossy(m.method_bytes()).into_owned())
+    }
+
+    /// Identifiers and names a UA creates: for a request its top Via branch, its From tag and,
+    /// for an initial request (no To tag: the From is its own), its Call-ID, the host after
+    /// the Call-ID's '@' and its From URI's host; in any request the URI hosts of its
+    /// P-Asserted-Identity and Referred-By; for a response its To tag; in any message the
+    /// values of its Server and User-Agent headers.
     pub fn core_identifiers(&self) -> Vec<String> {
         let Ok(m) = Message::index(&self.0, 256) else { return Vec::new() };
         let mut out = Vec::new();
@@ -134,14 +216,43 @@ impl Sip {
                 }
             }
             out.extend(tag(HeaderName::From));
-            if tag(HeaderName::To).is_none()
-                && let Some(c) = m.value(HeaderName::CallId)
-            {
-                out.push(String::from_utf8_lossy(c).trim().to_string());
+            if tag(HeaderName::To).is_none() {
+                if let Some(c) = m.value(HeaderName::CallId) {
+                    let c = String::from_utf8_lossy(c).trim().to_string();
+                    out.extend(c.split_once('@').map(|(_, host)| host.to_string()));
+                    out.push(c);
+                }
+                out.extend(uri_hosts(&m, |h| h.name == HeaderName::From));
             }
+            out.extend(uri_hosts(&m, |h| {
+                h.name == HeaderName::ReferredBy
+                    || (h.name == HeaderName::Other
+                        && m.slice(&h.name_span).eq_ignore_ascii_case(b"P-Asserted-Identity"))
+            }));
         } else {
             out.extend(tag(HeaderName::To));
         }
+        for h in m.all(HeaderName::Server).chain(m.all(HeaderName::UserAgent)) {
+            out.push(String::from_utf8_lossy(&m.unfolded(h)).trim().to_string());
+        }
         out
     }
+}
+
+/// The hosts of the URIs in the (comma-separated) name-addr values of the headers `pick` selects.
+fn uri_hosts(m: &Message<'_>, pick: impl Fn(&Header) -> bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for h in m.headers.iter().filter(|h| pick(h)) {
+        let v = m.unfolded(h);
+        for part in values::split_commas(&v).unwrap_or_default() {
+            let Some(elem) = v.get(part) else { continue };
+            let Some(uri) = values::name_addr(elem).ok().and_then(|na| elem.get(na.uri)) else { continue };
+            match SipUri::parse(uri).map(|u| u.host) {
+                Ok(Host::Name(n)) => out.push(n),
+                Ok(Host::Ip(ip)) => out.push(ip.to_string()),
+                Err(_) => {}
+            }
+        }
+    }
+    out
 }

@@ -283,10 +283,11 @@ fn a_registered_phone_is_reached_on_its_tcp_flow() {
     let out = drain(&mut e);
     assert_eq!(out[0].0, phone);
     assert_eq!(header(&out[0].1, "Contact"), Some("<sip:alice@192.168.1.2:5060;transport=tcp>;expires=120"));
-    // The core calls the registered contact: the INVITE goes down the phone's connection.
+    // The core calls the registered contact (addressing the user at itself, as a registrar
+    // does): the INVITE goes down the phone's connection.
     let inv = format!(
         "INVITE {token_uri} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.10:5070;branch=z9hG4bKcoreinv\r\nFrom: <sip:bob@10.0.0.10>;tag=cb\r\n\
-         To: <sip:alice@203.0.113.1>\r\nCall-ID: core-call-1@10.0.0.10\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@10.0.0.10:5070>\r\n\
+         To: <sip:alice@10.0.0.10:5070>\r\nCall-ID: core-call-1@10.0.0.10\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@10.0.0.10:5070>\r\n\
          Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     );
     e.handle_datagram(now, core(CORE_A), inv.as_bytes());
@@ -295,7 +296,8 @@ fn a_registered_phone_is_reached_on_its_tcp_flow() {
     assert_eq!(*f, phone);
     assert!(m.starts_with("INVITE sip:alice@192.168.1.2:5060;transport=tcp SIP/2.0\r\n"));
     assert!(header(m, "Via").unwrap().starts_with("SIP/2.0/TCP 203.0.113.1:5060;branch="));
-    for secret in ["10.0.0.10", "core-call-1", "z9hG4bKcoreinv", ";tag=cb"] {
+    assert_eq!(header(m, "To"), Some("<sip:alice@203.0.113.1>"), "a To naming the core gets the SBC's host");
+    for secret in ["10.0.0.10", "5070", "core-call-1", "z9hG4bKcoreinv", ";tag=cb"] {
         assert!(!m.contains(secret), "{secret} leaked:\n{m}");
     }
 }
