@@ -252,6 +252,7 @@ impl Engine {
                 branch: &branch,
                 call_id_native: ctx.call_id_native,
                 restore_to_host: restore_to_host.as_deref(),
+                to_registered: ctx.to_binding,
                 body,
             },
         );
@@ -370,6 +371,7 @@ impl Engine {
                 branch: &branch,
                 call_id_native: caller,
                 restore_to_host: restore.as_deref(),
+                to_registered: false,
                 body,
             },
         );

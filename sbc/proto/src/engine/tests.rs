@@ -706,3 +706,30 @@ fn the_media_seam_sees_offer_answer_with_the_dialog_and_its_end() {
         std::iter::from_fn(|| e.poll_event()).any(|ev| matches!(ev, Event::DialogEnded { why: DialogEnd::Bye, .. }))
     );
 }
+
+#[test]
+fn the_aor_host_in_the_to_of_a_call_to_a_registered_phone_is_the_sbcs() {
+    let now = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], None), now);
+    let phone = ext(Transport::Udp);
+    let reg = "REGISTER sip:203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKregaor\r\n\
+               From: <sip:alice@203.0.113.1>;tag=r1\r\nTo: <sip:alice@203.0.113.1>\r\nCall-ID: reg-aor\r\nCSeq: 1 REGISTER\r\n\
+               Contact: <sip:alice@198.51.100.7:5060>;expires=300\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+    e.handle_datagram(now, phone, reg.as_bytes());
+    let fwd = drain(&mut e).pop().unwrap().1;
+    let token_uri =
+        header(&fwd, "Contact").unwrap().split(';').next().unwrap().trim_matches(|c| c == '<' || c == '>').to_string();
+    let ok = respond(&fwd, 200, "OK", Some("reg-tag"), &format!("Contact: <{token_uri}>;expires=120\r\n"));
+    e.handle_datagram(now, core(CORE_A), ok.as_bytes());
+    drain(&mut e);
+    // The registrar writes the AOR in its own domain, a name the operator never listed.
+    let inv = format!(
+        "INVITE {token_uri} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.10:5070;branch=z9hG4bKcoreaor\r\nFrom: <sip:bob@pbx.corp.lan>;tag=cb\r\n\
+         To: <sip:alice@pbx.corp.lan>\r\nCall-ID: core-aor@pbx.corp.lan\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@10.0.0.10:5070>\r\n\
+         Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    e.handle_datagram(now, core(CORE_A), inv.as_bytes());
+    let (_, m) = drain(&mut e).into_iter().find(|(f, _)| *f == phone).unwrap();
+    assert!(!m.contains("pbx.corp.lan"), "{m}");
+    assert_eq!(header(&m, "To"), Some("<sip:alice@203.0.113.1>"));
+}

@@ -54,6 +54,9 @@ pub struct Forward<'a> {
     pub call_id_native: Side,
     /// The internal party's own host, restored in the To of a request from outside.
     pub restore_to_host: Option<&'a [u8]>,
+    /// Sent to a UA registered through the SBC: its To is the AOR as the core (registrar)
+    /// writes it, so its host follows the identity rule (the SBC's unless public).
+    pub to_registered: bool,
     /// A replacement body (the media layer's SDP), or the original.
     pub body: Option<Vec<u8>>,
 }
@@ -195,6 +198,7 @@ impl Topology {
         to: Flow,
         call_id_native: Side,
         restore_to_host: Option<&[u8]>,
+        to_registered: bool,
     ) {
         let hide = self.side(to.side).hide;
         let adv_own = self.external.advertise.clone();
@@ -228,6 +232,7 @@ impl Topology {
                     &v,
                     |host| match h.name {
                         HeaderName::From => self.hides_host(host),
+                        _ if to_registered => self.hides_host(host),
                         _ => self.internal_hosts.iter().any(|k| k.eq_ignore_ascii_case(host)),
                     },
                     adv.as_bytes(),
@@ -285,7 +290,18 @@ impl Topology {
     /// the requester's side, our Contact, identifiers crossed, credentials kept off the
     /// external side.
     pub fn build_request(&self, c: &Checked<'_>, f: Forward<'_>) -> Vec<u8> {
-        let Forward { from, to, ruri, route_set, contact, branch, call_id_native, restore_to_host, body } = f;
+        let Forward {
+            from,
+            to,
+            ruri,
+            route_set,
+            contact,
+            branch,
+            call_id_native,
+            restore_to_host,
+            to_registered,
+            body,
+        } = f;
         let msg = &c.msg;
         let mut s = Splice::new(msg);
         if let Some(u) = ruri.filter(|u| !u.is_empty()) {
@@ -300,7 +316,7 @@ impl Topology {
         // §16.6 step 3.
         let mf = c.max_forwards.map_or(70, |m| m.saturating_sub(1));
         s.set(HeaderName::MaxForwards, mf.to_string().as_bytes());
-        self.cross_common(&mut s, c, from, to, call_id_native, restore_to_host);
+        self.cross_common(&mut s, c, from, to, call_id_native, restore_to_host, to_registered);
         if to.side == Side::External && self.strip_credentials {
             // Digest credentials answer the core's challenge; the other party has no use for them.
             s.remove_other("Authorization").remove_other("Proxy-Authorization");
