@@ -492,7 +492,7 @@ impl Transactions {
     // ----------------------------------------------------------------------------------------
     // Timers
 
-    /// Runs every timer due at `now`: retransmissions go out through [`Self::poll_transmit`];
+    /// Runs every timer due at `now`: retransmissions go into `out`;
     /// client transactions that got no final response are returned for the engine to fail.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Out) -> Vec<Expired> {
         let mut expired = Vec::new();
