@@ -61,6 +61,14 @@ pub struct Forward<'a> {
     pub body: Option<Vec<u8>>,
 }
 
+/// Where a request's identities come from, for the identity rules (see [`Forward`]).
+#[derive(Debug, Clone, Copy)]
+struct Origins<'a> {
+    call_id_native: Side,
+    restore_to_host: Option<&'a [u8]>,
+    to_registered: bool,
+}
+
 /// The requester's own view of a transaction, restored on the responses it gets.
 #[derive(Debug)]
 pub struct Requester<'a> {
@@ -190,16 +198,8 @@ impl Topology {
     /// `call_id_native` is the side that created the Call-ID (the dialog's caller, or the
     /// requester outside a dialog). In a request the From tag is the requester's, the To tag
     /// the other side's.
-    fn cross_common(
-        &self,
-        s: &mut Splice<'_, '_>,
-        c: &Checked<'_>,
-        from: Side,
-        to: Flow,
-        call_id_native: Side,
-        restore_to_host: Option<&[u8]>,
-        to_registered: bool,
-    ) {
+    fn cross_common(&self, s: &mut Splice<'_, '_>, c: &Checked<'_>, from: Side, to: Flow, origins: Origins<'_>) {
+        let Origins { call_id_native, restore_to_host, to_registered } = origins;
         let hide = self.side(to.side).hide;
         let adv_own = self.external.advertise.clone();
         if let Some(v) = self.ident(&c.call_id, call_id_native, to.side) {
@@ -316,7 +316,7 @@ impl Topology {
         // §16.6 step 3.
         let mf = c.max_forwards.map_or(70, |m| m.saturating_sub(1));
         s.set(HeaderName::MaxForwards, mf.to_string().as_bytes());
-        self.cross_common(&mut s, c, from, to, call_id_native, restore_to_host, to_registered);
+        self.cross_common(&mut s, c, from, to, Origins { call_id_native, restore_to_host, to_registered });
         if to.side == Side::External && self.strip_credentials {
             // Digest credentials answer the core's challenge; the other party has no use for them.
             s.remove_other("Authorization").remove_other("Proxy-Authorization");
