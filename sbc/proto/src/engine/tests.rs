@@ -594,21 +594,28 @@ fn a_transport_error_toward_the_core_fails_over_or_answers_503_at_once_rfc3261_1
     assert!(drain(&mut e).is_empty());
 }
 
+/// alice (behind NAT at 192.168.1.2) registers over UDP from `phone`, the core's registrar
+/// accepts; returns the token URI the core now has as her Contact.
+fn register_udp_phone(e: &mut Engine, now: Instant, phone: Flow) -> String {
+    let reg = "REGISTER sip:203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.168.1.2:5060;branch=z9hG4bKreg7;rport\r\n\
+               From: <sip:alice@203.0.113.1>;tag=r1\r\nTo: <sip:alice@203.0.113.1>\r\nCall-ID: reg-7\r\nCSeq: 1 REGISTER\r\n\
+               Contact: <sip:alice@192.168.1.2:5060>;expires=300\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+    e.handle_datagram(now, phone, reg.as_bytes());
+    let fwd = drain(e).pop().unwrap().1;
+    let token_uri =
+        header(&fwd, "Contact").unwrap().split(';').next().unwrap().trim_matches(|c| c == '<' || c == '>').to_string();
+    let ok = respond(&fwd, 200, "OK", Some("reg-tag"), &format!("Contact: <{token_uri}>;expires=120\r\n"));
+    e.handle_datagram(now, core(CORE_A), ok.as_bytes());
+    drain(e);
+    token_uri
+}
+
 #[test]
 fn a_transport_error_toward_a_registered_flow_answers_430_rfc5626_5_3() {
     let now = Instant::now();
     let mut e = Engine::new(config(&[CORE_A], None), now);
     let phone = Flow { remote: sa("203.0.113.77:40000"), ..ext(Transport::Udp) };
-    let reg = "REGISTER sip:203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.168.1.2:5060;branch=z9hG4bKreg7;rport\r\n\
-               From: <sip:alice@203.0.113.1>;tag=r1\r\nTo: <sip:alice@203.0.113.1>\r\nCall-ID: reg-7\r\nCSeq: 1 REGISTER\r\n\
-               Contact: <sip:alice@192.168.1.2:5060>;expires=300\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
-    e.handle_datagram(now, phone, reg.as_bytes());
-    let fwd = drain(&mut e).pop().unwrap().1;
-    let token_uri =
-        header(&fwd, "Contact").unwrap().split(';').next().unwrap().trim_matches(|c| c == '<' || c == '>').to_string();
-    let ok = respond(&fwd, 200, "OK", Some("reg-tag"), &format!("Contact: <{token_uri}>;expires=120\r\n"));
-    e.handle_datagram(now, core(CORE_A), ok.as_bytes());
-    drain(&mut e);
+    let token_uri = register_udp_phone(&mut e, now, phone);
     let inv = format!(
         "INVITE {token_uri} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.10:5070;branch=z9hG4bKcore430\r\nFrom: <sip:bob@10.0.0.10>;tag=cb\r\n\
          To: <sip:alice@203.0.113.1>\r\nCall-ID: core-call-430\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@10.0.0.10:5070>\r\n\
@@ -712,16 +719,7 @@ fn the_aor_host_in_the_to_of_a_call_to_a_registered_phone_is_the_sbcs() {
     let now = Instant::now();
     let mut e = Engine::new(config(&[CORE_A], None), now);
     let phone = ext(Transport::Udp);
-    let reg = "REGISTER sip:203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKregaor\r\n\
-               From: <sip:alice@203.0.113.1>;tag=r1\r\nTo: <sip:alice@203.0.113.1>\r\nCall-ID: reg-aor\r\nCSeq: 1 REGISTER\r\n\
-               Contact: <sip:alice@198.51.100.7:5060>;expires=300\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
-    e.handle_datagram(now, phone, reg.as_bytes());
-    let fwd = drain(&mut e).pop().unwrap().1;
-    let token_uri =
-        header(&fwd, "Contact").unwrap().split(';').next().unwrap().trim_matches(|c| c == '<' || c == '>').to_string();
-    let ok = respond(&fwd, 200, "OK", Some("reg-tag"), &format!("Contact: <{token_uri}>;expires=120\r\n"));
-    e.handle_datagram(now, core(CORE_A), ok.as_bytes());
-    drain(&mut e);
+    let token_uri = register_udp_phone(&mut e, now, phone);
     // The registrar writes the AOR in its own domain, a name the operator never listed.
     let inv = format!(
         "INVITE {token_uri} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.10:5070;branch=z9hG4bKcoreaor\r\nFrom: <sip:bob@pbx.corp.lan>;tag=cb\r\n\
