@@ -247,8 +247,9 @@ impl Daemon {
         let mut out = format!(
             "sip.requests_in {}\nsip.responses_in {}\nsip.requests_forwarded {}\nsip.responses_forwarded {}\n\
              sip.local_replies {}\nsip.rejected {}\nsip.dropped {}\nsip.retransmissions_absorbed {}\n\
-             sip.retransmissions_sent {}\nstate.server_transactions {s}\nstate.client_transactions {c}\n\
-             state.dialogs {d}\nstate.registrations {r}\nstate.tcp_connections {}\n",
+             sip.retransmissions_sent {}\nsip.unacked_dialogs_ended {}\nsip.transport_errors {}\n\
+             state.server_transactions {s}\nstate.client_transactions {c}\nstate.dialogs {d}\n\
+             state.registrations {r}\nstate.tcp_connections {}\n",
             st.requests_in,
             st.responses_in,
             st.requests_forwarded,
@@ -258,6 +259,8 @@ impl Daemon {
             st.dropped,
             st.retransmissions_absorbed,
             st.retransmissions_sent,
+            st.unacked_dialogs_ended,
+            st.transport_errors,
             self.net.connections(),
         );
         if let Some(t) = &self.trunk {
