@@ -3,23 +3,14 @@
 //! one the RFC asks of a proxy (the `action` column of index.tsv), pinned here per message.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Instant;
 
-use sbc_proto::engine::{Config, Engine, Flow, Output, Side};
+use sbc_proto::engine::{Flow, Side};
 use sbc_proto::sip::framer::Limits;
 use sbc_proto::sip::uri::Transport;
 
-#[derive(Debug, PartialEq, Eq)]
-enum Expect {
-    /// Forwarded to the core (after a 100 Trying for INVITE).
-    Forward,
-    /// Answered by the SBC with this status, nothing forwarded.
-    Reply(u16),
-    /// Nothing sent anywhere.
-    Drop,
-}
-use Expect::*;
+mod torture;
+use torture::Expect::{self, *};
+use torture::{react, vectors};
 
 const TABLE: &[(&str, Expect)] = &[
     // Well-formed (asserted below), but it carries a To tag: an in-dialog request for a dialog
@@ -79,14 +70,6 @@ const TABLE: &[(&str, Expect)] = &[
     ("test", Drop),
 ];
 
-fn vectors() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors/rfc4475")
-}
-
-fn engine(now: Instant) -> Engine {
-    Engine::new(Config::example(), now)
-}
-
 fn flow() -> Flow {
     Flow {
         side: Side::External,
@@ -96,19 +79,13 @@ fn flow() -> Flow {
     }
 }
 
-fn status(data: &[u8]) -> Option<u16> {
-    let s = std::str::from_utf8(data.get(..12)?).ok()?;
-    s.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
-}
-
 #[test]
 fn every_archive_member_has_an_expectation() {
-    let tsv = std::fs::read_to_string(vectors().join("index.tsv")).unwrap();
-    let names: Vec<&str> = tsv.lines().skip(1).filter_map(|l| l.split('\t').next()).collect();
+    let names = torture::index_names("rfc4475");
     assert_eq!(names.len(), 50);
     for n in &names {
         assert!(TABLE.iter().any(|(t, _)| t == n), "{n} has no expectation");
-        assert!(vectors().join(format!("{n}.sip")).exists());
+        assert!(vectors("rfc4475").join(format!("{n}.sip")).exists());
     }
     assert_eq!(TABLE.len(), names.len());
 }
@@ -117,30 +94,11 @@ fn every_archive_member_has_an_expectation() {
 fn torture_messages_get_the_rfc_reaction() {
     let mut failures = Vec::new();
     for (name, expect) in TABLE {
-        let data = std::fs::read(vectors().join(format!("{name}.sip"))).unwrap();
-        let now = Instant::now();
-        let mut e = engine(now);
-        e.handle_datagram(now, flow(), &data);
-        let mut forwarded = Vec::new();
-        let mut replies = Vec::new();
-        while let Some(out) = e.poll_output() {
-            let Output::Transmit(t) = out else {
-                if matches!(out, Output::Timeout(_)) {
-                    break;
-                }
-                continue;
-            };
-            match t.flow.side {
-                Side::Internal => forwarded.push(t.data),
-                Side::External => replies.push(status(&t.data)),
-            }
-        }
-        let got = match (forwarded.len(), replies.as_slice()) {
-            (1, []) | (1, [Some(100)]) => Forward,
-            (0, [Some(code)]) => Reply(*code),
-            (0, []) => Drop,
-            _ => {
-                failures.push(format!("{name}: forwarded {} replies {replies:?}", forwarded.len()));
+        let data = std::fs::read(vectors("rfc4475").join(format!("{name}.sip"))).unwrap();
+        let (got, forwarded) = match react(flow(), &data) {
+            Ok(r) => (r.got, r.forwarded),
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
                 continue;
             }
         };
@@ -164,7 +122,7 @@ fn torture_messages_get_the_rfc_reaction() {
 #[test]
 fn valid_messages_we_do_not_forward_still_parse_and_pass_sanity() {
     for name in ["unreason", "noreason", "wsinv"] {
-        let data = std::fs::read(vectors().join(format!("{name}.sip"))).unwrap();
+        let data = std::fs::read(vectors("rfc4475").join(format!("{name}.sip"))).unwrap();
         match sbc_proto::sip::frame_datagram(&data, &Limits::default()) {
             sbc_proto::sip::Datagram::Message(m) => {
                 sbc_proto::sip::check(m).map_err(|b| b.1).unwrap();

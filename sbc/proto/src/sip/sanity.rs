@@ -228,8 +228,70 @@ fn check_request_line(msg: &Message<'_>) -> Result<Method, SipError> {
         if host_part.contains(&b'?') {
             return Err(SipError::BadRequestUri("escaped headers in Request-URI"));
         }
+        // §25.1 hostport: an IPv6 address must be in brackets (RFC 5118 §4.2: 400, never
+        // forwarded); inside them, everything is the address (§4.3).
+        let after_scheme = uri.get(colon + 1..).unwrap_or_default();
+        let userinfo_end = after_scheme.iter().rposition(|&b| b == b'@').map_or(0, |at| at + 1);
+        let rest = after_scheme.get(userinfo_end..).unwrap_or_default();
+        let hostport = rest.split(|&b| b == b';').next().unwrap_or_default();
+        values::hostport(hostport).map_err(|e| {
+            SipError::BadRequestUri(match e {
+                ValueError::UnbracketedIpv6 => "IPv6 address without brackets in Request-URI",
+                _ => "invalid host or port in Request-URI",
+            })
+        })?;
     } else if !scheme.eq_ignore_ascii_case(b"tel") {
         return Err(SipError::UnsupportedUriScheme);
     }
     Ok(msg.method())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::error::Reaction;
+
+    fn request(ruri: &str) -> Vec<u8> {
+        format!(
+            "REGISTER {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::9:1];branch=z9hG4bKas3-111\r\n\
+             To: <sip:user@example.com>\r\nFrom: <sip:user@example.com>;tag=81x2\r\nCall-ID: c1\r\n\
+             CSeq: 98176 REGISTER\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn checked(ruri: &str) -> Result<(), SipError> {
+        let data = request(ruri);
+        let msg = Message::index(&data, 64).unwrap();
+        check(msg).map(|_| ()).map_err(|b| b.1)
+    }
+
+    #[test]
+    fn request_uri_with_unbracketed_ipv6_is_400_rfc5118_4_2() {
+        let e = checked("sip:2001:db8::10").unwrap_err();
+        assert_eq!(e, SipError::BadRequestUri("IPv6 address without brackets in Request-URI"));
+        assert!(matches!(e.reaction(), Reaction::Reply { code: 400, .. }), "{:?}", e.reaction());
+        assert!(checked("sip:user@2001:db8::10;transport=udp").is_err());
+    }
+
+    #[test]
+    fn request_uri_ipv6_references_pass_rfc5118_4_1_4_3_4_4_4_10() {
+        for ok in [
+            "sip:[2001:db8::10]",
+            "sip:[2001:db8::10:5070]",
+            "sip:[2001:db8::10]:5070",
+            "sip:user@[2001:db8:::192.0.2.1]",
+            "sip:user@[::ffff:192.0.2.10]:5060;transport=udp",
+            "sips:example.com",
+        ] {
+            assert_eq!(checked(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn request_uri_with_bad_host_or_port_is_400() {
+        for bad in ["sip:[2001:db8::10", "sip:[2001:db8::10]x", "sip:host:port", "sip:user@"] {
+            assert!(matches!(checked(bad), Err(SipError::BadRequestUri(_))), "{bad}");
+        }
+    }
 }

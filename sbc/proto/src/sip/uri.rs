@@ -138,7 +138,7 @@ fn parse_ipv6_reference(s: &str, sips: bool) -> Result<SipUri, UriError> {
     let (hostport, params) = hostpart.split_once(';').unwrap_or((hostpart, ""));
     let inner = hostport.strip_prefix('[').ok_or_else(|| UriError::Rsip("bracket not at host".into()))?;
     let (ip, after) = inner.split_once(']').ok_or_else(|| UriError::Rsip("unclosed IPv6 reference".into()))?;
-    let ip: IpAddr = ip.parse().map_err(|_| UriError::Rsip("bad IPv6 reference".into()))?;
+    let ip = super::values::ipv6_address(ip.as_bytes()).ok_or_else(|| UriError::Rsip("bad IPv6 reference".into()))?;
     let port = match after.strip_prefix(':') {
         Some(p) => Some(p.parse::<u16>().map_err(|_| UriError::Rsip("bad port".into()))?),
         None if after.is_empty() => None,
@@ -155,7 +155,7 @@ fn parse_ipv6_reference(s: &str, sips: bool) -> Result<SipUri, UriError> {
             _ => Transport::Other,
         })
     });
-    Ok(SipUri { sips, user, host: Host::Ip(ip), port, transport })
+    Ok(SipUri { sips, user, host: Host::Ip(IpAddr::V6(ip)), port, transport })
 }
 
 /// The user part of a sip/sips URI without parsing the rest (hot path: token lookup).
@@ -182,6 +182,27 @@ mod tests {
     fn ipv6_reference_is_an_ip() {
         let u = SipUri::parse(b"sip:bob@[2001:db8::10]:5080").unwrap();
         assert_eq!(u.socket_addr(), Some("[2001:db8::10]:5080".parse().unwrap()));
+    }
+
+    #[test]
+    fn port_inside_brackets_is_not_a_port_rfc5118_4_3() {
+        let u = SipUri::parse(b"sip:[2001:db8::10:5070]").unwrap();
+        assert_eq!(u.host, Host::Ip("2001:db8::10:5070".parse().unwrap()));
+        assert_eq!(u.port, None);
+        let u = SipUri::parse(b"sip:[2001:db8::10]:5070").unwrap();
+        assert_eq!(u.socket_addr(), Some("[2001:db8::10]:5070".parse().unwrap()));
+    }
+
+    #[test]
+    fn three_colon_ipv6_reference_is_read_as_two_colons_rfc5118_4_10() {
+        let u = SipUri::parse(b"sip:user@[2001:db8:::192.0.2.1]").unwrap();
+        assert_eq!(u.host, Host::Ip("2001:db8::192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_reference_is_an_ip_rfc5118_4_9() {
+        let u = SipUri::parse(b"sip:ted@[::ffff:192.0.2.2]").unwrap();
+        assert_eq!(u.host, Host::Ip("::ffff:192.0.2.2".parse().unwrap()));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! addr-spec (RFC 3261 §20.10, §25.1), generic params, Via (§20.42), CSeq (§20.16). They work
 //! on unfolded bytes and return offsets into them, so callers can splice without copying.
 
+use std::net::Ipv6Addr;
 use std::ops::Range;
 
 use super::message::{is_token_char, is_ws};
@@ -28,6 +29,10 @@ pub enum ValueError {
     BadCSeq,
     #[error("invalid number")]
     BadNumber,
+    #[error("IPv6 address without \"[\" \"]\" (RFC 5118 §4.2)")]
+    UnbracketedIpv6,
+    #[error("invalid host or port")]
+    BadHostPort,
 }
 
 fn skip_ws(v: &[u8], mut i: usize) -> usize {
@@ -294,6 +299,10 @@ pub fn via(v: &[u8]) -> Result<Via<'_>, ValueError> {
     if host.is_empty() || i > v.len() {
         return Err(ValueError::BadVia);
     }
+    // An IPv6reference holds an IPv6 address (the three-colon form tolerated, RFC 5118 §4.10).
+    if let Some(inner) = host.strip_prefix(b"[") {
+        ipv6_address(inner.strip_suffix(b"]").unwrap_or_default()).ok_or(ValueError::BadVia)?;
+    }
     i = skip_ws(v, i);
     let mut port = None;
     if v.get(i) == Some(&b':') {
@@ -308,6 +317,50 @@ pub fn via(v: &[u8]) -> Result<Via<'_>, ValueError> {
     let params = v.get(i..).unwrap_or_default();
     check_params(params).map_err(|_| ValueError::BadVia)?;
     Ok(Via { transport: v.get(transport).unwrap_or_default(), host, port, params })
+}
+
+/// The address inside an IPv6reference's brackets (RFC 3261 §25.1). The three-colon form RFC
+/// 3261's ABNF inherited from RFC 2373 (`2001:db8:::192.0.2.1`) is tolerated and read as the
+/// RFC 4291 two-colon one (RFC 5118 §4.10); IPv4-mapped addresses parse as any other (§4.9).
+pub fn ipv6_address(inner: &[u8]) -> Option<Ipv6Addr> {
+    let s = std::str::from_utf8(inner).ok()?;
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    // Only "hexseq::" followed by ":" IPv4address is the ABNF's bug; anything else stays invalid.
+    let (head, v4) = s.split_once(":::")?;
+    if !v4.contains('.') || v4.contains(':') {
+        return None;
+    }
+    format!("{head}::{v4}").parse().ok()
+}
+
+/// RFC 3261 §25.1 `hostport = host [ ":" port ]`, the whole of `v`. The host is returned as
+/// written (brackets included); everything inside "[" "]" is the address (RFC 5118 §4.3: a
+/// "port" there is part of it). An IPv6 address without brackets is refused (RFC 5118 §4.2).
+pub fn hostport(v: &[u8]) -> Result<(&[u8], Option<u16>), ValueError> {
+    let host_end = if v.first() == Some(&b'[') {
+        let close = v.iter().position(|&b| b == b']').ok_or(ValueError::BadHostPort)?;
+        ipv6_address(v.get(1..close).unwrap_or_default()).ok_or(ValueError::BadHostPort)?;
+        close + 1
+    } else {
+        v.iter().position(|&b| !(b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')).unwrap_or(v.len())
+    };
+    let host = v.get(..host_end).unwrap_or_default();
+    let rest = v.get(host_end..).unwrap_or_default();
+    if host.is_empty() {
+        return Err(ValueError::BadHostPort);
+    }
+    if rest.is_empty() {
+        return Ok((host, None));
+    }
+    let port = rest.strip_prefix(b":").ok_or(ValueError::BadHostPort)?;
+    match parse_u32(port).ok().and_then(|p| u16::try_from(p).ok()) {
+        Some(p) => Ok((host, Some(p))),
+        // "2001:db8::10" read as host "2001" and port "db8::10": the brackets are missing.
+        None if std::str::from_utf8(v).is_ok_and(|s| s.parse::<Ipv6Addr>().is_ok()) => Err(ValueError::UnbracketedIpv6),
+        None => Err(ValueError::BadHostPort),
+    }
 }
 
 /// Parses a non-empty run of digits (leading zeros allowed) that fits in `u32`.
@@ -399,9 +452,62 @@ mod tests {
     }
 
     #[test]
+    fn via_with_ipv6_sent_by_and_received_with_or_without_brackets_parses_rfc5118_4_5() {
+        let v = via(b"SIP/2.0/UDP [2001:db8::9:1];received=[2001:db8::9:255];branch=z9hG4bKas3-111").unwrap();
+        assert_eq!((v.host, v.port), (&b"[2001:db8::9:1]"[..], None));
+        assert_eq!(param(v.params, "received"), Some(&b"[2001:db8::9:255]"[..]));
+        assert_eq!(v.branch(), Some(&b"z9hG4bKas3-111"[..]));
+        let v = via(b"SIP/2.0/UDP [::ffff:192.0.2.10]:19823;received=2001:db8::9:255;branch=z9hG4bKas3").unwrap();
+        assert_eq!((v.host, v.port), (&b"[::ffff:192.0.2.10]"[..], Some(19823)));
+        assert_eq!(param(v.params, "received"), Some(&b"2001:db8::9:255"[..]));
+    }
+
+    #[test]
+    fn via_with_a_bracketed_host_that_is_no_ipv6_address_is_rejected() {
+        assert_eq!(via(b"SIP/2.0/UDP [2001:db8::9:1;branch=z9hG4bKa"), Err(ValueError::BadVia));
+        assert_eq!(via(b"SIP/2.0/UDP [example.com]:5060;branch=z9hG4bKa"), Err(ValueError::BadVia));
+        assert!(via(b"SIP/2.0/UDP 2001:db8::9:1;branch=z9hG4bKa").is_err());
+    }
+
+    #[test]
     fn via_with_empty_params_is_rejected() {
         assert!(via(b"SIP/2.0/UDP 192.0.2.15;;").is_err());
         assert!(split_commas(b"SIP/2.0/UDP 192.0.2.15;;,;,,").is_err());
+    }
+
+    #[test]
+    fn unbracketed_ipv6_host_is_refused_rfc5118_4_2() {
+        assert_eq!(hostport(b"2001:db8::10"), Err(ValueError::UnbracketedIpv6));
+        assert_eq!(hostport(b"[2001:db8::10]"), Ok((&b"[2001:db8::10]"[..], None)));
+    }
+
+    #[test]
+    fn port_inside_brackets_is_part_of_the_address_rfc5118_4_3() {
+        assert_eq!(hostport(b"[2001:db8::10:5070]"), Ok((&b"[2001:db8::10:5070]"[..], None)));
+        assert_eq!(hostport(b"[2001:db8::10]:5070"), Ok((&b"[2001:db8::10]"[..], Some(5070))));
+    }
+
+    #[test]
+    fn three_colon_ipv6_reference_is_tolerated_rfc5118_4_10() {
+        let two: Ipv6Addr = "2001:db8::192.0.2.1".parse().unwrap();
+        assert_eq!(ipv6_address(b"2001:db8:::192.0.2.1"), Some(two));
+        assert_eq!(ipv6_address(b"2001:db8::192.0.2.1"), Some(two));
+        assert_eq!(ipv6_address(b"2001:db8:::1"), None);
+        assert_eq!(ipv6_address(b"2001:::db8:::192.0.2.1"), None);
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_reference_parses_rfc5118_4_9() {
+        assert_eq!(ipv6_address(b"::ffff:192.0.2.10"), "::ffff:192.0.2.10".parse().ok());
+        assert_eq!(hostport(b"[::ffff:192.0.2.10]:19823").map(|h| h.1), Ok(Some(19823)));
+    }
+
+    #[test]
+    fn malformed_hostports_are_refused() {
+        for bad in [&b""[..], b"[2001:db8::10", b"[zz]", b"host:", b"host:99999", b"host:5060x", b"[::1]x", b"a b"] {
+            assert!(hostport(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(hostport(b"example.com:5060"), Ok((&b"example.com"[..], Some(5060))));
     }
 
     #[test]
