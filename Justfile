@@ -49,10 +49,10 @@ bench-xdp:
     bash bench/xdp/run.sh
 
 # Fuzz the framer, the header index and the engine (cargo-fuzz, nightly), SECONDS each,
-# seeded with the RFC 4475 vectors. A crash becomes a file in tests/vectors/fuzz/.
+# seeded with the RFC 4475 and RFC 5118 vectors. A crash becomes a file in tests/vectors/fuzz/.
 fuzz SECONDS="60":
     cargo-fuzz --version 2>/dev/null | grep -qw 0.13.2 || cargo install cargo-fuzz@0.13.2 --locked --force
-    for t in framer header_index engine; do mkdir -p fuzz/corpus/$t && cp tests/vectors/rfc4475/*.sip fuzz/corpus/$t/; done
+    for t in framer header_index engine; do mkdir -p fuzz/corpus/$t && cp tests/vectors/rfc4475/*.sip tests/vectors/rfc5118/*.sip fuzz/corpus/$t/; done
     cd fuzz && cargo +{{ebpf_toolchain}} fuzz run framer -- -max_total_time={{SECONDS}} -dict=sip.dict
     cd fuzz && cargo +{{ebpf_toolchain}} fuzz run header_index -- -max_total_time={{SECONDS}} -dict=sip.dict
     cd fuzz && cargo +{{ebpf_toolchain}} fuzz run engine -- -max_total_time={{SECONDS}} -dict=sip.dict
