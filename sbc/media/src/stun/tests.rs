@@ -391,3 +391,20 @@ fn sip_text_is_ignored_as_malformed() {
     let reply = server().handle(b"OPTIONS sip:a SIP/2.0\r\n\r\n", source());
     assert_eq!(reply, Reply::Ignore(IgnoreReason::Malformed(ParseError::NotStun { byte: b'O' })));
 }
+
+#[test]
+fn replies_to_requests_that_pass_is_stun_pass_it_too() {
+    // The highest method RFC 7983's first-byte rule admits (0x0FF) and Binding; the reply only
+    // adds the class bit C1 to the first byte (found by the fuzz target: a method ≥ 0x100
+    // puts the first byte over 3, request and reply alike).
+    for method in [0x0FF, BINDING] {
+        let req = request(method, &[], false);
+        assert!(is_stun(&req));
+        let bytes = match server().handle(&req, source()) {
+            Reply::Success(b) | Reply::Error { bytes: b, .. } => b,
+            Reply::Ignore(r) => panic!("{r}"),
+        };
+        assert!(is_stun(&bytes), "method {method:#x}");
+    }
+    assert!(!is_stun(&request(0x100, &[], false)));
+}
