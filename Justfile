@@ -48,11 +48,14 @@ bench-xdp:
     cargo build --release -p sbc-xdp --example udp_flood
     bash bench/xdp/run.sh
 
-# Fuzz the framer, the header index and the engine (cargo-fuzz, nightly), SECONDS each,
-# seeded with the RFC 4475 and RFC 5118 vectors. A crash becomes a file in tests/vectors/fuzz/.
+# Fuzz the framer, the header index, the engine and the STUN server (cargo-fuzz, nightly), SECONDS
+# each, seeded with the RFC 4475 and RFC 5118 vectors (STUN: the RFC 5769 ones). A crash becomes a
+# file in tests/vectors/fuzz/.
 fuzz SECONDS="60":
     cargo-fuzz --version 2>/dev/null | grep -qw 0.13.2 || cargo install cargo-fuzz@0.13.2 --locked --force
     for t in framer header_index engine; do mkdir -p fuzz/corpus/$t && cp tests/vectors/rfc4475/*.sip tests/vectors/rfc5118/*.sip fuzz/corpus/$t/; done
+    mkdir -p fuzz/corpus/stun && cp tests/vectors/rfc5769/*.bin fuzz/corpus/stun/
     cd fuzz && cargo +{{ebpf_toolchain}} fuzz run framer -- -max_total_time={{SECONDS}} -dict=sip.dict
     cd fuzz && cargo +{{ebpf_toolchain}} fuzz run header_index -- -max_total_time={{SECONDS}} -dict=sip.dict
     cd fuzz && cargo +{{ebpf_toolchain}} fuzz run engine -- -max_total_time={{SECONDS}} -dict=sip.dict
+    cd fuzz && cargo +{{ebpf_toolchain}} fuzz run stun -- -max_total_time={{SECONDS}}

@@ -1,0 +1,12 @@
+//! Sans-IO media of the SBC: no sockets, no clocks, no threads. Every entry point takes its input
+//! (a datagram and where it came from) and returns what to send back, or why nothing is sent.
+//!
+//! It owns:
+//! - [`stun`]: an RFC 8489 STUN Binding server (a bounded codec of our own and the server that
+//!   answers Binding requests), and the RFC 7983 rule that tells STUN from SIP on a shared port.
+//!
+//! Next here: SDP rewriting and relay sessions (behind `sbc_proto::engine::MediaHook`). Nothing
+//! here is wired into the daemon yet.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
+
+pub mod stun;
