@@ -12,7 +12,8 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sbc_proto::engine::{Engine, Event, Flow, Output, Side};
+use sbc_media::stun;
+use sbc_proto::engine::{Engine, Event, Flow, Output, Side, Transmit};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
@@ -86,6 +87,25 @@ pub struct Daemon {
     log_tick: tokio::time::Interval,
     /// When the engine next wants [`Daemon::on_timer`]; refreshed by every [`Daemon::flush`].
     deadline: Option<Instant>,
+    /// The STUN Binding server (sans-IO) and where it answers.
+    stun: StunService,
+}
+
+/// STUN on the external side: on the SIP UDP ports (demultiplexed, RFC 7983) and on dedicated
+/// ports, answered by the sans-IO [`sbc_media::stun::Server`].
+struct StunService {
+    server: stun::Server,
+    on_sip_udp: bool,
+    /// The dedicated STUN sockets' addresses: nothing but STUN is taken there.
+    ports: Vec<std::net::SocketAddr>,
+    stats: StunStats,
+}
+
+#[derive(Debug, Default)]
+struct StunStats {
+    answered: u64,
+    errors: u64,
+    ignored: u64,
 }
 
 impl Daemon {
@@ -96,9 +116,13 @@ impl Daemon {
         let (tx, inputs) = mpsc::channel::<Input>(4096);
         let settings =
             StreamSettings { limits: cfg.engine.limits, idle: cfg.tcp_idle, max_connections: cfg.max_tcp_connections };
+        // The dedicated STUN ports are external UDP sockets like the SIP ones; the daemon tells
+        // their datagrams apart by local address.
+        let external_udp: Vec<std::net::SocketAddr> =
+            cfg.external.udp.iter().chain(cfg.stun.udp.iter()).copied().collect();
         let net = Net::bind(
             &[
-                (Side::External, &cfg.external.udp, &cfg.external.tcp),
+                (Side::External, &external_udp, &cfg.external.tcp),
                 (Side::Internal, &cfg.internal.udp, &cfg.internal.tcp),
             ],
             settings,
@@ -114,12 +138,19 @@ impl Daemon {
         let signals = Signals::register()?;
         let mut log_tick = tokio::time::interval(LOG_TICK);
         log_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut daemon = Daemon { engine, net, trunk, inputs, admin, signals, log_tick, deadline: None };
+        let stun = StunService {
+            server: stun::Server::new(stun::Config::default()).map_err(|e| anyhow::anyhow!("stun: {e}"))?,
+            on_sip_udp: cfg.stun.on_sip_udp,
+            ports: cfg.stun.udp.clone(),
+            stats: StunStats::default(),
+        };
+        let mut daemon = Daemon { engine, net, trunk, inputs, admin, signals, log_tick, deadline: None, stun };
         daemon.install_guard();
         tracing::info!(
             external_udp = ?cfg.external.udp, external_tcp = ?cfg.external.tcp,
             internal_udp = ?cfg.internal.udp, internal_tcp = ?cfg.internal.tcp,
             cores = ?cfg.engine.cores.iter().map(|c| c.addr).collect::<Vec<_>>(),
+            stun_udp = ?cfg.stun.udp, stun_on_sip_udp = cfg.stun.on_sip_udp,
             "sbc running"
         );
         Ok(daemon)
@@ -165,7 +196,18 @@ impl Daemon {
     fn on_input(&mut self, now: Instant, input: Input) {
         match input {
             Input::Datagram { flow, data } => {
-                if self.admits(&flow) {
+                if !self.admits(&flow) {
+                    return;
+                }
+                let stun_port = flow.side == Side::External && self.stun.ports.contains(&flow.local);
+                if stun::is_stun(&data) && (stun_port || (flow.side == Side::External && self.stun.on_sip_udp)) {
+                    self.on_stun(flow, &data);
+                } else if stun_port {
+                    self.stun.stats.ignored += 1;
+                    logsum::note_info("stun port: not STUN", Some(flow.remote.ip()), || {
+                        format!("non-STUN datagram from {} on the STUN port {} dropped", flow.remote, flow.local)
+                    });
+                } else {
                     self.engine.handle_datagram(now, flow, &data);
                 }
             }
@@ -182,6 +224,29 @@ impl Daemon {
             }
             Input::Opened { key, id, tx } => self.net.opened(key, id, tx),
             Input::Closed { key, id } => self.net.closed(key, id),
+        }
+    }
+
+    /// A STUN datagram: the Binding server's answer goes back on the socket it came in on.
+    fn on_stun(&mut self, flow: Flow, data: &[u8]) {
+        match self.stun.server.handle(data, flow.remote) {
+            stun::Reply::Success(bytes) => {
+                self.stun.stats.answered += 1;
+                self.net.send(Transmit { flow, data: bytes, reconnect: None });
+            }
+            stun::Reply::Error { code, bytes } => {
+                self.stun.stats.errors += 1;
+                logsum::note_info(&format!("stun error {code}"), Some(flow.remote.ip()), || {
+                    format!("STUN request from {} answered {code}", flow.remote)
+                });
+                self.net.send(Transmit { flow, data: bytes, reconnect: None });
+            }
+            stun::Reply::Ignore(why) => {
+                self.stun.stats.ignored += 1;
+                logsum::note_info(&format!("stun ignored: {why}"), Some(flow.remote.ip()), || {
+                    format!("STUN datagram from {} ignored: {why}", flow.remote)
+                });
+            }
         }
     }
 
@@ -263,6 +328,8 @@ impl Daemon {
             st.transport_errors,
             self.net.connections(),
         );
+        let s = &self.stun.stats;
+        out.push_str(&format!("stun.answered {}\nstun.errors {}\nstun.ignored {}\n", s.answered, s.errors, s.ignored));
         if let Some(t) = &self.trunk {
             out.push_str(&t.stats_text());
         }

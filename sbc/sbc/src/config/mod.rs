@@ -45,6 +45,24 @@ pub struct Raw {
     pub trunk: RawTrunk,
     #[serde(default)]
     pub admin: RawAdmin,
+    #[serde(default)]
+    pub stun: RawStun,
+}
+
+/// The STUN Binding server (RFC 8489) on the external side.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStun {
+    /// Answer STUN on the external SIP UDP ports too (told apart from SIP by RFC 7983's rule):
+    /// phones behind NAT learn their public address and keep their binding open (RFC 5626 §8.4).
+    pub on_sip_udp: bool,
+    /// Dedicated STUN listen addresses (UDP), e.g. "203.0.113.1:3478".
+    pub udp: Vec<String>,
+}
+impl Default for RawStun {
+    fn default() -> Self {
+        RawStun { on_sip_udp: true, udp: Vec::new() }
+    }
 }
 
 /// The trunk side's provider allowlist and its XDP filter.
@@ -208,6 +226,15 @@ pub struct Validated {
     pub log_level: String,
     pub trunk: Trunk,
     pub admin_socket: std::path::PathBuf,
+    pub stun: Stun,
+}
+
+/// Where the STUN Binding server answers.
+#[derive(Debug, Clone, Default)]
+pub struct Stun {
+    pub on_sip_udp: bool,
+    /// Dedicated STUN UDP listen addresses (external side; STUN only).
+    pub udp: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -395,6 +422,13 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
             _ => {}
         }
     }
+    let stun_udp = addrs("stun.udp", &raw.stun.udp, &mut errs);
+    for (i, a) in stun_udp.iter().enumerate() {
+        if ext_listen.udp.contains(a) || int_listen.udp.contains(a) {
+            errs.error(format!("stun.udp[{i}]"), format!("{a} is already a SIP listen address (use stun.on_sip_udp)"));
+        }
+    }
+    let stun = Stun { on_sip_udp: raw.stun.on_sip_udp, udp: stun_udp };
     let l = &raw.limits;
     range(&mut errs, "limits.max_message_bytes", l.max_message_bytes as u64, 512, 65535);
     range(&mut errs, "limits.max_headers", l.max_headers as u64, 16, 1024);
@@ -482,6 +516,7 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
         log_level: raw.log.level,
         trunk,
         admin_socket: raw.admin.socket.into(),
+        stun,
     })
 }
 
@@ -588,6 +623,17 @@ max_message_bytes = 70000
         for w in want {
             assert!(errs.iter().any(|e| e == w), "missing {w:?} in {errs:#?}");
         }
+    }
+
+    #[test]
+    fn stun_ports_are_parsed_and_may_not_be_sip_listen_addresses() {
+        let base = "[external]\nudp=[\"127.0.0.1:5060\"]\n[internal]\nudp=[\"127.0.0.2:5060\"]\n[[core]]\naddress=\"127.0.0.3:5080\"\n";
+        let v = parse(&format!("{base}[stun]\nudp=[\"127.0.0.1:3478\"]\n")).unwrap();
+        assert_eq!(v.stun.udp, vec!["127.0.0.1:3478".parse::<SocketAddr>().unwrap()]);
+        assert!(v.stun.on_sip_udp, "on by default");
+        let e = parse(&format!("{base}[stun]\nudp=[\"127.0.0.1:5060\", \"nonsense\"]\n")).unwrap_err().to_string();
+        assert!(e.contains("stun.udp[0]") && e.contains("already a SIP listen address"), "{e}");
+        assert!(e.contains("stun.udp[1]"), "{e}");
     }
 
     #[test]
