@@ -200,7 +200,8 @@ impl Daemon {
                     return;
                 }
                 let stun_port = flow.side == Side::External && self.stun.ports.contains(&flow.local);
-                if stun::is_stun(&data) && (stun_port || (flow.side == Side::External && self.stun.on_sip_udp)) {
+                let stun_here = stun_port || (flow.side == Side::External && self.stun.on_sip_udp);
+                if stun_here && stun::is_stun(&data) {
                     self.on_stun(flow, &data);
                 } else if stun_port {
                     self.stun.stats.ignored += 1;

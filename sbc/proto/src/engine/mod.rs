@@ -331,18 +331,8 @@ impl Engine {
                     }
                     _ => Vec::new(),
                 };
-                let tag = self.random_hex();
-                self.send(flow, reply(msg, flow.remote, code, reason, Some(tag.as_bytes()), &extra));
-                let outcome = Final {
-                    requester: flow,
-                    method: msg.method(),
-                    code,
-                    by_sbc: true,
-                    to: msg.value(HeaderName::To).unwrap_or_default(),
-                    call_id: msg.value(HeaderName::CallId).unwrap_or_default(),
-                    dialog: None,
-                };
-                self.guard.on_final(now, &outcome);
+                let call_id = msg.value(HeaderName::CallId).unwrap_or_default();
+                self.reply_stateless(now, flow, msg, msg.method(), call_id, code, reason, &extra);
                 self.stats.rejected += 1;
                 self.events.push_back(Event::Rejected { flow, code, error: error.to_string() });
             }
@@ -363,23 +353,34 @@ impl Engine {
             return;
         }
         tracing::debug!(code, reason, "answered locally");
-        let tag = self.random_hex();
-        self.send(flow, reply(&req.msg, flow.remote, code, reason, Some(tag.as_bytes()), extra));
-        if code >= 200 {
-            let outcome = Final {
-                requester: flow,
-                method: req.method,
-                code,
-                by_sbc: true,
-                to: req.msg.value(HeaderName::To).unwrap_or_default(),
-                call_id: &req.call_id,
-                dialog: None,
-            };
-            self.guard.on_final(now, &outcome);
-        }
+        self.reply_stateless(now, flow, &req.msg, req.method, &req.call_id, code, reason, extra);
         self.stats.local_replies += 1;
         if code >= 300 {
             self.events.push_back(Event::Rejected { flow, code, error: reason.to_string() });
+        }
+    }
+
+    /// A response the SBC makes to a request without a server transaction (a sanity refusal,
+    /// a routing failure, its own answer): a fresh To tag, the top Via stamped, and a final
+    /// one shown to the guard.
+    #[allow(clippy::too_many_arguments)]
+    fn reply_stateless(
+        &mut self,
+        now: Instant,
+        flow: Flow,
+        msg: &Message<'_>,
+        method: Method,
+        call_id: &[u8],
+        code: u16,
+        reason: &str,
+        extra: &[(&str, &[u8])],
+    ) {
+        let tag = self.random_hex();
+        self.send(flow, reply(msg, flow.remote, code, reason, Some(tag.as_bytes()), extra));
+        if code >= 200 {
+            let to = msg.value(HeaderName::To).unwrap_or_default();
+            let outcome = Final { requester: flow, method, code, by_sbc: true, to, call_id, dialog: None };
+            self.guard.on_final(now, &outcome);
         }
     }
 

@@ -49,10 +49,11 @@ impl Engine {
             Ok(r) => r,
             Err((code, reason)) => return self.local_reply(now, flow, req, code, reason, &[]),
         };
-        if req.method == Method::Invite {
-            // §16.2: a stateful proxy answers INVITE with 100 Trying itself.
-            let trying = reply(&req.msg, flow.remote, 100, "Trying", None, &[]);
-            self.send(flow, trying);
+        // §16.2: a stateful proxy answers INVITE with 100 Trying itself (and again to its
+        // retransmissions).
+        let trying = (req.method == Method::Invite).then(|| reply(&req.msg, flow.remote, 100, "Trying", None, &[]));
+        if let Some(t) = &trying {
+            self.send(flow, t.clone());
         }
         let local_tag = self.random_hex();
         let mut vias = build::via_values(&req.msg);
@@ -61,7 +62,7 @@ impl Engine {
             *top = crate::sip::edit::stamp_via(top, flow.remote);
         }
         let header = |n: HeaderName| req.msg.first(n).map(|h| req.msg.unfolded(h).into_owned()).unwrap_or_default();
-        let mut st = ServerTxn {
+        let st = ServerTxn {
             flow,
             method: req.method,
             vias,
@@ -71,32 +72,17 @@ impl Engine {
             cseq: header(HeaderName::CSeq),
             record_route: if req.method.creates_dialog() { build::record_routes(&req.msg) } else { Vec::new() },
             state: ServerState::Proceeding,
-            last_response: None,
+            last_response: trying,
             client: None,
             local_tag,
             retransmit: None,
             expires: now + self.cfg.timers.t64() * 3,
             reply_to: (flow.transport != Transport::Udp).then(|| SocketAddr::new(flow.remote.ip(), req.sent_by_port)),
         };
-        if req.method == Method::Invite {
-            st.last_response = Some(reply(&req.msg, flow.remote, 100, "Trying", None, &[]));
-        }
         self.txns.insert_server(key.clone(), st);
         if let Err((code, reason)) = self.forward_request(now, flow, req, route, key.clone()) {
             self.answer_server(now, &key, code, reason);
         }
-    }
-
-    /// The `host[:port]` of the From of a request from the internal side when it will be
-    /// replaced by ours toward the outside (see [`build`]'s identity rules).
-    pub(super) fn replaced_from_host(&self, req: &Checked<'_>) -> Option<Vec<u8>> {
-        let from = req.msg.unfolded(req.msg.first(HeaderName::From)?);
-        let hostport = crate::topology::uri_hostport(&from)?;
-        let host = match hostport.first() {
-            Some(b'[') => hostport.get(..hostport.iter().position(|&b| b == b']')? + 1)?,
-            _ => hostport.split(|&b| b == b':').next()?,
-        };
-        self.topology.hides_host(host).then(|| hostport.to_vec())
     }
 
     /// A Request-URI without a user part whose host and port are the address the request
@@ -106,7 +92,7 @@ impl Engine {
         if target.user.is_some() {
             return false;
         }
-        let port = target.port.unwrap_or(if target.sips { 5061 } else { 5060 });
+        let port = target.port_or_default();
         let host_is_ours = match &target.host {
             uri::Host::Ip(ip) => *ip == flow.local.ip(),
             uri::Host::Name(n) => n.eq_ignore_ascii_case(&self.side_cfg(flow.side).advertise),
@@ -228,7 +214,10 @@ impl Engine {
             ctx.requester_route_set = build::record_routes(&req.msg);
             ctx.requester_call_id = req.call_id.to_vec();
             if flow.side == Side::Internal && to_flow.side == Side::External && self.cfg.external.hide {
-                ctx.internal_host = self.replaced_from_host(req);
+                ctx.internal_host = req
+                    .msg
+                    .first(HeaderName::From)
+                    .and_then(|h| self.topology.hidden_hostport(&req.msg.unfolded(h)).map(<[u8]>::to_vec));
             }
         }
         let contact = if req.method == Method::Register {
@@ -236,7 +225,7 @@ impl Engine {
             ctx.registration = tokens;
             value
         } else {
-            Some(self.contact_value(to_flow, ctx.dialog.as_deref()))
+            Some(self.topology.contact(to_flow, ctx.dialog.as_deref()))
         };
         let branch = self.new_branch();
         let body = self.media_body(now, req, ctx.dialog.as_deref(), flow.side, to_flow.side, None);
@@ -270,11 +259,6 @@ impl Engine {
     pub(super) fn start_client(&mut self, now: Instant, req: Outgoing) -> String {
         let probe_timeout = self.cfg.probe_timeout;
         self.txns.start_client(now, req, probe_timeout, &mut self.out)
-    }
-
-    /// Our Contact toward a flow's side: the dialog token, or no user part.
-    pub(super) fn contact_value(&self, to: Flow, token: Option<&str>) -> Vec<u8> {
-        self.topology.contact(to, token)
     }
 
     /// The media seam's replacement for a body crossing sides (None: unchanged, or no body).
@@ -358,7 +342,7 @@ impl Engine {
         let caller = d.caller;
         let restore = if flow.side == Side::External { d.internal_host.clone() } else { None };
         let branch = self.new_branch();
-        let contact = Some(self.contact_value(to.flow, Some(&route)));
+        let contact = Some(self.topology.contact(to.flow, Some(&route)));
         let body = self.media_body(now, req, Some(&route), flow.side, to.flow.side, None);
         let data = self.topology.build_request(
             req,

@@ -100,7 +100,7 @@ impl Engine {
             if (300..400).contains(&code) && self.side_cfg(to_flow.side).hide {
                 None
             } else {
-                Some(self.contact_value(to_flow, dialog_token.as_deref()))
+                Some(self.topology.contact(to_flow, dialog_token.as_deref()))
             }
         } else {
             None
@@ -210,14 +210,12 @@ impl Engine {
     /// that never ACKs cannot fill the dialog table this way.
     pub(super) fn await_ack(&mut self, now: Instant, token: &str, responder: Flow, resp: &Checked<'_>) {
         let branch = self.new_branch();
-        let Some(d) = self.dialogs.get(token) else { return };
-        let leg = d.leg(responder.side);
-        let adv = &self.side_cfg(responder.side).advertise;
-        let bye = build::unacked_bye(adv, responder, &branch, &resp.msg, &leg.target, &leg.route_set, resp.cseq);
         let deadline = now + self.cfg.timers.t64();
-        if let Some(d) = self.dialogs.get_mut(token) {
-            d.ack_wait = Some(AckWait { deadline, flow: responder, branch, bye });
-        }
+        let Some(d) = self.dialogs.get_mut(token) else { return };
+        let leg = d.leg(responder.side);
+        let adv = &self.topology.side(responder.side).advertise;
+        let bye = build::unacked_bye(adv, responder, &branch, &resp.msg, &leg.target, &leg.route_set, resp.cseq);
+        d.ack_wait = Some(AckWait { deadline, flow: responder, branch, bye });
         self.schedule(deadline, Timer::AckWait(token.to_string()));
     }
 

@@ -1,7 +1,12 @@
 //! The engine's own timers (the transaction layer keeps its own): core probing, the wait for
 //! a 2xx's ACK, the sweep of idle dialogs and expired bindings; and what happens when a client
-//! transaction fails for good (timeout, transport error). Entries are never cancelled: a fired entry re-checks the state it
-//! refers to (which records its own due times) and does nothing when it is stale.
+//! transaction fails for good (timeout, transport error). Entries are never cancelled: a fired
+//! entry re-checks the state it refers to (which records its own due times) and does nothing
+//! when it is stale.
+
+use std::time::Instant;
+
+use super::*;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Timer {
@@ -12,10 +17,6 @@ pub enum Timer {
     /// Expiry of dialogs and registrations.
     Sweep,
 }
-
-use std::time::Instant;
-
-use super::*;
 
 impl Engine {
     /// Runs every timer due at `now`: the transaction layer's (retransmissions, ends) first,
@@ -75,16 +76,14 @@ impl Engine {
                         return self.restart_on_core(now, next, method, flow, &request, &branch, purpose, server);
                     }
                 }
-                if let Some(sk) = ct.server.clone() {
+                if let Some(sk) = &ct.server {
                     if ct.method == Method::Invite
-                        && let Some(d) = match &ct.purpose {
-                            Purpose::Forward(c) if c.creates_dialog => c.dialog.clone(),
-                            _ => None,
-                        }
+                        && ctx.creates_dialog
+                        && let Some(d) = &ctx.dialog
                     {
-                        self.end_dialog_unconfirmed(now, &d);
+                        self.end_dialog_unconfirmed(now, d);
                     }
-                    self.answer_server(now, &sk, code, reason);
+                    self.answer_server(now, sk, code, reason);
                 }
             }
         }

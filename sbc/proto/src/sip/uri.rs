@@ -123,9 +123,14 @@ impl SipUri {
     /// applied: names need the resolver of the daemon).
     pub fn socket_addr(&self) -> Option<SocketAddr> {
         match self.host {
-            Host::Ip(ip) => Some(SocketAddr::new(ip, self.port.unwrap_or(if self.sips { 5061 } else { 5060 }))),
+            Host::Ip(ip) => Some(SocketAddr::new(ip, self.port_or_default())),
             Host::Name(_) => None,
         }
+    }
+
+    /// The port, or the scheme's default (RFC 3261 §19.1.2: 5060 for sip, 5061 for sips).
+    pub fn port_or_default(&self) -> u16 {
+        self.port.unwrap_or(if self.sips { 5061 } else { 5060 })
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use super::{Masker, rewrite_param, rewrite_uri_host};
+use super::{Masker, rewrite_param, rewrite_uri_host, uri_host_span};
 use crate::flow::{Flow, Side};
 use crate::sip::edit::Splice;
 use crate::sip::message::HeaderName;
@@ -126,11 +126,6 @@ impl Topology {
         sbc_uri(&self.side(to.side).advertise, to, token, true)
     }
 
-    /// Our Via on a flow.
-    pub fn via(&self, flow: Flow, branch: &str) -> Vec<u8> {
-        via_line(&self.side(flow.side).advertise, flow, branch)
-    }
-
     /// Masks or restores an identifier whose origin is unknown (inside Replaces): what we
     /// masked comes back; anything else is masked toward a hidden side. None means unchanged.
     pub fn cross(&self, v: &[u8], side: Side) -> Option<Vec<u8>> {
@@ -201,13 +196,12 @@ impl Topology {
     fn cross_common(&self, s: &mut Splice<'_, '_>, c: &Checked<'_>, from: Side, to: Flow, origins: Origins<'_>) {
         let Origins { call_id_native, restore_to_host, to_registered } = origins;
         let hide = self.side(to.side).hide;
-        let adv_own = self.external.advertise.clone();
         if let Some(v) = self.ident(&c.call_id, call_id_native, to.side) {
             s.set(HeaderName::CallId, &v);
         }
         let requester = from;
         let replace_hosts = hide && to.side == Side::External;
-        let adv = self.external.advertise.clone();
+        let adv = self.external.advertise.as_bytes();
         for (i, h) in c.msg.headers.iter().enumerate() {
             if !matches!(h.name, HeaderName::From | HeaderName::To) {
                 continue;
@@ -235,7 +229,7 @@ impl Topology {
                         _ if to_registered => self.hides_host(host),
                         _ => self.internal_hosts.iter().any(|k| k.eq_ignore_ascii_case(host)),
                     },
-                    adv.as_bytes(),
+                    adv,
                 )
             {
                 v = x;
@@ -243,7 +237,7 @@ impl Topology {
             // Coming back in a dialog whose internal party's host we replaced: restored.
             if h.name == HeaderName::To
                 && let Some(orig) = restore_to_host
-                && let Some(x) = rewrite_uri_host(&v, |host| host.eq_ignore_ascii_case(adv_own.as_bytes()), orig)
+                && let Some(x) = rewrite_uri_host(&v, |host| host.eq_ignore_ascii_case(adv), orig)
             {
                 v = x;
             }
@@ -259,19 +253,25 @@ impl Topology {
         !self.public_hosts.iter().any(|k| k.eq_ignore_ascii_case(host))
     }
 
+    /// The `host[:port]` of an identity (a From value) that the identity rule replaces by ours
+    /// toward a hidden external side; None when its host stays.
+    pub fn hidden_hostport<'v>(&self, value: &'v [u8]) -> Option<&'v [u8]> {
+        let (abs, host_start, host_end, end) = uri_host_span(value)?;
+        let host = value.get(abs + host_start..abs + host_end)?;
+        self.hides_host(host).then(|| value.get(abs + host_start..abs + end)).flatten()
+    }
+
     /// Identity headers other than From/To get their non-public hosts replaced toward a
     /// hidden external side; configured headers are stripped toward a hidden side.
     fn cross_others(&self, s: &mut Splice<'_, '_>, c: &Checked<'_>, to: Flow) {
         let hide = self.side(to.side).hide;
         if hide && to.side == Side::External {
-            let adv = self.external.advertise.clone();
+            let adv = self.external.advertise.as_bytes();
             for (i, h) in c.msg.headers.iter().enumerate() {
                 let identity = h.name == HeaderName::ReferredBy
                     || (h.name == HeaderName::Other
                         && c.msg.slice(&h.name_span).eq_ignore_ascii_case(b"P-Asserted-Identity"));
-                if identity
-                    && let Some(x) = rewrite_uri_host(&c.msg.unfolded(h), |host| self.hides_host(host), adv.as_bytes())
-                {
+                if identity && let Some(x) = rewrite_uri_host(&c.msg.unfolded(h), |host| self.hides_host(host), adv) {
                     s.replace_at(i, x);
                 }
             }

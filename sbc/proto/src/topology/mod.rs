@@ -158,12 +158,6 @@ pub fn rewrite_uri_host(value: &[u8], hidden: impl Fn(&[u8]) -> bool, replacemen
     Some(out)
 }
 
-/// The `host[:port]` of a name-addr's URI (what [`rewrite_uri_host`] replaces).
-pub fn uri_hostport(value: &[u8]) -> Option<&[u8]> {
-    let (abs, host_start, _, end) = uri_host_span(value)?;
-    value.get(abs + host_start..abs + end)
-}
-
 /// (URI offset in `value`, host start, host end, end of host and `:port`), offsets after the
 /// first three relative to the URI.
 fn uri_host_span(value: &[u8]) -> Option<(usize, usize, usize, usize)> {

@@ -230,9 +230,6 @@ impl Transactions {
         }
     }
 
-    pub fn timers(&self) -> Timers {
-        self.t
-    }
     pub fn server_len(&self) -> usize {
         self.server.len()
     }

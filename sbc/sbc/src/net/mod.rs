@@ -89,17 +89,13 @@ fn recv_udp_error(sock: &UdpSocket) -> io::Result<Option<(SocketAddr, io::ErrorK
             .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6))))
     });
     let kind = errno.map(|e| io::Error::from_raw_os_error(e as i32).kind());
-    Ok(match (remote, kind) {
-        (
-            Some(r),
-            Some(
-                k @ (io::ErrorKind::ConnectionRefused
-                | io::ErrorKind::HostUnreachable
-                | io::ErrorKind::NetworkUnreachable),
-            ),
-        ) => Some((r, k)),
-        _ => None,
-    })
+    let unreachable = |k: &io::ErrorKind| {
+        matches!(
+            k,
+            io::ErrorKind::ConnectionRefused | io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable
+        )
+    };
+    Ok(remote.zip(kind.filter(unreachable)))
 }
 
 fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
