@@ -116,7 +116,7 @@ impl Engine {
             let branch = self.new_branch();
             let tag = self.random_hex();
             let call_id = self.random_hex();
-            let data = build::options_probe(&self.cfg.internal.advertise, flow, &branch, &tag, &call_id);
+            let data = build::options_probe(&self.topology.advertise(flow), flow, &branch, &tag, &call_id);
             let probe =
                 Outgoing { flow, method: Method::Options, data, branch, purpose: Purpose::Probe(idx), server: None };
             self.start_client(now, probe);
