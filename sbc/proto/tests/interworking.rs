@@ -23,6 +23,7 @@ fn dual_stack() -> Config {
         udp: vec![sa("203.0.113.1:5060"), sa("[2001:db8::1]:5060")],
         tcp: Vec::new(),
         hide: true,
+        ..Config::example().external
     };
     c
 }
@@ -92,6 +93,7 @@ fn a_target_of_a_family_the_side_lacks_gets_503() {
         udp: vec![sa("[2001:db8::1]:5060")],
         tcp: Vec::new(),
         hide: true,
+        ..Config::example().external
     };
     let mut e = Engine::new(c, now);
     e.handle_datagram(now, from_core(), &call_from_core("198.51.100.7:5060", 3));
@@ -122,6 +124,7 @@ fn a_call_from_an_ipv6_phone_reaches_an_ipv4_core_with_no_ipv6_address() {
         udp: vec![sa("[2001:db8::1]:5060")],
         tcp: Vec::new(),
         hide: true,
+        ..Config::example().external
     };
     let mut e = Engine::new(c, now);
     let phone = Flow {

@@ -34,15 +34,15 @@ fn sa(s: &str) -> SocketAddr {
 /// IPv6 outside; inside an IPv6 core (`core_v6`) or an IPv4 one.
 fn config(core_v6: bool) -> Config {
     let (int, core) = if core_v6 { (SBC_INT6, CORE6) } else { (SBC_INT4, CORE4) };
-    let side = |addr: &str, hide| SideConfig {
+    let side = |addr: &str, base: SideConfig| SideConfig {
         advertise: sa(addr).ip().to_string(),
         udp: vec![sa(addr)],
         tcp: Vec::new(),
-        hide,
+        ..base
     };
     Config {
-        external: side(SBC_EXT, true),
-        internal: side(int, false),
+        external: side(SBC_EXT, Config::example().external),
+        internal: side(int, Config::example().internal),
         cores: vec![CoreTarget { addr: sa(core), transport: Transport::Udp }],
         ..Config::example()
     }
