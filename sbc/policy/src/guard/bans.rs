@@ -45,6 +45,8 @@ pub enum UnbanReason {
     Deleted,
     /// The table was full and a newer ban needed its slot.
     Evicted,
+    /// The prefix became exempt (an allowlist reload listed it, or `guard.ignore` covers it).
+    Exempt,
 }
 
 impl UnbanReason {
@@ -53,6 +55,7 @@ impl UnbanReason {
             UnbanReason::Expired => "expired",
             UnbanReason::Deleted => "deleted",
             UnbanReason::Evicted => "evicted",
+            UnbanReason::Exempt => "exempt",
         }
     }
 }

@@ -50,6 +50,7 @@ pub mod scanner;
 #[cfg(test)]
 mod tests;
 
+use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -76,11 +77,21 @@ pub const MANUAL_JAIL: &str = "manual";
 /// Addresses that are never banned (only rate limited): the trunk allowlist, or any predicate.
 pub trait Exempt {
     fn is_exempt(&self, ip: IpAddr) -> bool;
+
+    /// Whether `prefix` holds an exempt address (a ban of it must not be made). By default,
+    /// whether its first address is exempt.
+    fn overlaps(&self, prefix: Prefix) -> bool {
+        self.is_exempt(prefix.addr())
+    }
 }
 
 impl Exempt for Allowlist {
     fn is_exempt(&self, ip: IpAddr) -> bool {
         self.contains(ip.to_canonical())
+    }
+
+    fn overlaps(&self, prefix: Prefix) -> bool {
+        self.entries().iter().any(|e| e.prefix.contains(prefix.addr()) || prefix.contains(e.prefix.addr()))
     }
 }
 
@@ -145,6 +156,25 @@ pub struct BanView {
     pub offence: u32,
     pub remaining: Duration,
     pub dropped: u64,
+}
+
+/// One line for `sbc bans list|show`: the prefix, then `key=value` fields, the texts quoted
+/// and escaped as Rust strings.
+impl fmt::Display for BanView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} jail={} remaining={}s hits={} offence={} dropped={} reason={:?} evidence={:?}",
+            self.prefix,
+            self.jail,
+            self.remaining.as_secs(),
+            self.hits,
+            self.offence,
+            self.dropped,
+            self.reason,
+            self.evidence
+        )
+    }
 }
 
 impl BanView {
@@ -213,6 +243,27 @@ impl Guard {
     fn is_exempt(&self, ip: IpAddr, exempt: &dyn Exempt) -> bool {
         let ip = ip.to_canonical();
         self.config.ignore.iter().any(|p| p.contains(ip)) || exempt.is_exempt(ip)
+    }
+
+    /// Whether a ban of `prefix` would touch an exempt address: it overlaps an `ignore` prefix
+    /// or an exempt one ([`Exempt::overlaps`]).
+    fn covers_exempt(&self, prefix: &Prefix, exempt: &dyn Exempt) -> bool {
+        self.config.ignore.iter().any(|i| i.contains(prefix.addr()) || prefix.contains(i.addr()))
+            || exempt.overlaps(*prefix)
+    }
+
+    /// Lifts the bans of prefixes that became exempt (call after an allowlist reload).
+    /// Returns how many.
+    pub fn lift_exempt(&mut self, exempt: &dyn Exempt) -> usize {
+        let lifted: Vec<Prefix> =
+            self.bans.list().iter().map(|b| b.prefix).filter(|p| self.covers_exempt(p, exempt)).collect();
+        for p in &lifted {
+            self.bans.remove(p, UnbanReason::Exempt);
+        }
+        if !lifted.is_empty() {
+            self.dirty = true;
+        }
+        lifted.len()
     }
 
     /// Takes one event; for a request, decides its admission (see [`Decision`]).
@@ -433,9 +484,7 @@ impl Guard {
         if duration.is_zero() || duration > MAX_MANUAL_BAN {
             return Err(AddError::Duration { secs: duration.as_secs(), max: MAX_MANUAL_BAN.as_secs() });
         }
-        let covers_exempt =
-            |p: &Prefix| self.config.ignore.iter().any(|i| i.contains(p.addr()) || p.contains(i.addr()));
-        if covers_exempt(&prefix) || exempt.is_exempt(prefix.addr()) {
+        if self.covers_exempt(&prefix, exempt) {
             return Err(AddError::Exempt { prefix });
         }
         let ban = NewBan {
@@ -489,6 +538,45 @@ impl Guard {
         }
     }
 
+    /// Counters and sizes as `sbc stats` lines: `guard.<name> <value>`.
+    pub fn stats_text(&self) -> String {
+        let c = self.counters();
+        let s = self.sizes();
+        let mut lines: Vec<(String, u64)> = vec![
+            ("requests".into(), c.requests),
+            ("admitted".into(), c.admitted),
+            ("rejected".into(), c.rejected),
+            ("dropped_banned".into(), c.dropped_banned),
+            ("dropped_rate".into(), c.dropped_rate),
+        ];
+        for class in MethodClass::ALL {
+            let n = c.rate_hits.get(class.index()).copied().unwrap_or(0);
+            lines.push((format!("rate_hits.{}", class.as_str()), n));
+        }
+        lines.push(("rate_hits.trunk".into(), c.trunk_rate_hits));
+        lines.push(("rate_hits.trunk_concurrent".into(), c.trunk_concurrent_hits));
+        for kind in EventKind::ALL {
+            let n = c.events.get(kind.index()).copied().unwrap_or(0);
+            lines.push((format!("events.{}", kind.as_str()), n));
+        }
+        let usize64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        lines.extend([
+            ("events.exempt".into(), c.exempt_events),
+            ("bans".into(), c.bans),
+            ("bans_manual".into(), c.bans_manual),
+            ("unbans".into(), c.unbans),
+            ("evicted.limiter_keys".into(), c.limiter_evicted),
+            ("evicted.tracks".into(), c.tracks_evicted),
+            ("evicted.bans".into(), c.bans_evicted),
+            ("actions_dropped".into(), c.actions_dropped),
+            ("state.bans".into(), usize64(s.bans)),
+            ("state.limiter_keys".into(), usize64(s.limiter_keys)),
+            ("state.tracks".into(), usize64(s.tracks)),
+            ("state.recidive_memory".into(), usize64(s.recidive_memory)),
+        ]);
+        lines.iter().map(|(k, v)| format!("guard.{k} {v}\n")).collect()
+    }
+
     /// The trunk's calls in progress.
     pub fn concurrent_calls(&self, trunk: &str) -> u32 {
         self.limits.concurrent(trunk)
@@ -505,13 +593,20 @@ impl Guard {
     }
 
     /// Restores the bans of a state file (each queued as a [`BanAction::Ban`] again, for XDP);
-    /// bans already over are skipped. Returns how many were restored.
-    pub fn restore(&mut self, now: Instant, wall: SystemTime, file: &[u8]) -> Result<usize, PersistError> {
+    /// bans already over, and of prefixes exempt now, are skipped. Returns how many were
+    /// restored.
+    pub fn restore(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        file: &[u8],
+        exempt: &dyn Exempt,
+    ) -> Result<usize, PersistError> {
         let restored = persist::parse(file)?;
         let mut n = 0;
         for r in restored {
             let Some(until) = persist::from_unix(r.until, now, wall) else { continue };
-            if until <= now {
+            if until <= now || self.covers_exempt(&r.prefix, exempt) {
                 continue;
             }
             let until = until.min(now + MAX_MANUAL_BAN);

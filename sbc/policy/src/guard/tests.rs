@@ -402,6 +402,30 @@ fn operator_bans_list_show_and_delete_at_once_forgiving_the_history() {
 }
 
 #[test]
+fn stats_and_ban_lines_name_what_happened() {
+    let (mut g, t0) = guard_with(|_| {});
+    for _ in 0..5 {
+        fail(&mut g, t0, ATTACKER);
+    }
+    admit(&mut g, t0, request(ATTACKER, MethodClass::Invite));
+    let stats = g.stats_text();
+    for line in ["guard.events.auth-failure 5\n", "guard.bans 1\n", "guard.dropped_banned 1\n", "guard.state.bans 1\n"]
+    {
+        assert!(stats.contains(line), "{line:?} in\n{stats}");
+    }
+    let names: Vec<_> = stats.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(names.len(), names.iter().collect::<std::collections::HashSet<_>>().len(), "unique names");
+    let line = g.show(t0 + secs(30), ip(ATTACKER)).unwrap().to_string();
+    assert!(
+        line.starts_with(
+            "198.51.100.66/32 jail=sip-auth remaining=570s hits=5 offence=1 dropped=1 reason=\"5 auth-failure"
+        ),
+        "{line}"
+    );
+    assert!(line.ends_with(r#"evidence="401 to REGISTER for user \"1001\"""#), "{line}");
+}
+
+#[test]
 fn a_full_ban_table_evicts_the_ban_that_expires_first() {
     let (mut g, t0) = guard_with(|raw| raw.max_bans = 2);
     g.add(t0, p("198.51.100.1/32"), secs(100), "", &NoExempt).unwrap();
@@ -473,7 +497,7 @@ fn bans_survive_a_restart_through_the_state_file() {
 
     // A new process: another Instant, the wall clock 30 s later.
     let (mut h, t1) = guard_with(|_| {});
-    assert_eq!(h.restore(t1, wall + secs(30), file.as_bytes()), Ok(2));
+    assert_eq!(h.restore(t1, wall + secs(30), file.as_bytes(), &NoExempt), Ok(2));
     let acts = actions(&mut h);
     assert_eq!(acts.len(), 2, "each restored ban goes to XDP again: {acts:?}");
     let b = h.show(t1, ip(ATTACKER)).unwrap();
@@ -485,9 +509,41 @@ fn bans_survive_a_restart_through_the_state_file() {
         fail(&mut h, t1 + secs(470), ATTACKER);
     }
     assert_eq!(h.show(t1 + secs(470), ip(ATTACKER)).unwrap().remaining, secs(1200));
-    // Bans already over are not restored.
+    // Bans already over are not restored, nor those of a prefix exempt now.
     let (mut late, t2) = guard_with(|_| {});
-    assert_eq!(late.restore(t2, wall + secs(1000), file.as_bytes()), Ok(1));
+    assert_eq!(late.restore(t2, wall + secs(1000), file.as_bytes(), &NoExempt), Ok(1));
+    let (mut listed, t3) = guard_with(|_| {});
+    let allowlist = |a: IpAddr| a == ip(ATTACKER);
+    assert_eq!(listed.restore(t3, wall, file.as_bytes(), &allowlist), Ok(1));
+}
+
+#[test]
+fn bans_of_a_prefix_that_became_exempt_are_lifted() {
+    let (mut g, t0) = guard_with(|_| {});
+    for _ in 0..5 {
+        fail(&mut g, t0, ATTACKER);
+    }
+    g.add(t0, p("198.51.100.0/24"), secs(60), "", &NoExempt).unwrap();
+    g.add(t0, p("2001:db8::/32"), secs(60), "", &NoExempt).unwrap();
+    actions(&mut g);
+    // An allowlist reload lists the attacker's address (it was a provider after all).
+    let file = "# sbc-allowlist v1\n198.51.100.66/32 IN 1 \"Carrier\" 1 ip\n";
+    let allowlist = Allowlist::parse(file).unwrap();
+    assert_eq!(g.lift_exempt(&allowlist), 2, "its /32 and the /24 holding it");
+    let mut lifted = actions(&mut g);
+    lifted.sort_by_key(|a| format!("{a:?}"));
+    assert_eq!(
+        lifted,
+        [
+            BanAction::Unban { prefix: p("198.51.100.0/24"), reason: UnbanReason::Exempt },
+            BanAction::Unban { prefix: p("198.51.100.66/32"), reason: UnbanReason::Exempt },
+        ]
+    );
+    assert_eq!(g.bans(t0).len(), 1, "the IPv6 ban holds no provider: kept");
+    assert_eq!(
+        g.add(t0, p("198.51.0.0/16"), secs(60), "", &allowlist),
+        Err(AddError::Exempt { prefix: p("198.51.0.0/16") })
+    );
 }
 
 #[test]
@@ -497,8 +553,8 @@ fn a_corrupt_state_file_is_refused_and_changes_nothing() {
     let file = g.render_bans(t0, SystemTime::now());
     let (mut h, t1) = guard_with(|_| {});
     let truncated = &file.as_bytes()[..file.len() - 4];
-    assert!(h.restore(t1, SystemTime::now(), truncated).is_err());
-    assert!(h.restore(t1, SystemTime::now(), b"\x00\xff garbage").is_err());
+    assert!(h.restore(t1, SystemTime::now(), truncated, &NoExempt).is_err());
+    assert!(h.restore(t1, SystemTime::now(), b"\x00\xff garbage", &NoExempt).is_err());
     assert!(h.bans(t1).is_empty() && actions(&mut h).is_empty());
 }
 
