@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::bounded::BoundedMap;
 use super::config::{Jail, JailKey};
@@ -25,10 +25,13 @@ enum Key {
 
 #[derive(Debug)]
 struct Track {
-    /// When, from which source, what: the last `maxretry` hits, oldest first.
-    hits: VecDeque<(Instant, Prefix, EventKind)>,
+    /// When (milliseconds since the jails' epoch) and what: the last `maxretry` hits, oldest
+    /// first. 16 bytes a hit.
+    hits: VecDeque<(u64, EventKind)>,
+    /// Each hit's source, for a user-keyed jail only (a source-keyed jail knows it: the key).
+    sources: VecDeque<Prefix>,
     /// The newest hit's evidence.
-    evidence: String,
+    evidence: Box<str>,
 }
 
 /// A jail's request for bans: every source in `sources`, for `reason`.
@@ -44,20 +47,20 @@ pub struct Verdict {
 
 pub struct Jails {
     jails: Vec<(Jail, BoundedMap<Key, Track>)>,
+    epoch: Instant,
 }
 
 impl Jails {
-    pub fn new(jails: &[Jail], max_tracked: usize) -> Jails {
-        Jails { jails: jails.iter().map(|j| (j.clone(), BoundedMap::new(max_tracked))).collect() }
+    pub fn new(jails: &[Jail], max_tracked: usize, now: Instant) -> Jails {
+        Jails { jails: jails.iter().map(|j| (j.clone(), BoundedMap::new(max_tracked))).collect(), epoch: now }
+    }
+
+    fn ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
     pub fn config(&self, jail: usize) -> Option<&Jail> {
         self.jails.get(jail).map(|(j, _)| j)
-    }
-
-    /// Whether some jail counts `kind`.
-    pub fn counts(&self, kind: EventKind) -> bool {
-        self.jails.iter().any(|(j, _)| j.events.contains(&kind))
     }
 
     /// Counts one event of `kind` from `source` (aimed at `user`, when known) in every jail
@@ -71,6 +74,7 @@ impl Jails {
         evidence: &str,
         out: &mut Vec<Verdict>,
     ) {
+        let at = self.ms(now);
         for (index, (jail, tracks)) in self.jails.iter_mut().enumerate() {
             if !jail.events.contains(&kind) {
                 continue;
@@ -82,37 +86,39 @@ impl Jails {
                     _ => continue,
                 },
             };
+            let by_user = jail.key == JailKey::User;
             let max = usize::try_from(jail.maxretry).unwrap_or(usize::MAX);
+            let findtime = u64::try_from(jail.findtime.as_millis()).unwrap_or(u64::MAX);
             let Some(track) = tracks.get_or_insert_with(
                 key.clone(),
-                || Track { hits: VecDeque::new(), evidence: String::new() },
+                || Track { hits: VecDeque::new(), sources: VecDeque::new(), evidence: Box::default() },
                 |t| t.hits.len() as u64,
             ) else {
                 continue;
             };
-            while track.hits.front().is_some_and(|&(at, _, _)| now.saturating_duration_since(at) > jail.findtime) {
+            while track.hits.front().is_some_and(|&(t, _)| at.saturating_sub(t) > findtime) || track.hits.len() >= max {
                 track.hits.pop_front();
+                track.sources.pop_front();
             }
-            if track.hits.len() >= max {
-                track.hits.pop_front();
+            track.hits.push_back((at, kind));
+            if by_user {
+                track.sources.push_back(source);
             }
-            track.hits.push_back((now, source, kind));
-            track.evidence.clear();
-            track.evidence.push_str(evidence);
+            track.evidence = evidence.into();
             if track.hits.len() < max {
                 continue;
             }
-            out.push(verdict(index, jail, &key, track, now));
+            out.push(verdict(index, jail, &key, track, at));
             tracks.remove(&key);
         }
     }
 
     /// Forgets keys whose newest hit is older than their jail's findtime.
     pub fn sweep(&mut self, now: Instant) {
+        let at = self.ms(now);
         for (jail, tracks) in &mut self.jails {
-            let findtime = jail.findtime;
-            tracks
-                .retain(|_, t| t.hits.back().is_some_and(|&(at, _, _)| now.saturating_duration_since(at) <= findtime));
+            let findtime = u64::try_from(jail.findtime.as_millis()).unwrap_or(u64::MAX);
+            tracks.retain(|_, t| t.hits.back().is_some_and(|&(t, _)| at.saturating_sub(t) <= findtime));
         }
     }
 
@@ -133,16 +139,22 @@ impl Jails {
     }
 }
 
-fn verdict(index: usize, jail: &Jail, key: &Key, track: &Track, now: Instant) -> Verdict {
-    let mut sources: Vec<Prefix> = Vec::new();
-    for &(_, s, _) in &track.hits {
-        if !sources.contains(&s) {
-            sources.push(s);
+fn verdict(index: usize, jail: &Jail, key: &Key, track: &Track, at: u64) -> Verdict {
+    let sources: Vec<Prefix> = match key {
+        Key::Source(p) => vec![*p],
+        Key::User(_) => {
+            let mut v: Vec<Prefix> = Vec::new();
+            for s in &track.sources {
+                if !v.contains(s) {
+                    v.push(*s);
+                }
+            }
+            v
         }
-    }
-    let span = track.hits.front().map_or(Duration::ZERO, |&(at, _, _)| now.saturating_duration_since(at));
+    };
+    let span_secs = track.hits.front().map_or(0, |&(t, _)| at.saturating_sub(t) / 1000);
     let mut kinds: Vec<(EventKind, u32)> = Vec::new();
-    for &(_, _, k) in &track.hits {
+    for &(_, k) in &track.hits {
         match kinds.iter_mut().find(|(kk, _)| *kk == k) {
             Some((_, n)) => *n += 1,
             None => kinds.push((k, 1)),
@@ -152,8 +164,7 @@ fn verdict(index: usize, jail: &Jail, key: &Key, track: &Track, now: Instant) ->
     for (i, (k, n)) in kinds.iter().enumerate() {
         let _ = write!(reason, "{}{n} {}", if i > 0 { ", " } else { "" }, k.as_str());
     }
-    let _ =
-        write!(reason, " in {}s (maxretry {}, findtime {}s)", span.as_secs(), jail.maxretry, jail.findtime.as_secs());
+    let _ = write!(reason, " in {span_secs}s (maxretry {}, findtime {}s)", jail.maxretry, jail.findtime.as_secs());
     if let Key::User(u) = key {
         let _ = write!(reason, " against user \"{u}\" from {} source(s)", sources.len());
     }
@@ -162,7 +173,7 @@ fn verdict(index: usize, jail: &Jail, key: &Key, track: &Track, now: Instant) ->
         sources,
         hits: u32::try_from(track.hits.len()).unwrap_or(u32::MAX),
         reason,
-        evidence: track.evidence.clone(),
+        evidence: track.evidence.to_string(),
     }
 }
 
@@ -170,6 +181,7 @@ fn verdict(index: usize, jail: &Jail, key: &Key, track: &Track, now: Instant) ->
 mod tests {
     use super::*;
     use crate::guard::config::Jail;
+    use std::time::Duration;
 
     fn jail(key: JailKey, maxretry: u32, findtime: u64) -> Jail {
         Jail {
@@ -190,8 +202,8 @@ mod tests {
 
     #[test]
     fn user_keyed_jail_bans_every_contributing_source() {
-        let mut j = Jails::new(&[jail(JailKey::User, 3, 60)], 10);
         let t0 = Instant::now();
+        let mut j = Jails::new(&[jail(JailKey::User, 3, 60)], 10, t0);
         let mut out = Vec::new();
         for (i, s) in ["198.51.100.1", "198.51.100.2", "198.51.100.1"].iter().enumerate() {
             j.record(t0 + Duration::from_secs(i as u64), EventKind::AuthFailure, p(s), Some("1001"), "401", &mut out);
@@ -208,8 +220,8 @@ mod tests {
 
     #[test]
     fn sweep_forgets_keys_past_findtime() {
-        let mut j = Jails::new(&[jail(JailKey::Source, 5, 60)], 10);
         let t0 = Instant::now();
+        let mut j = Jails::new(&[jail(JailKey::Source, 5, 60)], 10, t0);
         let mut out = Vec::new();
         j.record(t0, EventKind::AuthFailure, p("198.51.100.1"), None, "", &mut out);
         j.sweep(t0 + Duration::from_secs(60));

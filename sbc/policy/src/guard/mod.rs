@@ -220,7 +220,7 @@ impl Guard {
     pub fn new(config: Config, now: Instant) -> Guard {
         Guard {
             limits: Limits::new(&config, now),
-            jails: Jails::new(&config.jails, config.max_tracked),
+            jails: Jails::new(&config.jails, config.max_tracked, now),
             behaviour: Behaviour::new(&config.scanner, config.max_tracked),
             bans: BanTable::new(config.max_bans, config.max_tracked, config.recidive_memory),
             counters: Counters::default(),

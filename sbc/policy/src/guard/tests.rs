@@ -297,7 +297,7 @@ fn rate_limit_hits_feed_the_flood_jail() {
         n += 1;
         assert!(n < 1000);
     }
-    assert_eq!(n, 20 + 99, "burst 20, then the 100th hit in 10 s bans");
+    assert_eq!(n, 20 + 49, "burst 20, then the 50th hit in 10 s bans");
     let acts = actions(&mut g);
     assert_eq!(ban_of(&acts).unwrap().2, "sip-flood");
     // A limiter outside the guard reports its hits as events too.
