@@ -3,7 +3,7 @@
 //! [`FakeRelativeClock`] that [`Limits::advance`] moves to the `now` it is given.
 //!
 //! Bounded: governor's keyed state lives in [`Store`], our [`governor::state::StateStore`] over a
-//! [`BoundedMap`]. Full, a new key evicts the sampled key with the earliest theoretical arrival
+//! capped map (`BoundedMap`). Full, a new key evicts the sampled key with the earliest theoretical arrival
 //! time (the one that has been quiet longest; a source being limited has its TAT in the
 //! future, so it is not the one evicted); the sweep drops keys whose state is indistinguishable
 //! from a fresh one. The limits are independent of the allowlist: a reload keeps them.
@@ -26,7 +26,7 @@ use crate::Prefix;
 /// Longest time step given to the fake clock at once: past it, every bucket is full anyway.
 const MAX_STEP: Duration = Duration::from_secs(86_400);
 
-/// governor's keyed state, bounded (see the module's doc). Shared with our [`Limiter`] for the
+/// governor's keyed state, bounded (see the module's doc). Shared with our `Limiter` for the
 /// sweep and the counts: governor keeps its store private.
 #[derive(Debug)]
 pub struct Store<K> {

@@ -36,6 +36,23 @@
 //! behaviour tracks (`max_tracked` each, at most `maxretry` hits per key, swept after
 //! findtime/window), bans (`max_bans`, the soonest to expire evicted), the recidive memory
 //! (`max_tracked`, forgotten `recidive_memory` after the ban), queued actions.
+//!
+//! # Wiring it (the daemon's part, not done yet)
+//!
+//! - An `engine::Guard` adapter: `admit` → [`Event::Request`] (method class, the Request-URI
+//!   user, From name/user/host, User-Agent, Authorization present, `in_dialog` = matched a
+//!   dialog, the trunk from the allowlist lookup) and [`Decision`] → `Admit` (a `Reject` of an
+//!   ACK is a drop: nothing answers an ACK); `on_final` → [`Event::Final`] (the engine's
+//!   `Final` needs the credentials flag and the target user); sanity failures →
+//!   [`Event::Malformed`]; [`Event::CallEnded`] once per admitted trunk call (failed INVITE or
+//!   dialog end).
+//! - [`BanAction`]s → the XDP blocklist (the expiry converted from `Instant` to the kernel's
+//!   monotonic clock), the log (jail, reason, evidence), the shared store; [`Guard::restore`]
+//!   at start, [`Guard::render_bans`] written atomically when [`Guard::take_dirty`] says so.
+//! - One guard for the daemon's life (not rebuilt on allowlist reload: call
+//!   [`Guard::lift_exempt`] then), its timeout in the event loop, [`Guard::stats_text`] in
+//!   `sbc stats`, `sbc bans list|show|add|del` on [`Guard::bans`], [`Guard::show`],
+//!   [`Guard::add`], [`Guard::delete`].
 
 pub mod bans;
 mod bounded;

@@ -325,6 +325,24 @@ mod tests {
     }
 
     #[test]
+    fn every_single_byte_change_parses_or_is_refused_without_panicking() {
+        let now = Instant::now();
+        let good = render(&[&ban("198.51.100.66/32", now), &ban("2001:db8::/64", now)], now, wall());
+        let mut refused = 0;
+        for i in 0..good.len() {
+            for b in [0u8, b'\t', b'\n', b'%', b'9', b'/', b' ', 0x80, 0xff] {
+                let mut bytes = good.clone().into_bytes();
+                bytes[i] = b;
+                if let Err(e) = parse(&bytes) {
+                    refused += 1;
+                    assert!(!e.to_string().is_empty());
+                }
+            }
+        }
+        assert!(refused > good.len(), "most changes are refused: {refused}");
+    }
+
+    #[test]
     fn wall_clock_conversion_is_relative_to_now() {
         let now = Instant::now();
         assert_eq!(to_unix(now + Duration::from_secs(10), now, wall()), 1_767_225_010);
