@@ -9,12 +9,16 @@
 //! - [`allowlist`]: the trunk allowlist, from the operator's `providers` / `providers_ips`
 //!   tables (SQL dump, CSV, or rows read live by the daemon) to the v1 allowlist file and back,
 //!   and the longest-prefix lookups the packet filters and the userspace check make.
+//! - [`ratelimit`]: keyed rate limits (governor's GCRA) on a time passed in, with a bounded key
+//!   table, and the source key (IPv6 by prefix) they are usually keyed by. The STUN server uses
+//!   them; the guard's per-source limits will.
 //!
-//! Next here: the guard's rate limits and bans (scoring on `sbc_proto::engine::Event`s is fed in
+//! Next here: the guard's bans and its use of the rate limits (scoring on `sbc_proto::engine::Event`s is fed in
 //! by the daemon, which also adapts the decisions to `sbc_proto::engine::Guard`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
 pub mod allowlist;
 mod prefix;
+pub mod ratelimit;
 
 pub use prefix::{Prefix, PrefixError};
