@@ -48,6 +48,13 @@ bench-xdp:
     cargo build --release -p sbc-xdp --example udp_flood
     bash bench/xdp/run.sh
 
+# The SBC's STUN port vs coturn --stun-only (Debian's coturn, installed if missing), same generator and
+# CPU budget (one pinned CPU each), into bench/RESULTS.md.
+bench-stun:
+    command -v turnserver >/dev/null || apt-get install -y --no-install-recommends coturn
+    cargo build --release -p sbc --bin sbc --example stun_load
+    bash bench/stun/run.sh
+
 # Fuzz the framer, the header index, the engine and the STUN server (cargo-fuzz, nightly), SECONDS
 # each, seeded with the RFC 4475 and RFC 5118 vectors (STUN: the RFC 5769 ones). A crash becomes a
 # file in tests/vectors/fuzz/.

@@ -9,6 +9,9 @@
 //! - [`allowlist`]: the trunk allowlist, from the operator's `providers` / `providers_ips`
 //!   tables (SQL dump, CSV, or rows read live by the daemon) to the v1 allowlist file and back,
 //!   and the longest-prefix lookups the packet filters and the userspace check make.
+//! - [`ratelimit`]: keyed rate limits (governor's GCRA) on a time passed in, with a bounded key
+//!   table, and the source key (IPv6 by prefix) they are usually keyed by. The STUN server uses
+//!   them; the guard's per-source limits will.
 //! - [`guard`]: rate limits (governor, per source prefix and method class, per trunk) and
 //!   fail2ban-style jails and bans, fed typed events with the time, answering admissions and
 //!   queuing `BanAction`s; the ban table's state file. Not wired into the daemon yet: the daemon
@@ -18,5 +21,6 @@
 pub mod allowlist;
 pub mod guard;
 mod prefix;
+pub mod ratelimit;
 
 pub use prefix::{Prefix, PrefixError};

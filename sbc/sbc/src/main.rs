@@ -9,6 +9,7 @@ mod config;
 mod logsum;
 mod net;
 mod run;
+mod stun;
 mod trunk;
 
 use std::path::PathBuf;

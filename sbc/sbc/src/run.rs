@@ -9,6 +9,7 @@
 //! only in the block marked "the engine's output and guard": a change of that API lands there.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -20,7 +21,9 @@ use tokio::sync::mpsc;
 use crate::admin::{self, AdminCommand};
 use crate::config::Validated;
 use crate::logsum;
+use crate::net::stun::{StunWorkers, TcpBounds};
 use crate::net::{Input, Net, StreamSettings};
+use crate::stun::{Outcome, StunService};
 use crate::trunk::Trunk;
 
 /// How many queued inputs are handled before transmits are flushed (batching under load).
@@ -87,25 +90,18 @@ pub struct Daemon {
     log_tick: tokio::time::Interval,
     /// When the engine next wants [`Daemon::on_timer`]; refreshed by every [`Daemon::flush`].
     deadline: Option<Instant>,
-    /// The STUN Binding server (sans-IO) and where it answers.
-    stun: StunService,
+    /// STUN on the SIP UDP ports, and the dedicated STUN ports' workers.
+    stun: Stun,
 }
 
-/// STUN on the external side: on the SIP UDP ports (demultiplexed, RFC 7983) and on dedicated
-/// ports, answered by the sans-IO [`sbc_media::stun::Server`].
-struct StunService {
-    server: stun::Server,
+/// STUN on the external side: on the SIP UDP ports (demultiplexed, RFC 7983) here, on the
+/// engine's thread; on the dedicated UDP and TCP ports by the STUN workers (`net::stun`). Both
+/// answer through the one [`StunService`] (rate limit, Binding server, counters).
+struct Stun {
+    service: Arc<StunService>,
     on_sip_udp: bool,
-    /// The dedicated STUN sockets' addresses: nothing but STUN is taken there.
-    ports: Vec<std::net::SocketAddr>,
-    stats: StunStats,
-}
-
-#[derive(Debug, Default)]
-struct StunStats {
-    answered: u64,
-    errors: u64,
-    ignored: u64,
+    /// The dedicated ports' threads; stopped when the daemon is dropped.
+    _workers: StunWorkers,
 }
 
 impl Daemon {
@@ -116,13 +112,9 @@ impl Daemon {
         let (tx, inputs) = mpsc::channel::<Input>(4096);
         let settings =
             StreamSettings { limits: cfg.engine.limits, idle: cfg.tcp_idle, max_connections: cfg.max_tcp_connections };
-        // The dedicated STUN ports are external UDP sockets like the SIP ones; the daemon tells
-        // their datagrams apart by local address.
-        let external_udp: Vec<std::net::SocketAddr> =
-            cfg.external.udp.iter().chain(cfg.stun.udp.iter()).copied().collect();
         let net = Net::bind(
             &[
-                (Side::External, &external_udp, &cfg.external.tcp),
+                (Side::External, &cfg.external.udp, &cfg.external.tcp),
                 (Side::Internal, &cfg.internal.udp, &cfg.internal.tcp),
             ],
             settings,
@@ -138,19 +130,24 @@ impl Daemon {
         let signals = Signals::register()?;
         let mut log_tick = tokio::time::interval(LOG_TICK);
         log_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let stun = StunService {
-            server: stun::Server::new(stun::Config::default()).map_err(|e| anyhow::anyhow!("stun: {e}"))?,
-            on_sip_udp: cfg.stun.on_sip_udp,
-            ports: cfg.stun.udp.clone(),
-            stats: StunStats::default(),
-        };
+        let service = Arc::new(StunService::new(&cfg.stun, Instant::now())?);
+        let workers = crate::net::stun::start(
+            service.clone(),
+            &cfg.stun.udp,
+            &cfg.stun.tcp,
+            cfg.stun.workers,
+            TcpBounds { max_connections: cfg.stun.tcp_max_connections, idle: cfg.stun.tcp_idle },
+        )
+        .context("binding STUN listen addresses")?;
+        let stun = Stun { service, on_sip_udp: cfg.stun.on_sip_udp, _workers: workers };
         let mut daemon = Daemon { engine, net, trunk, inputs, admin, signals, log_tick, deadline: None, stun };
         daemon.install_guard();
         tracing::info!(
             external_udp = ?cfg.external.udp, external_tcp = ?cfg.external.tcp,
             internal_udp = ?cfg.internal.udp, internal_tcp = ?cfg.internal.tcp,
             cores = ?cfg.engine.cores.iter().map(|c| c.addr).collect::<Vec<_>>(),
-            stun_udp = ?cfg.stun.udp, stun_on_sip_udp = cfg.stun.on_sip_udp,
+            stun_udp = ?cfg.stun.udp, stun_tcp = ?cfg.stun.tcp, stun_workers = cfg.stun.workers,
+            stun_on_sip_udp = cfg.stun.on_sip_udp,
             "sbc running"
         );
         Ok(daemon)
@@ -199,15 +196,8 @@ impl Daemon {
                 if !self.admits(&flow) {
                     return;
                 }
-                let stun_port = flow.side == Side::External && self.stun.ports.contains(&flow.local);
-                let stun_here = stun_port || (flow.side == Side::External && self.stun.on_sip_udp);
-                if stun_here && stun::is_stun(&data) {
-                    self.on_stun(flow, &data);
-                } else if stun_port {
-                    self.stun.stats.ignored += 1;
-                    logsum::note_info("stun port: not STUN", Some(flow.remote.ip()), || {
-                        format!("non-STUN datagram from {} on the STUN port {} dropped", flow.remote, flow.local)
-                    });
+                if flow.side == Side::External && self.stun.on_sip_udp && stun::is_stun(&data) {
+                    self.on_stun(now, flow, &data);
                 } else {
                     self.engine.handle_datagram(now, flow, &data);
                 }
@@ -228,26 +218,21 @@ impl Daemon {
         }
     }
 
-    /// A STUN datagram: the Binding server's answer goes back on the socket it came in on.
-    fn on_stun(&mut self, flow: Flow, data: &[u8]) {
-        match self.stun.server.handle(data, flow.remote) {
-            stun::Reply::Success(bytes) => {
-                self.stun.stats.answered += 1;
-                self.net.send(Transmit { flow, data: bytes, reconnect: None });
-            }
-            stun::Reply::Error { code, bytes } => {
-                self.stun.stats.errors += 1;
-                logsum::note_info(&format!("stun error {code}"), Some(flow.remote.ip()), || {
-                    format!("STUN request from {} answered {code}", flow.remote)
-                });
-                self.net.send(Transmit { flow, data: bytes, reconnect: None });
-            }
-            stun::Reply::Ignore(why) => {
-                self.stun.stats.ignored += 1;
-                logsum::note_info(&format!("stun ignored: {why}"), Some(flow.remote.ip()), || {
-                    format!("STUN datagram from {} ignored: {why}", flow.remote)
-                });
-            }
+    /// A STUN datagram on a SIP port: the source's rate, then the Binding server's answer,
+    /// sent back on the socket it came in on.
+    fn on_stun(&mut self, now: Instant, flow: Flow, data: &[u8]) {
+        let outcome = {
+            let mut limiter = self.stun.service.lock();
+            self.stun.service.handle(&mut limiter, now, data, flow.remote)
+        };
+        match outcome {
+            Outcome::Reply(bytes) => self.net.send(Transmit { flow, data: bytes, reconnect: None }),
+            Outcome::Limited => logsum::note_info("stun rate limited", Some(flow.remote.ip()), || {
+                format!("STUN requests from {} over the per-source rate: dropped", flow.remote)
+            }),
+            Outcome::Ignored(why) => logsum::note_info(&format!("stun ignored: {why}"), Some(flow.remote.ip()), || {
+                format!("STUN datagram from {} ignored: {why}", flow.remote)
+            }),
         }
     }
 
@@ -339,8 +324,7 @@ impl Daemon {
             st.nat_pings_unanswered,
             st.registrations_lost,
         ));
-        let s = &self.stun.stats;
-        out.push_str(&format!("stun.answered {}\nstun.errors {}\nstun.ignored {}\n", s.answered, s.errors, s.ignored));
+        out.push_str(&self.stun.service.stats_text());
         if let Some(t) = &self.trunk {
             out.push_str(&t.stats_text());
         }

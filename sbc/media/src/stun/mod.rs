@@ -1,6 +1,7 @@
 //! STUN (RFC 8489) for a SIP port: the RFC 7983 demultiplexing rule ([`is_stun`]), a bounded
 //! sans-IO codec ([`message`]: parse with bounds first, encode with FINGERPRINT) and a Binding
-//! server ([`Server`]) that answers from the source address it is handed. No authentication:
+//! server ([`Server`]) that answers from the source address it is handed, and the framing of a
+//! STUN stream over TCP ([`frame_stream`], RFC 8489 §6.2.2). No authentication:
 //! like a public STUN server (RFC 8489 §9), MESSAGE-INTEGRITY and its kin are parsed and skipped.
 
 mod crc32;
@@ -91,6 +92,50 @@ pub fn is_stun(datagram: &[u8]) -> bool {
         && u32::from_be_bytes([c0, c1, c2, c3]) == MAGIC_COOKIE
         && declared % 4 == 0
         && datagram.len() == HEADER_LEN + declared
+}
+
+/// Where the next message of a STUN stream ends (RFC 8489 §6.2.2: over TCP, STUN messages
+/// follow each other, each delimited by its header's length field).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamFrame {
+    /// Not a whole message yet; read more.
+    Incomplete,
+    /// The first `n` octets are one whole message (not yet parsed).
+    Message(usize),
+    /// Not STUN, or a message over the size limit: the stream cannot be followed any further
+    /// (close it).
+    Invalid(ParseError),
+}
+
+/// Frames the message at the start of `buf`, a STUN stream's unread octets, bounds first: the
+/// first byte's top bits (§5) and the magic cookie are checked as soon as they have arrived, the
+/// declared length (a multiple of 4) against `limits.max_message_bytes` before the body is
+/// awaited, so a peer that sends garbage or announces a huge message is refused at once.
+pub fn frame_stream(buf: &[u8], limits: &Limits) -> StreamFrame {
+    if let Some(&first) = buf.first()
+        && first & 0xC0 != 0
+    {
+        return StreamFrame::Invalid(ParseError::NotStun { byte: first });
+    }
+    if let Some(&[c0, c1, c2, c3]) = buf.get(4..8).and_then(|c| c.first_chunk::<4>()) {
+        let found = u32::from_be_bytes([c0, c1, c2, c3]);
+        if found != MAGIC_COOKIE {
+            return StreamFrame::Invalid(ParseError::BadCookie { found });
+        }
+    }
+    let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
+        return StreamFrame::Incomplete;
+    };
+    let [_, _, l0, l1, ..] = *header;
+    let declared = usize::from(u16::from_be_bytes([l0, l1]));
+    if declared % 4 != 0 {
+        return StreamFrame::Invalid(ParseError::UnalignedLength { declared });
+    }
+    let total = HEADER_LEN + declared;
+    if total > limits.max_message_bytes {
+        return StreamFrame::Invalid(ParseError::TooLong { len: total, max: limits.max_message_bytes });
+    }
+    if buf.len() < total { StreamFrame::Incomplete } else { StreamFrame::Message(total) }
 }
 
 #[cfg(test)]

@@ -408,3 +408,43 @@ fn replies_to_requests_that_pass_is_stun_pass_it_too() {
     }
     assert!(!is_stun(&request(0x100, &[], false)));
 }
+
+#[test]
+fn a_stream_of_two_requests_is_framed_one_message_at_a_time() {
+    let one = request(BINDING, &[], true);
+    let two = request(BINDING, &[(attr::SOFTWARE, b"x")], true);
+    let stream: Vec<u8> = one.iter().chain(two.iter()).copied().collect();
+    let limits = Limits::default();
+    for cut in 0..one.len() {
+        assert_eq!(frame_stream(&stream[..cut], &limits), StreamFrame::Incomplete, "cut at {cut}");
+    }
+    assert_eq!(frame_stream(&stream, &limits), StreamFrame::Message(one.len()));
+    assert_eq!(frame_stream(&stream[one.len()..], &limits), StreamFrame::Message(two.len()));
+}
+
+#[test]
+fn a_stream_that_is_not_stun_is_refused_as_soon_as_it_shows() {
+    let limits = Limits::default();
+    // SIP text: the first byte already tells.
+    assert!(matches!(frame_stream(b"O", &limits), StreamFrame::Invalid(ParseError::NotStun { .. })));
+    // A wrong cookie is refused once its 4 octets are there, before the header is whole.
+    let mut bad = request(BINDING, &[], false);
+    bad[5] ^= 1;
+    assert_eq!(frame_stream(&bad[..4], &limits), StreamFrame::Incomplete);
+    assert!(matches!(frame_stream(&bad[..8], &limits), StreamFrame::Invalid(ParseError::BadCookie { .. })));
+}
+
+#[test]
+fn a_stream_message_over_the_limit_or_unaligned_is_refused_before_its_body_arrives() {
+    let limits = Limits { max_message_bytes: 100, max_attributes: 8 };
+    let mut header = request(BINDING, &[], false);
+    header[2..4].copy_from_slice(&84u16.to_be_bytes());
+    assert!(matches!(frame_stream(&header, &limits), StreamFrame::Invalid(ParseError::TooLong { len: 104, max: 100 })));
+    header[2..4].copy_from_slice(&80u16.to_be_bytes());
+    assert_eq!(frame_stream(&header, &limits), StreamFrame::Incomplete);
+    header[2..4].copy_from_slice(&6u16.to_be_bytes());
+    assert!(matches!(
+        frame_stream(&header, &limits),
+        StreamFrame::Invalid(ParseError::UnalignedLength { declared: 6 })
+    ));
+}

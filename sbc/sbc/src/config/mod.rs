@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+use sbc_policy::ratelimit::{Rate, SourcePrefixes};
 use sbc_proto::engine::{Config as EngineConfig, CoreTarget, NatConfig, NatMode, SideConfig};
 use sbc_proto::sip::framer::Limits;
 use sbc_proto::sip::uri::Transport;
@@ -79,10 +80,40 @@ pub struct RawStun {
     pub on_sip_udp: bool,
     /// Dedicated STUN listen addresses (UDP), e.g. "203.0.113.1:3478".
     pub udp: Vec<String>,
+    /// Dedicated STUN listen addresses (TCP, RFC 8489 §6.2.2).
+    pub tcp: Vec<String>,
+    /// Threads serving the dedicated UDP ports (one SO_REUSEPORT socket each); 0: one per core.
+    pub workers: u64,
+    /// Requests per second one source may make on average (every STUN port together); 0: no limit.
+    pub rate_per_sec: u64,
+    /// Requests one source may make at once.
+    pub rate_burst: u64,
+    /// IPv4 sources are counted per prefix of this length.
+    pub rate_ipv4_prefix: u64,
+    /// IPv6 sources are counted per prefix of this length (a subscriber usually has a /64).
+    pub rate_ipv6_prefix: u64,
+    /// Most sources the rate limit tracks at once (memory bound under a spoofed flood).
+    pub max_sources: u64,
+    /// Open STUN TCP connections at most.
+    pub tcp_max_connections: u64,
+    /// A STUN TCP connection is closed when no whole message arrives for this long.
+    pub tcp_idle_secs: u64,
 }
 impl Default for RawStun {
     fn default() -> Self {
-        RawStun { on_sip_udp: true, udp: Vec::new() }
+        RawStun {
+            on_sip_udp: true,
+            udp: Vec::new(),
+            tcp: Vec::new(),
+            workers: 0,
+            rate_per_sec: 100,
+            rate_burst: 200,
+            rate_ipv4_prefix: 32,
+            rate_ipv6_prefix: 64,
+            max_sources: 100_000,
+            tcp_max_connections: 1000,
+            tcp_idle_secs: 30,
+        }
     }
 }
 
@@ -252,12 +283,22 @@ pub struct Validated {
     pub stun: Stun,
 }
 
-/// Where the STUN Binding server answers.
-#[derive(Debug, Clone, Default)]
+/// Where the STUN Binding server answers, and its bounds.
+#[derive(Debug, Clone)]
 pub struct Stun {
     pub on_sip_udp: bool,
     /// Dedicated STUN UDP listen addresses (external side; STUN only).
     pub udp: Vec<SocketAddr>,
+    /// Dedicated STUN TCP listen addresses.
+    pub tcp: Vec<SocketAddr>,
+    /// Worker threads for the dedicated UDP ports (resolved: at least 1).
+    pub workers: usize,
+    /// The per-source rate; `None`: no limit.
+    pub rate: Option<Rate>,
+    pub prefixes: SourcePrefixes,
+    pub max_sources: usize,
+    pub tcp_max_connections: u64,
+    pub tcp_idle: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -495,7 +536,13 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
             errs.error(format!("stun.udp[{i}]"), format!("{a} is already a SIP listen address (use stun.on_sip_udp)"));
         }
     }
-    let stun = Stun { on_sip_udp: raw.stun.on_sip_udp, udp: stun_udp };
+    let stun_tcp = addrs("stun.tcp", &raw.stun.tcp, &mut errs);
+    for (i, a) in stun_tcp.iter().enumerate() {
+        if ext_listen.tcp.contains(a) || int_listen.tcp.contains(a) {
+            errs.error(format!("stun.tcp[{i}]"), format!("{a} is already a SIP listen address"));
+        }
+    }
+    let stun = stun_config(&raw.stun, stun_udp, stun_tcp, &mut errs);
     let l = &raw.limits;
     range(&mut errs, "limits.max_message_bytes", l.max_message_bytes as u64, 512, 65535);
     range(&mut errs, "limits.max_headers", l.max_headers as u64, 16, 1024);
@@ -598,6 +645,40 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
         admin_socket: raw.admin.socket.into(),
         stun,
     })
+}
+
+fn stun_config(raw: &RawStun, udp: Vec<SocketAddr>, tcp: Vec<SocketAddr>, errs: &mut Checks<'_>) -> Stun {
+    range(errs, "stun.workers", raw.workers, 0, 256);
+    range(errs, "stun.rate_per_sec", raw.rate_per_sec, 0, 100_000_000);
+    range(errs, "stun.rate_burst", raw.rate_burst, 1, 100_000_000);
+    range(errs, "stun.rate_ipv4_prefix", raw.rate_ipv4_prefix, 1, 32);
+    range(errs, "stun.rate_ipv6_prefix", raw.rate_ipv6_prefix, 1, 128);
+    range(errs, "stun.max_sources", raw.max_sources, 8, 10_000_000);
+    range(errs, "stun.tcp_max_connections", raw.tcp_max_connections, 1, 1_000_000);
+    range(errs, "stun.tcp_idle_secs", raw.tcp_idle_secs, 1, 3600);
+    let workers = match raw.workers {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        n => n as usize,
+    };
+    let to_u32 = |v: u64| std::num::NonZeroU32::new(u32::try_from(v).unwrap_or(u32::MAX));
+    let rate = match (to_u32(raw.rate_per_sec), to_u32(raw.rate_burst)) {
+        (Some(per_second), Some(burst)) => Some(Rate { per_second, burst }),
+        _ => None,
+    };
+    Stun {
+        on_sip_udp: raw.on_sip_udp,
+        udp,
+        tcp,
+        workers,
+        rate,
+        prefixes: SourcePrefixes {
+            ipv4: u8::try_from(raw.rate_ipv4_prefix).unwrap_or(32),
+            ipv6: u8::try_from(raw.rate_ipv6_prefix).unwrap_or(64),
+        },
+        max_sources: usize::try_from(raw.max_sources).unwrap_or(usize::MAX),
+        tcp_max_connections: raw.tcp_max_connections,
+        tcp_idle: Duration::from_secs(raw.tcp_idle_secs),
+    }
 }
 
 fn trunk(raw: &RawTrunk, ext: &Listen, errs: &mut Checks<'_>) -> Trunk {
@@ -714,6 +795,37 @@ max_message_bytes = 70000
         let e = parse(&format!("{base}[stun]\nudp=[\"127.0.0.1:5060\", \"nonsense\"]\n")).unwrap_err().to_string();
         assert!(e.contains("stun.udp[0]") && e.contains("already a SIP listen address"), "{e}");
         assert!(e.contains("stun.udp[1]"), "{e}");
+    }
+
+    #[test]
+    fn stun_tcp_workers_and_rate_limit_are_parsed_and_ranged() {
+        let base = "[external]\nudp=[\"127.0.0.1:5060\"]\ntcp=[\"127.0.0.1:5060\"]\n[internal]\nudp=[\"127.0.0.2:5060\"]\n\
+                    [[core]]\naddress=\"127.0.0.3:5080\"\n";
+        let v = parse(&format!(
+            "{base}[stun]\ntcp=[\"127.0.0.1:3478\"]\nworkers=3\nrate_per_sec=5\nrate_burst=7\nrate_ipv6_prefix=56\n"
+        ))
+        .unwrap();
+        assert_eq!(v.stun.tcp, vec!["127.0.0.1:3478".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(v.stun.workers, 3);
+        let rate = v.stun.rate.unwrap();
+        assert_eq!((rate.per_second.get(), rate.burst.get()), (5, 7));
+        assert_eq!(v.stun.prefixes, SourcePrefixes { ipv4: 32, ipv6: 56 });
+        // Defaults: one worker per core, a rate limit on.
+        let d = parse(base).unwrap();
+        assert!(d.stun.workers >= 1 && d.stun.rate.is_some());
+        assert!(parse(&format!("{base}[stun]\nrate_per_sec=0\n")).unwrap().stun.rate.is_none(), "0 turns it off");
+        let e = lines(&format!(
+            "{base}[stun]\ntcp=[\"127.0.0.1:5060\"]\nworkers=1000\nrate_ipv6_prefix=129\nmax_sources=2\ntcp_idle_secs=0\n"
+        ));
+        for want in [
+            "stun.tcp[0]: 127.0.0.1:5060 is already a SIP listen address",
+            "stun.workers: 1000 out of range 0..=256",
+            "stun.rate_ipv6_prefix: 129 out of range 1..=128",
+            "stun.max_sources: 2 out of range 8..=10000000",
+            "stun.tcp_idle_secs: 0 out of range 1..=3600",
+        ] {
+            assert!(e.iter().any(|l| l.ends_with(want)), "missing {want:?} in {e:#?}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! table. [`conn`] holds the transport seams — `StreamTransport` (TCP; TLS later) and
 //! `MessageTransport` (WS, later SCTP) — and the one connection loop that drives both. Readers
 //! turn what arrives into [`Input`]s for the engine task; [`Net::send`] puts the engine's
-//! transmits on the wire.
+//! transmits on the wire. [`stun`] serves the dedicated STUN ports on threads of their own.
 
 use std::collections::HashMap;
 use std::io;
@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 mod conn;
+pub mod stun;
 
 use conn::{ByteStream, Connection, Framing, Tcp, accept_loop, connection};
 
@@ -99,6 +100,11 @@ fn recv_udp_error(sock: &UdpSocket) -> io::Result<Option<(SocketAddr, io::ErrorK
 }
 
 fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::from_std(tcp_std_listener(addr)?)
+}
+
+/// A bound, listening, non-blocking TCP socket, for a runtime to adopt (`from_std`).
+fn tcp_std_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     if addr.is_ipv6() {
@@ -107,7 +113,7 @@ fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(1024)?;
-    TcpListener::from_std(s.into())
+    Ok(s.into())
 }
 
 #[derive(Debug, Clone, Copy)]
