@@ -4,9 +4,11 @@
 //! It owns:
 //! - [`stun`]: an RFC 8489 STUN Binding server (a bounded codec of our own and the server that
 //!   answers Binding requests), and the RFC 7983 rule that tells STUN from SIP on a shared port.
+//! - [`sdp`]: a bounded SDP parser (RFC 8866) and the rewriter that anchors a description on
+//!   the relay (RFC 3264: `o=`, `c=`, `m=` ports, `a=rtcp`; ICE and BUNDLE removed).
 //!
-//! Next here: SDP rewriting and relay sessions (behind `sbc_proto::engine::MediaHook`). Nothing
-//! here is wired into the daemon yet.
+//! Next here: relay sessions (behind `sbc_proto::engine::MediaHook`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
+pub mod sdp;
 pub mod stun;
