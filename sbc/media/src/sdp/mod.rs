@@ -32,7 +32,7 @@ mod parse;
 mod rewrite;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::net::IpAddr;
 
