@@ -9,8 +9,10 @@
 //! - [`session`]: relay sessions keyed by dialog (offer/answer state, a pair of relay
 //!   endpoints per m-line from the [`session::PortPool`], latching safe against the ES2025-01
 //!   hijack, counters, expiry) and the data-path verdict the relay workers ask per datagram.
+//! - [`anchor`]: which bodies are anchored, kept or stripped (the media seam's policy).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
+pub mod anchor;
 pub mod sdp;
 pub mod session;
 pub mod stun;
