@@ -89,6 +89,8 @@ pub struct Daemon {
     deadline: Option<Instant>,
     /// The STUN Binding server (sans-IO) and where it answers.
     stun: StunService,
+    /// The media relay's sessions (`[media] enabled`), shared with the engine's media hook.
+    media: Option<crate::media::SharedSessions>,
 }
 
 /// STUN on the external side: on the SIP UDP ports (demultiplexed, RFC 7983) and on dedicated
@@ -144,8 +146,13 @@ impl Daemon {
             ports: cfg.stun.udp.clone(),
             stats: StunStats::default(),
         };
-        let mut daemon = Daemon { engine, net, trunk, inputs, admin, signals, log_tick, deadline: None, stun };
+        let media =
+            cfg.media.clone().map(|m| std::sync::Arc::new(std::sync::Mutex::new(sbc_media::session::Sessions::new(m))));
+        let mut daemon = Daemon { engine, net, trunk, inputs, admin, signals, log_tick, deadline: None, stun, media };
         daemon.install_guard();
+        if let Some(m) = &daemon.media {
+            daemon.engine.set_media_hook(Box::new(crate::media::MediaAnchor::new(m.clone())));
+        }
         tracing::info!(
             external_udp = ?cfg.external.udp, external_tcp = ?cfg.external.tcp,
             internal_udp = ?cfg.internal.udp, internal_tcp = ?cfg.internal.tcp,
@@ -341,6 +348,9 @@ impl Daemon {
         ));
         let s = &self.stun.stats;
         out.push_str(&format!("stun.answered {}\nstun.errors {}\nstun.ignored {}\n", s.answered, s.errors, s.ignored));
+        if let Some(m) = &self.media {
+            out.push_str(&crate::media::stats_text(m));
+        }
         if let Some(t) = &self.trunk {
             out.push_str(&t.stats_text());
         }
