@@ -23,6 +23,11 @@ pub fn parse<'a>(body: &'a [u8], limits: &Limits) -> Result<Sdp<'a>, SdpError> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
+        // A CR inside a line (RFC 8866 §5: CRLF ends lines, LF alone is tolerated) would be a
+        // line break to a laxer parser downstream, hiding a line from this one: refused.
+        if line.contains(&b'\r') {
+            return Err(SdpError::Malformed { line: number, what: "line with a bare CR" });
+        }
         if line.len() > limits.max_line_len {
             return Err(SdpError::LineTooLong { line: number, max: limits.max_line_len });
         }

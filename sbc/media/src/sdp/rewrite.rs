@@ -109,8 +109,10 @@ impl Sdp<'_> {
 
 /// `m=<media> <port>[/n] <rest>` with `port` in place of the port (and of a `/1` count).
 fn media_line(line: &[u8], port: u16) -> Vec<u8> {
-    let value = line.get(2..).unwrap_or_default();
     let ws = |b: &u8| b.is_ascii_whitespace();
+    // Fields as the parser's split_ascii_whitespace reads them: leading blanks skipped too.
+    let value = line.get(2..).unwrap_or_default();
+    let value = value.get(value.iter().position(|b| !ws(b)).unwrap_or(value.len())..).unwrap_or_default();
     let kind_end = value.iter().position(ws).unwrap_or(value.len());
     let kind = value.get(..kind_end).unwrap_or_default();
     let after_kind = value.get(kind_end..).unwrap_or_default();

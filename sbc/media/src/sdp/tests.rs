@@ -214,6 +214,14 @@ fn extra_spaces_in_the_m_line_survive_the_port_splice() {
 }
 
 #[test]
+fn blanks_before_the_media_type_do_not_shift_the_port_found_by_fuzzing() {
+    let body = "v=0\r\no=- 1 2 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm= \taudio 1 RTP/AVP 0\r\n";
+    let out = render(body, &plan("192.0.2.1", vec![anchor(30000)]));
+    assert!(out.contains("m=audio 30000 RTP/AVP 0\r\n"), "{out}");
+    assert_eq!(parse(out.as_bytes(), &Limits::default()).unwrap().media[0].port, 30000);
+}
+
+#[test]
 fn multicast_suffix_and_host_names_are_read() {
     let body = "v=0\r\no=- 1 1 IN IP4 host.example.com\r\ns=-\r\nc=IN IP4 233.252.0.1/127/2\r\nt=0 0\r\n\
                 m=audio 4000 RTP/AVP 0\r\nc=IN IP4 media.example.com\r\n";
@@ -277,6 +285,11 @@ fn garbage_gives_typed_errors() {
             SdpError::Malformed { line: 5, what: "a=rtcp (RFC 3605)" },
         ),
         (b"v=0\r\no=\xff 1 1 IN IP4 1.2.3.4\r\n", SdpError::Malformed { line: 2, what: "o= line" }),
+        // Found by fuzzing: a laxer parser would read a second line after the bare CR.
+        (
+            b"v=0\r\na=x\ra=candidate:1 1 UDP 1 10.0.0.1 5 typ host\r\n",
+            SdpError::Malformed { line: 2, what: "line with a bare CR" },
+        ),
     ];
     for (body, want) in cases {
         assert_eq!(parse(body, &l).unwrap_err(), *want, "{}", String::from_utf8_lossy(body));
