@@ -7,6 +7,7 @@ mod admin;
 mod allowlist_cmd;
 mod config;
 mod logsum;
+mod media;
 mod net;
 mod run;
 mod stun;

@@ -92,6 +92,8 @@ pub struct Daemon {
     deadline: Option<Instant>,
     /// STUN on the SIP UDP ports, and the dedicated STUN ports' workers.
     stun: Stun,
+    /// The media relay's sessions (`[media] enabled`), shared with the engine's media hook.
+    media: Option<crate::media::SharedSessions>,
 }
 
 /// STUN on the external side: on the SIP UDP ports (demultiplexed, RFC 7983) here, on the
@@ -140,8 +142,13 @@ impl Daemon {
         )
         .context("binding STUN listen addresses")?;
         let stun = Stun { service, on_sip_udp: cfg.stun.on_sip_udp, _workers: workers };
-        let mut daemon = Daemon { engine, net, trunk, inputs, admin, signals, log_tick, deadline: None, stun };
+        let media =
+            cfg.media.clone().map(|m| std::sync::Arc::new(std::sync::Mutex::new(sbc_media::session::Sessions::new(m))));
+        let mut daemon = Daemon { engine, net, trunk, inputs, admin, signals, log_tick, deadline: None, stun, media };
         daemon.install_guard();
+        if let Some(m) = &daemon.media {
+            daemon.engine.set_media_hook(Box::new(crate::media::MediaAnchor::new(m.clone())));
+        }
         tracing::info!(
             external_udp = ?cfg.external.udp, external_tcp = ?cfg.external.tcp,
             internal_udp = ?cfg.internal.udp, internal_tcp = ?cfg.internal.tcp,
@@ -325,6 +332,9 @@ impl Daemon {
             st.registrations_lost,
         ));
         out.push_str(&self.stun.service.stats_text());
+        if let Some(m) = &self.media {
+            out.push_str(&crate::media::stats_text(m));
+        }
         if let Some(t) = &self.trunk {
             out.push_str(&t.stats_text());
         }

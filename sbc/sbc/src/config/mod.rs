@@ -50,6 +50,41 @@ pub struct Raw {
     pub stun: RawStun,
     #[serde(default)]
     pub nat: RawNat,
+    #[serde(default)]
+    pub media: RawMedia,
+}
+
+/// Media anchoring: SDP rewritten onto the SBC's relay (RFC 3264), sessions with latching.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMedia {
+    /// Off until the relay workers carry the packets.
+    pub enabled: bool,
+    /// The relay's address in the SDP sent outside; default the external side's first listen IP.
+    pub external_ip: Option<String>,
+    /// The relay's address in the SDP sent to the core; default the internal side's first listen IP.
+    pub internal_ip: Option<String>,
+    /// "LOW-HIGH": the UDP port range of the relay (even RTP, odd RTCP).
+    pub ports: String,
+    /// Calls with anchored media at once; above it, SDP is stripped (no ports).
+    pub max_calls: u64,
+    /// m-lines anchored per call.
+    pub max_streams_per_call: u64,
+    /// A call's media with no packet and no SDP for this long is released.
+    pub idle_secs: u64,
+}
+impl Default for RawMedia {
+    fn default() -> Self {
+        RawMedia {
+            enabled: false,
+            external_ip: None,
+            internal_ip: None,
+            ports: "30000-39999".into(),
+            max_calls: 2000,
+            max_streams_per_call: 4,
+            idle_secs: 120,
+        }
+    }
 }
 
 /// Keeping UAs behind NAT reachable: the registration cache's short expiry and keepalive pings
@@ -281,6 +316,8 @@ pub struct Validated {
     pub trunk: Trunk,
     pub admin_socket: std::path::PathBuf,
     pub stun: Stun,
+    /// Media anchoring; None when `media.enabled` is false.
+    pub media: Option<sbc_media::session::Config>,
 }
 
 /// Where the STUN Binding server answers, and its bounds.
@@ -543,6 +580,7 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
         }
     }
     let stun = stun_config(&raw.stun, stun_udp, stun_tcp, &mut errs);
+    let media = media(&raw.media, &ext_listen, &int_listen, &mut errs);
     let l = &raw.limits;
     range(&mut errs, "limits.max_message_bytes", l.max_message_bytes as u64, 512, 65535);
     range(&mut errs, "limits.max_headers", l.max_headers as u64, 16, 1024);
@@ -644,6 +682,62 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
         trunk,
         admin_socket: raw.admin.socket.into(),
         stun,
+        media,
+    })
+}
+
+/// `[media]`: checked whether enabled or not; a session config only when enabled.
+fn media(raw: &RawMedia, ext: &Listen, int: &Listen, errs: &mut Checks<'_>) -> Option<sbc_media::session::Config> {
+    use sbc_media::session::{Config, LatchConfig, PerSide};
+    let ports = raw
+        .ports
+        .split_once('-')
+        .and_then(|(l, h)| Some((l.trim().parse::<u16>().ok()?, h.trim().parse::<u16>().ok()?)));
+    match ports {
+        Some((l, h)) if l >= 1024 && h >= l.saturating_add(3) => {}
+        _ => errs.error(
+            "media.ports",
+            format!("{:?} is not LOW-HIGH within 1024..=65535 holding at least 2 port pairs", raw.ports),
+        ),
+    }
+    range(errs, "media.max_calls", raw.max_calls, 1, 1_000_000);
+    range(errs, "media.max_streams_per_call", raw.max_streams_per_call, 1, 16);
+    range(errs, "media.idle_secs", raw.idle_secs, 10, 86400);
+    let mut address = |key: &str, given: &Option<String>, listen: &Listen| -> Option<std::net::IpAddr> {
+        let path = format!("media.{key}");
+        match given {
+            Some(a) => match a.parse::<std::net::IpAddr>() {
+                Ok(ip) if !ip.is_unspecified() && !ip.is_multicast() => Some(ip),
+                _ => {
+                    errs.error(path, format!("{a:?} is not a unicast IP address"));
+                    None
+                }
+            },
+            None => {
+                let first = listen.udp.iter().chain(listen.tcp.iter()).map(|a| a.ip()).find(|ip| !ip.is_unspecified());
+                if first.is_none() && raw.enabled {
+                    errs.error(path, "required when media.enabled and the side listens on an unspecified address");
+                }
+                first
+            }
+        }
+    };
+    let external = address("external_ip", &raw.external_ip, ext);
+    let internal = address("internal_ip", &raw.internal_ip, int);
+    if !raw.enabled {
+        return None;
+    }
+    Some(Config {
+        address: PerSide { external: external?, internal: internal? },
+        ports: ports?,
+        max_sessions: usize::try_from(raw.max_calls).ok()?,
+        max_streams: usize::try_from(raw.max_streams_per_call).ok()?,
+        trust_private: PerSide { external: false, internal: true },
+        is_private: sbc_proto::nat::is_private,
+        latch: LatchConfig::default(),
+        idle: Duration::from_secs(raw.idle_secs),
+        sdp_limits: sbc_media::sdp::Limits::default(),
+        origin_seed: random_u64(),
     })
 }
 
@@ -826,6 +920,31 @@ max_message_bytes = 70000
         ] {
             assert!(e.iter().any(|l| l.ends_with(want)), "missing {want:?} in {e:#?}");
         }
+    }
+
+    #[test]
+    fn media_is_off_by_default_and_its_keys_are_checked_even_then() {
+        let base = "[external]\nudp=[\"203.0.113.1:5060\"]\n[internal]\nudp=[\"10.1.0.1:5060\"]\n[[core]]\naddress=\"10.0.0.5:5060\"\n";
+        assert!(parse(base).unwrap().media.is_none());
+        let v = parse(&format!("{base}[media]\nenabled=true\nports=\"40000-40099\"\n")).unwrap();
+        let m = v.media.unwrap();
+        assert_eq!(m.ports, (40000, 40099));
+        assert_eq!(
+            (m.address.external.to_string(), m.address.internal.to_string()),
+            ("203.0.113.1".into(), "10.1.0.1".into())
+        );
+        assert_eq!((m.trust_private.external, m.trust_private.internal), (false, true));
+        let e = parse(&format!("{base}[media]\nports=\"40000\"\nexternal_ip=\"0.0.0.0\"\nmax_streams_per_call=17\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("media.ports") && e.contains("media.external_ip") && e.contains("media.max_streams_per_call"),
+            "{e}"
+        );
+        let any = "[external]\nudp=[\"0.0.0.0:5060\"]\nadvertise=\"sbc.example.com\"\n[internal]\nudp=[\"10.1.0.1:5060\"]\n[[core]]\naddress=\"10.0.0.5:5060\"\n";
+        let e = parse(&format!("{any}[media]\nenabled=true\n")).unwrap_err().to_string();
+        assert!(e.contains("media.external_ip: required"), "{e}");
+        assert!(parse(&format!("{any}[media]\nenabled=true\nexternal_ip=\"2001:db8::1\"\n")).is_ok());
     }
 
     #[test]
