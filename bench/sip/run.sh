@@ -50,29 +50,15 @@ KAM_IP="${KAM_IP:-127.0.0.4}" KAM_PORT="${KAM_PORT:-5060}"
 BUF=$((4 * 1024 * 1024))
 
 work="$(mktemp -d /tmp/hp-bench-sip.XXXXXX)"
-pids=()  # every background process started, killed by PID at exit
-
-log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=../lib.sh
+source "$(dirname "$0")/../lib.sh"
 
 cleanup() {
-    local p
-    for p in "${pids[@]}"; do
-        kill "$p" 2>/dev/null || true
-    done
-    for p in "${pids[@]}"; do
-        wait "$p" 2>/dev/null || true
-    done
+    stop_pids
     if [[ "${KEEP:-0}" == 1 ]]; then log "logs kept in $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-forget_pid() { # drop a PID we stopped ourselves from the cleanup list
-    local p keep=()
-    for p in "${pids[@]}"; do [[ "$p" == "$1" ]] || keep+=("$p"); done
-    pids=("${keep[@]}")
-}
 
 stop_pid() {
     kill "$1" 2>/dev/null || true
