@@ -11,7 +11,7 @@
 //! ```
 //!
 //! It owns:
-//! - [`limits`]: governor's GCRA per (source prefix, method class) for access traffic, and per
+//! - [`limits`]: [`crate::ratelimit::KeyedLimiter`]s (governor's GCRA) per (source prefix, method class) for access traffic, and per
 //!   trunk (requests/s, calls/s, concurrent calls) for providers; over a limit, 503 with
 //!   Retry-After or a silent drop, per class; each hit is a `rate-limited` event for the jails.
 //! - [`scanner`]: signatures (User-Agent, From) and behaviour (many distinct target users, or
@@ -32,7 +32,7 @@
 //! it changes on reload, the guard's state does not, so it is passed in, not owned).
 //!
 //! Every kind of state an outsider can create is bounded and expires: limiter keys
-//! (`max_sources` per class, sampled eviction, swept when their bucket is full again), jail and
+//! (`max_sources` per class, the quietest eighth evicted when full, swept when their bucket is full again), jail and
 //! behaviour tracks (`max_tracked` each, at most `maxretry` hits per key, swept after
 //! findtime/window), bans (`max_bans`, the soonest to expire evicted), the recidive memory
 //! (`max_tracked`, forgotten `recidive_memory` after the ban), queued actions.
