@@ -1,12 +1,12 @@
 //! The layers of `sbc-proto` form a stack: each module may use only the modules below it
-//! (sip → flow → topology → dialog → transaction → engine), so there is no import circle. This
+//! (sip → flow → nat → topology → dialog → registration → transaction → engine), so there is no import circle. This
 //! reads the crate's own sources and fails on any `crate::<module>` path pointing upward.
 //! (`super::` inside a layer stays inside it.)
 
 use std::path::{Path, PathBuf};
 
 /// Bottom first.
-const STACK: [&str; 6] = ["sip", "flow", "topology", "dialog", "transaction", "engine"];
+const STACK: [&str; 8] = ["sip", "flow", "nat", "topology", "dialog", "registration", "transaction", "engine"];
 
 fn rank(module: &str) -> Option<usize> {
     STACK.iter().position(|m| *m == module)

@@ -329,6 +329,16 @@ impl Daemon {
             st.transport_errors,
             self.net.connections(),
         );
+        out.push_str(&format!(
+            "nat.registrations {}\nnat.registers_forwarded {}\nnat.registers_absorbed {}\nnat.pings_sent {}\n\
+             nat.pings_unanswered {}\nnat.registrations_lost {}\n",
+            self.engine.nat_registrations(),
+            st.registers_forwarded,
+            st.registers_absorbed,
+            st.nat_pings_sent,
+            st.nat_pings_unanswered,
+            st.registrations_lost,
+        ));
         let s = &self.stun.stats;
         out.push_str(&format!("stun.answered {}\nstun.errors {}\nstun.ignored {}\n", s.answered, s.errors, s.ignored));
         if let Some(t) = &self.trunk {

@@ -3,8 +3,8 @@
 //! route set, and the flow it last talked on, so mid-dialog requests in either direction — BYE,
 //! re-INVITE, UPDATE, INFO, REFER/NOTIFY — reach the right UA over the right connection.
 //!
-//! [`Dialogs`] owns the tables: dialogs by token and by each side's Call-ID, registration
-//! bindings by token. A dialog ends in one place, [`Dialogs::end`], which reports the end once
+//! [`Dialogs`] owns the tables: dialogs by token and by each side's Call-ID (registrations are
+//! the registration layer's). A dialog ends in one place, [`Dialogs::end`], which reports the end once
 //! ([`Dialogs::poll_ended`]) for whoever holds resources per dialog (the media relay, the guard).
 
 use std::collections::{HashMap, VecDeque};
@@ -31,7 +31,6 @@ pub struct Dialogs {
     dialogs: HashMap<String, Dialog>,
     /// (side, Call-ID as that side sees it) → dialog token.
     by_call_id: HashMap<(Side, Vec<u8>), String>,
-    bindings: HashMap<String, Binding>,
     ended: VecDeque<(String, DialogEnd)>,
 }
 
@@ -83,58 +82,16 @@ impl Dialogs {
         }
     }
 
-    /// Ends every dialog idle past its expiry and forgets expired bindings.
+    /// Ends every dialog idle past its expiry.
     pub fn expire(&mut self, now: Instant) {
         let idle: Vec<String> = self.dialogs.values().filter(|d| d.expires <= now).map(|d| d.token.clone()).collect();
         for t in idle {
             self.end(&t, DialogEnd::Idle);
         }
-        self.bindings.retain(|_, b| b.expires > now);
     }
 
     pub fn poll_ended(&mut self) -> Option<(String, DialogEnd)> {
         self.ended.pop_front()
-    }
-
-    // Registration bindings.
-
-    pub fn bindings_len(&self) -> usize {
-        self.bindings.len()
-    }
-    pub fn binding(&self, token: &str) -> Option<&Binding> {
-        self.bindings.get(token)
-    }
-    pub fn binding_mut(&mut self, token: &str) -> Option<&mut Binding> {
-        self.bindings.get_mut(token)
-    }
-    pub fn has_binding(&self, token: &str) -> bool {
-        self.bindings.contains_key(token)
-    }
-    /// A REGISTER passing through: the binding for `token` now points at `contact` on `flow`,
-    /// pending the registrar's answer until at least `pending`.
-    pub fn upsert_binding(&mut self, token: &str, side: Side, contact: Vec<u8>, flow: Flow, pending: Instant) {
-        let b = self.bindings.entry(token.to_owned()).or_insert_with(|| Binding {
-            token: token.to_owned(),
-            side,
-            contact: contact.clone(),
-            flow,
-            confirmed: false,
-            expires: pending,
-        });
-        b.flow = flow;
-        b.contact = contact;
-        b.expires = b.expires.max(pending);
-    }
-    /// The registrar refused: bindings it never confirmed go.
-    pub fn drop_unconfirmed_bindings(&mut self, tokens: &[String]) {
-        for t in tokens {
-            if self.bindings.get(t).is_some_and(|b| !b.confirmed) {
-                self.bindings.remove(t);
-            }
-        }
-    }
-    pub fn remove_binding(&mut self, token: &str) {
-        self.bindings.remove(token);
     }
 }
 
@@ -199,21 +156,6 @@ impl Dialog {
             Side::Internal => &mut self.legs[1],
         }
     }
-}
-
-/// A registration that passed through the SBC: the registrar on the other side stores our
-/// token URI; a request to that URI is delivered to the UA's real Contact over its flow.
-#[derive(Debug, Clone)]
-pub struct Binding {
-    pub token: String,
-    /// The side the registering UA is on.
-    pub side: Side,
-    /// The UA's own Contact URI (without angle brackets).
-    pub contact: Vec<u8>,
-    pub flow: Flow,
-    /// Until the registrar confirms, a binding lives for one transaction timeout.
-    pub confirmed: bool,
-    pub expires: Instant,
 }
 
 /// What a forwarded request's client transaction must remember to handle its responses.

@@ -118,16 +118,26 @@ pub(super) fn unacked_bye(
     out
 }
 
-pub(super) fn options_probe(advertise: &str, flow: Flow, branch: &str, tag: &str, call_id: &str) -> Vec<u8> {
-    let target = match flow.remote {
-        std::net::SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
-        a => a.to_string(),
+/// An OPTIONS of the SBC's own: a core probe (to the core's address) or a NAT keepalive ping
+/// (to the UA's registered Contact, sent over its flow).
+pub(super) fn options_probe(
+    advertise: &str,
+    flow: Flow,
+    target: Option<&[u8]>,
+    branch: &str,
+    tag: &str,
+    call_id: &str,
+) -> Vec<u8> {
+    let target = match (target, flow.remote) {
+        (Some(uri), _) => String::from_utf8_lossy(uri).into_owned(),
+        (None, std::net::SocketAddr::V6(a)) => format!("sip:[{}]:{}", a.ip(), a.port()),
+        (None, a) => format!("sip:{a}"),
     };
     let via = String::from_utf8_lossy(&via_line(advertise, flow, branch)).into_owned();
     let me = hostport(advertise, flow);
     format!(
-        "OPTIONS sip:{target} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: <sip:sbc@{me}>;tag={tag}\r\n\
-         To: <sip:{target}>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        "OPTIONS {target} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: <sip:sbc@{me}>;tag={tag}\r\n\
+         To: <{target}>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
     )
     .into_bytes()
 }

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::nat::NatMode;
 use crate::sip::framer::Limits;
 use crate::sip::uri::Transport;
 use crate::transaction::Timers;
@@ -17,6 +18,8 @@ pub struct SideConfig {
     /// Mask Call-ID and tags toward this side, strip configured headers, replace the other
     /// side's host names in From/To.
     pub hide: bool,
+    /// NAT handling for UAs on this side (short registration expiry, keepalive pings).
+    pub nat: NatMode,
 }
 
 impl SideConfig {
@@ -35,6 +38,28 @@ pub struct CoreTarget {
     pub transport: Transport,
 }
 
+/// How the SBC keeps UAs behind NAT reachable (RFC 5626 §3.5's problem, solved from the edge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatConfig {
+    /// Registration expiry granted to UAs behind NAT (refreshes in between are absorbed);
+    /// None keeps the registrar's.
+    pub register_expiry: Option<Duration>,
+    /// OPTIONS pings to UAs behind NAT over UDP; None: off.
+    pub ping_interval: Option<Duration>,
+    /// Unanswered pings in a row that end a binding.
+    pub ping_failures: u32,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        NatConfig {
+            register_expiry: Some(Duration::from_secs(60)),
+            ping_interval: Some(Duration::from_secs(15)),
+            ping_failures: 3,
+        }
+    }
+}
+
 /// Everything the engine needs, already validated by the daemon's config layer.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -49,6 +74,8 @@ pub struct Config {
     pub max_transactions: usize,
     pub max_dialogs: usize,
     pub max_registrations: usize,
+    /// The registration cache's NAT keepalive settings.
+    pub nat: NatConfig,
     pub secret: Vec<u8>,
     /// Headers removed from messages sent toward a hidden side.
     pub strip_headers: Vec<String>,
@@ -78,8 +105,15 @@ impl Config {
                 udp: sa("203.0.113.1:5060"),
                 tcp: None,
                 hide: true,
+                nat: NatMode::On,
             },
-            internal: SideConfig { advertise: "10.99.0.1".into(), udp: sa("10.99.0.1:5060"), tcp: None, hide: false },
+            internal: SideConfig {
+                advertise: "10.99.0.1".into(),
+                udp: sa("10.99.0.1:5060"),
+                tcp: None,
+                hide: false,
+                nat: NatMode::Off,
+            },
             cores: sa("10.99.0.10:5070")
                 .map(|addr| CoreTarget { addr, transport: Transport::Udp })
                 .into_iter()
@@ -90,6 +124,7 @@ impl Config {
             max_transactions: 1000,
             max_dialogs: 1000,
             max_registrations: 1000,
+            nat: NatConfig::default(),
             secret: b"example-secret".to_vec(),
             strip_headers: vec!["Server".into(), "User-Agent".into()],
             public_domains: Vec::new(),

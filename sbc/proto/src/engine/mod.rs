@@ -19,6 +19,8 @@
 
 mod build;
 mod config;
+#[cfg(test)]
+mod nat_tests;
 mod request;
 mod response;
 mod seams;
@@ -32,13 +34,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::dialog::{AckWait, Dialog, Dialogs, ForwardCtx, Leg};
+use crate::nat;
+use crate::registration::{RegConfig, Registering, Registrations};
 use crate::sip::edit::reply;
 use crate::sip::framer::{Datagram, frame_datagram};
 use crate::sip::message::{HeaderName, Message};
 use crate::sip::sanity::{self, Checked};
 use crate::sip::uri::{self, SipUri, Transport};
 use crate::sip::{Method, Reaction, SipError, values};
-use crate::topology::{Forward, Requester, Settings, SideView, Topology};
+use crate::topology::{Forward, Masker, Requester, Settings, SideView, Topology};
 use crate::transaction::{
     ClientState, ClientStep, ClientTxn, Expired, Outgoing, Purpose, ServerKey, ServerState, ServerTxn, Transactions,
     client_key,
@@ -46,7 +50,8 @@ use crate::transaction::{
 
 pub use crate::dialog::DialogEnd;
 pub use crate::flow::{Flow, Side, Transmit};
-pub use config::{Config, CoreTarget, SideConfig};
+pub use crate::nat::NatMode;
+pub use config::{Config, CoreTarget, NatConfig, SideConfig};
 pub use seams::{Admit, AllowAll, BodyCrossing, BodyRole, Final, Guard, GuardAction, MediaHook};
 pub use timer::Timer;
 
@@ -111,6 +116,14 @@ pub struct Stats {
     pub unacked_dialogs_ended: u64,
     /// Transport errors (ICMP unreachable, TCP reset/refused) that failed pending transactions.
     pub transport_errors: u64,
+    /// REGISTERs sent on to a registrar, and refreshes the registration cache answered itself.
+    pub registers_forwarded: u64,
+    pub registers_absorbed: u64,
+    /// OPTIONS keepalive pings to UAs behind NAT, those unanswered, and the bindings that ended
+    /// because of them (or of a transport error on their flow).
+    pub nat_pings_sent: u64,
+    pub nat_pings_unanswered: u64,
+    pub registrations_lost: u64,
 }
 
 #[derive(Debug)]
@@ -142,6 +155,8 @@ pub struct Engine {
     /// RFC 3261 §17: every server and client transaction, and their timers.
     txns: Transactions,
     dialogs: Dialogs,
+    /// Registrations through the SBC, with their NAT keepalives.
+    regs: Registrations,
     cores: Vec<CoreState>,
     timers: BinaryHeap<Reverse<(Instant, u64, Timer)>>,
     timer_seq: u64,
@@ -157,12 +172,14 @@ impl std::fmt::Debug for Engine {
             .field("server", &self.txns.server_len())
             .field("client", &self.txns.client_len())
             .field("dialogs", &self.dialogs.len())
-            .field("bindings", &self.dialogs.bindings_len())
+            .field("bindings", &self.regs.len())
             .finish()
     }
 }
 
 const SWEEP: Duration = Duration::from_secs(5);
+/// How often due NAT keepalive pings are sent (each binding's own interval is the config's).
+const PING_TICK: Duration = Duration::from_secs(1);
 
 impl Engine {
     pub fn new(cfg: Config, now: Instant) -> Engine {
@@ -188,6 +205,12 @@ impl Engine {
             strip_credentials: cfg.strip_credentials,
         });
         let cores = cfg.cores.iter().map(|t| CoreState { target: *t, up: true }).collect();
+        let regs = Registrations::new(RegConfig {
+            phone_expiry: cfg.nat.register_expiry,
+            ping_interval: cfg.nat.ping_interval,
+            ping_failures: cfg.nat.ping_failures,
+            max: cfg.max_registrations,
+        });
         let mut e = Engine {
             rng: cfg.seed | 1,
             cfg,
@@ -196,6 +219,7 @@ impl Engine {
             media: None,
             txns: Transactions::new(cfg_timers, cfg_max_headers),
             dialogs: Dialogs::default(),
+            regs,
             cores,
             timers: BinaryHeap::new(),
             timer_seq: 0,
@@ -207,6 +231,9 @@ impl Engine {
             e.schedule(now, Timer::Probe);
         }
         e.schedule(now + SWEEP, Timer::Sweep);
+        if e.cfg.nat.ping_interval.is_some() {
+            e.schedule(now + PING_TICK, Timer::Ping);
+        }
         e
     }
 
@@ -224,11 +251,20 @@ impl Engine {
         let mut s = self.stats.clone();
         s.retransmissions_sent += self.txns.retransmissions_sent;
         s.retransmissions_absorbed += self.txns.retransmissions_absorbed;
+        let r = self.regs.stats;
+        s.registers_absorbed = r.absorbed;
+        s.nat_pings_sent = r.pings_sent;
+        s.nat_pings_unanswered = r.pings_unanswered;
+        s.registrations_lost = r.lost;
         s
+    }
+    /// Registrations of UAs judged to be behind NAT.
+    pub fn nat_registrations(&self) -> usize {
+        self.regs.nat_len()
     }
     /// (server transactions, client transactions, dialogs, registrations)
     pub fn sizes(&self) -> (usize, usize, usize, usize) {
-        (self.txns.server_len(), self.txns.client_len(), self.dialogs.len(), self.dialogs.bindings_len())
+        (self.txns.server_len(), self.txns.client_len(), self.dialogs.len(), self.regs.len())
     }
     pub fn core_up(&self, idx: usize) -> Option<bool> {
         self.cores.get(idx).map(|c| c.up)

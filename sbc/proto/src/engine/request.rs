@@ -36,6 +36,9 @@ impl Engine {
             Admit::Reject { code, reason } => return self.local_reply(now, flow, req, code, reason, &[]),
             Admit::Drop => return self.drop_msg(flow, "refused by guard".into()),
         }
+        if req.method == Method::Register && self.absorb_register(now, flow, req) {
+            return;
+        }
         if req.method == Method::Options && req.to_tag.is_none() && self.addressed_to_sbc(req, flow) {
             // RFC 3261 §11.2: an OPTIONS naming the SBC itself (a keepalive, a health check) is
             // answered by the SBC, not relayed to the core.
@@ -106,10 +109,15 @@ impl Engine {
             if self.dialogs.contains(user) {
                 return Ok(Route::Dialog(user.to_string()));
             }
-            if let Some(b) = self.dialogs.binding(user)
+            if let Some(b) = self.regs.get(user)
                 && b.side != flow.side
             {
                 return Ok(Route::Binding(user.to_string()));
+            }
+            if req.to_tag.is_none() && Masker::is_token(b'r', user.as_bytes()) && !self.dialogs.contains(user) {
+                // A registration we no longer hold (expired, unregistered, its NAT binding lost):
+                // the UA is not reachable now (RFC 3261 §21.4.18).
+                return Err((480, "Temporarily Unavailable"));
             }
         }
         if req.to_tag.is_some() {
@@ -188,7 +196,7 @@ impl Engine {
                 (to.flow, Some(to.target), to.route_set)
             }
             Route::Binding(token) => {
-                let b = self.dialogs.binding(token).ok_or((404, "Not Found"))?;
+                let b = self.regs.get(token).ok_or((480, "Temporarily Unavailable"))?;
                 ctx.to_binding = true;
                 (b.flow, Some(b.contact.clone()), Vec::new())
             }
@@ -223,6 +231,7 @@ impl Engine {
         let contact = if req.method == Method::Register {
             let (value, tokens) = self.register_contacts(now, flow, to_flow, req)?;
             ctx.registration = tokens;
+            self.stats.registers_forwarded += 1;
             value
         } else {
             Some(self.topology.contact(to_flow, ctx.dialog.as_deref()))
@@ -289,8 +298,71 @@ impl Engine {
         hook.on_body(now, &crossing)
     }
 
+    /// The Contacts of a REGISTER, each with the token the registrar will know it by: the UA's
+    /// RFC 5626 instance and reg-id when it sends them, else the AOR, the REGISTER's Call-ID and
+    /// the Contact's position — so a device re-registering from a changed NAT port or with a
+    /// changed Contact refreshes one binding at the registrar instead of adding one.
+    pub(super) fn register_contact_list(&self, req: &Checked<'_>) -> Result<RegisterContacts, Refusal> {
+        let aor = req.msg.value(HeaderName::To).unwrap_or_default();
+        let default_expires = req.msg.value(HeaderName::Expires).and_then(|v| values::parse_u32_lenient(v).ok());
+        let mut list = RegisterContacts::default();
+        let mut index = 0u32;
+        for h in req.msg.all(HeaderName::Contact) {
+            let v = req.msg.unfolded(h);
+            if &*v == b"*" {
+                list.star = true;
+                continue;
+            }
+            for r in values::split_commas(&v).map_err(|_| (400, "Bad Request"))? {
+                let elem = v.get(r).unwrap_or_default();
+                let na = values::name_addr(elem).map_err(|_| (400, "Bad Request"))?;
+                let uri = elem.get(na.uri.clone()).unwrap_or_default().to_vec();
+                let params = elem.get(na.params.clone()).unwrap_or_default().to_vec();
+                let masker = self.topology.masker();
+                let token = match (values::param(&params, "+sip.instance"), values::param(&params, "reg-id")) {
+                    (Some(instance), reg_id) => masker.token(b'r', &[aor, instance, reg_id.unwrap_or_default()]),
+                    (None, _) => masker.token(b'r', &[aor, &req.call_id, &index.to_le_bytes()]),
+                };
+                index += 1;
+                // RFC 3261 §10.2.1.1: the Contact's parameter, else the header, else 3600.
+                let expires = values::param(&params, "expires")
+                    .and_then(|e| values::parse_u32_lenient(e).ok())
+                    .or(default_expires)
+                    .unwrap_or(3600);
+                list.contacts.push(RegisterContact { uri, params, token, expires });
+            }
+        }
+        Ok(list)
+    }
+
+    /// RFC 5626-style edge registration: a refresh from a UA behind NAT that the registration
+    /// cache may answer itself (see [`crate::registration`]) gets its 200 here.
+    pub(super) fn absorb_register(&mut self, now: Instant, flow: Flow, req: &Checked<'_>) -> bool {
+        if self.cfg.nat.register_expiry.is_none() || self.regs.is_empty() {
+            return false;
+        }
+        let Ok(list) = self.register_contact_list(req) else { return false };
+        if list.star {
+            return false;
+        }
+        let requested = list.contacts.iter().map(|c| c.expires).min().unwrap_or(0);
+        let keys: Vec<(String, Vec<u8>)> = list.contacts.iter().map(|c| (c.token.clone(), c.uri.clone())).collect();
+        let Some(grant) = self.regs.absorb(now, &flow, &req.call_id, req.cseq, &keys, requested) else {
+            return false;
+        };
+        let contact = list
+            .contacts
+            .iter()
+            .map(|c| contact_with_expires(&c.uri, &c.params, grant))
+            .collect::<Vec<_>>()
+            .join(&b", "[..]);
+        let expires = grant.to_string();
+        self.local_reply(now, flow, req, 200, "OK", &[("Contact", &contact), ("Expires", expires.as_bytes())]);
+        true
+    }
+
     /// REGISTER: each Contact becomes a token URI on the registrar's side (§10.2.1); the
-    /// binding remembers the UA's real Contact and flow.
+    /// registration cache remembers the UA's real Contact and flow, and whether it is behind NAT.
     pub(super) fn register_contacts(
         &mut self,
         now: Instant,
@@ -298,32 +370,39 @@ impl Engine {
         to: Flow,
         req: &Checked<'_>,
     ) -> Result<(Option<Vec<u8>>, Vec<String>), Refusal> {
-        let aor = req.msg.value(HeaderName::To).unwrap_or_default().to_vec();
+        let list = self.register_contact_list(req)?;
         let mut out: Vec<Vec<u8>> = Vec::new();
+        if list.star {
+            out.push(b"*".to_vec());
+        }
+        let contact_ip = list.contacts.first().and_then(|c| match SipUri::parse(&c.uri).ok()?.host {
+            uri::Host::Ip(ip) => Some(ip),
+            uri::Host::Name(_) => None,
+        });
+        let sent_by = req.sent_by.as_slice();
+        let sent_by_host = sent_by.iter().rposition(|&b| b == b':').and_then(|i| sent_by.get(..i)).unwrap_or(sent_by);
+        let claims = nat::Claims { via_host: sent_by_host, via_port: req.sent_by_port, contact_ip };
+        let nat = nat::behind_nat(self.side_cfg(flow.side).nat, &flow, &claims);
         let mut tokens = Vec::new();
-        for h in req.msg.all(HeaderName::Contact) {
-            let v = req.msg.unfolded(h);
-            if &*v == b"*" {
-                out.push(b"*".to_vec());
-                continue;
+        for c in list.contacts {
+            let pending = now + self.cfg.timers.t64();
+            let reg = Registering {
+                token: &c.token,
+                side: flow.side,
+                contact: c.uri,
+                flow,
+                nat,
+                call_id: &req.call_id,
+                cseq: req.cseq,
+            };
+            if self.regs.register(now, reg, pending).is_err() {
+                self.events.push_back(Event::Overload { what: "registrations" });
+                return Err((503, "Service Unavailable"));
             }
-            for r in values::split_commas(&v).map_err(|_| (400, "Bad Request"))? {
-                let elem = v.get(r).unwrap_or_default();
-                let na = values::name_addr(elem).map_err(|_| (400, "Bad Request"))?;
-                let contact = elem.get(na.uri.clone()).unwrap_or_default().to_vec();
-                let params = elem.get(na.params.clone()).unwrap_or_default();
-                let token = self.topology.masker().token(b'r', &[&aor, &contact]);
-                if !self.dialogs.has_binding(&token) && self.dialogs.bindings_len() >= self.cfg.max_registrations {
-                    self.events.push_back(Event::Overload { what: "registrations" });
-                    return Err((503, "Service Unavailable"));
-                }
-                let pending = now + self.cfg.timers.t64();
-                self.dialogs.upsert_binding(&token, flow.side, contact, flow, pending);
-                let mut e = self.topology.contact(to, Some(&token));
-                e.extend_from_slice(params);
-                out.push(e);
-                tokens.push(token);
-            }
+            let mut e = self.topology.contact(to, Some(&c.token));
+            e.extend_from_slice(&c.params);
+            out.push(e);
+            tokens.push(c.token);
         }
         Ok(((!out.is_empty()).then(|| out.join(&b", "[..])), tokens))
     }
@@ -436,4 +515,43 @@ impl Engine {
         self.txns.respond(now, key, code, resp, &mut self.out);
         self.stats.local_replies += 1;
     }
+}
+
+/// A REGISTER's Contacts (see [`Engine::register_contact_list`]).
+#[derive(Debug, Default)]
+pub(super) struct RegisterContacts {
+    /// `Contact: *` (remove every binding, RFC 3261 §10.2.2).
+    pub star: bool,
+    pub contacts: Vec<RegisterContact>,
+}
+
+#[derive(Debug)]
+pub(super) struct RegisterContact {
+    pub uri: Vec<u8>,
+    /// The Contact's header parameters as sent (`;expires=..;+sip.instance=..`).
+    pub params: Vec<u8>,
+    pub token: String,
+    /// The expiry asked for (RFC 3261 §10.2.1.1).
+    pub expires: u32,
+}
+
+/// `<uri>` with the UA's parameters, its `expires` replaced by `expires`.
+pub(super) fn contact_with_expires(uri: &[u8], params: &[u8], expires: u32) -> Vec<u8> {
+    let mut e = Vec::with_capacity(uri.len() + params.len() + 16);
+    e.push(b'<');
+    e.extend_from_slice(uri);
+    e.push(b'>');
+    for p in values::params(params).map_while(Result::ok) {
+        if p.0.eq_ignore_ascii_case(b"expires") {
+            continue;
+        }
+        e.push(b';');
+        e.extend_from_slice(p.0);
+        if let Some(v) = p.1 {
+            e.push(b'=');
+            e.extend_from_slice(v);
+        }
+    }
+    e.extend_from_slice(format!(";expires={expires}").as_bytes());
+    e
 }

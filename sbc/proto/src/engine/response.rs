@@ -18,6 +18,7 @@ impl Engine {
             ClientStep::WrongSide => self.drop_msg(flow, "response from the wrong side".into()),
             ClientStep::Absorbed | ClientStep::Ignored => {}
             ClientStep::ProbeAnswered(idx) => self.set_core(idx, true),
+            ClientStep::PingAnswered(token) => self.regs.ping_answered(&token),
             // Hop-by-hop: we already sent our own 100 Trying.
             ClientStep::Trying { cancel_now } => {
                 if cancel_now {
@@ -237,7 +238,8 @@ impl Engine {
     }
 
     /// REGISTER responses: the registrar's view (our token URIs) back to the UA's own Contacts,
-    /// with the expiry the registrar granted; bindings follow the registrar.
+    /// with the expiry the registration cache grants (the registrar's, or the short one of a UA
+    /// behind NAT); bindings follow the registrar.
     pub(super) fn registered_contacts(
         &mut self,
         now: Instant,
@@ -246,7 +248,7 @@ impl Engine {
         code: u16,
     ) -> Option<Vec<u8>> {
         if code >= 300 {
-            self.dialogs.drop_unconfirmed_bindings(&ctx.registration);
+            self.regs.refused(&ctx.registration);
             return None;
         }
         if code < 200 {
@@ -275,21 +277,18 @@ impl Engine {
                 let expires = values::param(params, "expires")
                     .and_then(|e| values::parse_u32_lenient(e).ok())
                     .unwrap_or(default_expires);
-                let Some(b) = self.dialogs.binding_mut(&token) else { continue };
-                b.confirmed = true;
-                b.expires = now + Duration::from_secs(u64::from(expires) + 10);
-                let mut e = Vec::with_capacity(b.contact.len() + params.len() + 2);
-                e.push(b'<');
-                e.extend_from_slice(&b.contact);
-                e.push(b'>');
-                e.extend_from_slice(params);
-                out.push(e);
+                if expires == 0 {
+                    continue;
+                }
+                let Some((granted, b)) = self.regs.confirm(now, &token, expires) else { continue };
+                out.push(request::contact_with_expires(&b.contact, params, granted));
                 seen.push(token);
             }
         }
         for t in &ctx.registration {
             if !seen.contains(t) {
-                self.dialogs.remove_binding(t);
+                // Unregistered, or not kept by the registrar: gone at once.
+                self.regs.remove(t);
             }
         }
         (!out.is_empty()).then(|| out.join(&b", "[..]))

@@ -13,7 +13,13 @@ const CORE_B: &str = "10.0.0.11:5070";
 fn config(cores: &[&str], probe: Option<Duration>) -> Config {
     Config {
         external: SideConfig { tcp: Some(sa("203.0.113.1:5060")), ..Config::example().external },
-        internal: SideConfig { advertise: "10.0.0.1".into(), udp: Some(sa("10.0.0.1:5060")), tcp: None, hide: false },
+        internal: SideConfig {
+            advertise: "10.0.0.1".into(),
+            udp: Some(sa("10.0.0.1:5060")),
+            tcp: None,
+            hide: false,
+            nat: NatMode::Off,
+        },
         cores: cores.iter().map(|c| CoreTarget { addr: sa(c), transport: Transport::Udp }).collect(),
         probe_interval: probe,
         max_transactions: 100,
@@ -282,7 +288,8 @@ fn a_registered_phone_is_reached_on_its_tcp_flow() {
     e.handle_datagram(now, core(CORE_A), ok.as_bytes());
     let out = drain(&mut e);
     assert_eq!(out[0].0, phone);
-    assert_eq!(header(&out[0].1, "Contact"), Some("<sip:alice@192.168.1.2:5060;transport=tcp>;expires=120"));
+    // Behind NAT (a private Via from a public source): the phone gets the short expiry.
+    assert_eq!(header(&out[0].1, "Contact"), Some("<sip:alice@192.168.1.2:5060;transport=tcp>;expires=60"));
     // The core calls the registered contact (addressing the user at itself, as a registrar
     // does): the INVITE goes down the phone's connection.
     let inv = format!(

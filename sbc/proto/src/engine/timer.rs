@@ -16,6 +16,8 @@ pub enum Timer {
     Probe,
     /// Expiry of dialogs and registrations.
     Sweep,
+    /// NAT keepalive pings that are due.
+    Ping,
 }
 
 impl Engine {
@@ -41,8 +43,13 @@ impl Engine {
         match timer {
             Timer::Probe => self.probe(now),
             Timer::AckWait(token) => self.ack_timeout(now, token),
+            Timer::Ping => {
+                self.ping(now);
+                self.schedule(now + PING_TICK, Timer::Ping);
+            }
             Timer::Sweep => {
                 self.dialogs.expire(now);
+                self.regs.expire(now);
                 self.report_ended(now);
                 self.schedule(now + SWEEP, Timer::Sweep);
             }
@@ -62,6 +69,11 @@ impl Engine {
             Purpose::Probe(idx) => {
                 let idx = *idx;
                 self.set_core(idx, false);
+            }
+            Purpose::Ping(token) => {
+                if self.regs.ping_unanswered(token) {
+                    tracing::info!(token = %token, remote = %ct.flow.remote, "registration ended: keepalive pings unanswered");
+                }
             }
             Purpose::Cancel | Purpose::Local => {}
             Purpose::Forward(ctx) => {
@@ -101,11 +113,31 @@ impl Engine {
         }
         self.stats.transport_errors += 1;
         tracing::debug!(remote = %flow.remote, side = flow.side.as_str(), transactions = keys.len(), "transport error");
+        // RFC 5626 §5.3: a registration whose flow failed is gone (the UA must register anew).
+        let lost = self.regs.flow_failed(&flow);
+        if lost > 0 {
+            tracing::info!(remote = %flow.remote, bindings = lost, "registrations ended: their flow failed");
+        }
         for key in keys {
             let Some(ct) = self.txns.take_client(&key) else { continue };
             let to_ua_flow = matches!(&ct.purpose, Purpose::Forward(c) if c.to_binding);
             let (code, reason) = if to_ua_flow { (430, "Flow Failed") } else { (503, "Service Unavailable") };
             self.client_failed(now, ct, code, reason);
+        }
+    }
+
+    /// OPTIONS to every UA behind NAT whose ping is due: the request (and its answer) crosses
+    /// the NAT and keeps the binding the UA's flow lives in from expiring.
+    pub(super) fn ping(&mut self, now: Instant) {
+        while let Some((token, flow, contact)) = self.regs.next_ping(now) {
+            let branch = self.new_branch();
+            let tag = self.random_hex();
+            let call_id = self.random_hex();
+            let advertise = self.side_cfg(flow.side).advertise.clone();
+            let data = build::options_probe(&advertise, flow, Some(&contact), &branch, &tag, &call_id);
+            let ping =
+                Outgoing { flow, method: Method::Options, data, branch, purpose: Purpose::Ping(token), server: None };
+            self.start_client(now, ping);
         }
     }
 
@@ -116,7 +148,7 @@ impl Engine {
             let branch = self.new_branch();
             let tag = self.random_hex();
             let call_id = self.random_hex();
-            let data = build::options_probe(&self.cfg.internal.advertise, flow, &branch, &tag, &call_id);
+            let data = build::options_probe(&self.cfg.internal.advertise, flow, None, &branch, &tag, &call_id);
             let probe =
                 Outgoing { flow, method: Method::Options, data, branch, purpose: Purpose::Probe(idx), server: None };
             self.start_client(now, probe);

@@ -117,6 +117,11 @@ impl Masker {
         hide.then(|| self.mask(value))
     }
 
+    /// Whether `s` has the shape of a [`Masker::token`] of `kind` (not whether we made it).
+    pub fn is_token(kind: u8, s: &[u8]) -> bool {
+        s.len() == 17 && s.first() == Some(&kind) && s.iter().skip(1).all(u8::is_ascii_hexdigit)
+    }
+
     /// A token for our Contact user part: opaque, keyed, stable for the same input.
     pub fn token(&self, kind: u8, parts: &[&[u8]]) -> String {
         let mut h = SipHasher24::new_with_key(&self.k_iv);

@@ -122,6 +122,8 @@ pub enum Purpose {
     Forward(Box<ForwardCtx>),
     /// OPTIONS keepalive probe to core target N.
     Probe(usize),
+    /// OPTIONS keepalive ping to the UA behind NAT registered under this token.
+    Ping(String),
     /// A CANCEL we sent for the INVITE client transaction with this key.
     Cancel,
     /// A request the SBC makes on its own (the BYE for an unACKed 2xx): its answer ends here.
@@ -173,6 +175,8 @@ pub enum ClientStep {
     Trying { cancel_now: bool },
     /// A probe got its final answer (the core is up).
     ProbeAnswered(usize),
+    /// A ping got a final answer (the UA behind NAT is there).
+    PingAnswered(String),
     /// A response to our own CANCEL or BYE, or a provisional to a probe: nothing to do.
     Ignored,
     /// To be relayed to the requester (the engine does dialogs, registrations, failover).
@@ -349,7 +353,7 @@ impl Transactions {
         let Outgoing { flow, method, data, branch, purpose, server } = req;
         let key = client_key(branch.as_bytes(), method);
         let expires = match purpose {
-            Purpose::Probe(_) => now + probe_timeout,
+            Purpose::Probe(_) | Purpose::Ping(_) => now + probe_timeout,
             _ => now + self.t.t64(),
         };
         let retransmit = (flow.transport == Transport::Udp).then(|| (self.t.t1, now + self.t.t1));
@@ -413,6 +417,14 @@ impl Transactions {
                 }
                 self.client.remove(key);
                 return ClientStep::ProbeAnswered(idx);
+            }
+            Purpose::Ping(token) => {
+                if code < 200 {
+                    return ClientStep::Ignored;
+                }
+                let token = token.clone();
+                self.client.remove(key);
+                return ClientStep::PingAnswered(token);
             }
             Purpose::Cancel | Purpose::Local => {
                 if code >= 200 {

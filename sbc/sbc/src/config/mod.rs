@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use sbc_proto::engine::{Config as EngineConfig, CoreTarget, SideConfig};
+use sbc_proto::engine::{Config as EngineConfig, CoreTarget, NatConfig, NatMode, SideConfig};
 use sbc_proto::sip::framer::Limits;
 use sbc_proto::sip::uri::Transport;
 use sbc_proto::transaction::Timers;
@@ -47,6 +47,27 @@ pub struct Raw {
     pub admin: RawAdmin,
     #[serde(default)]
     pub stun: RawStun,
+    #[serde(default)]
+    pub nat: RawNat,
+}
+
+/// Keeping UAs behind NAT reachable: the registration cache's short expiry and keepalive pings
+/// (for the sides whose `nat` is on or force).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNat {
+    /// Registration expiry granted to UAs behind NAT (their refreshes in between are answered
+    /// by the SBC); 0 keeps the registrar's.
+    pub register_expiry_secs: u64,
+    /// OPTIONS pings to UAs behind NAT over UDP; 0 disables them.
+    pub ping_interval_secs: u64,
+    /// Unanswered pings in a row that end a registration.
+    pub ping_failures: u64,
+}
+impl Default for RawNat {
+    fn default() -> Self {
+        RawNat { register_expiry_secs: 60, ping_interval_secs: 15, ping_failures: 3 }
+    }
 }
 
 /// The STUN Binding server (RFC 8489) on the external side.
@@ -104,6 +125,8 @@ pub struct RawSide {
     /// Host written in Via/Contact on this side; defaults to the first listen IP.
     pub advertise: Option<String>,
     pub hide_topology: Option<bool>,
+    /// NAT handling for UAs on this side: "on" (detect), "off", "force".
+    pub nat: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -341,7 +364,12 @@ fn bad_address(a: &str) -> String {
     }
 }
 
-fn side(name: &str, raw: &RawSide, hide_default: bool, errs: &mut Checks<'_>) -> (SideConfig, Listen) {
+fn side(
+    name: &str,
+    raw: &RawSide,
+    (hide_default, nat_default): (bool, NatMode),
+    errs: &mut Checks<'_>,
+) -> (SideConfig, Listen) {
     let (udp_path, tcp_path) = (format!("{name}.udp"), format!("{name}.tcp"));
     let udp = addrs(&udp_path, &raw.udp, errs);
     let tcp = addrs(&tcp_path, &raw.tcp, errs);
@@ -372,6 +400,16 @@ fn side(name: &str, raw: &RawSide, hide_default: bool, errs: &mut Checks<'_>) ->
             udp: udp.first().copied(),
             tcp: tcp.first().copied(),
             hide: raw.hide_topology.unwrap_or(hide_default),
+            nat: match raw.nat.as_deref() {
+                None => nat_default,
+                Some("on") => NatMode::On,
+                Some("off") => NatMode::Off,
+                Some("force") => NatMode::Force,
+                Some(other) => {
+                    errs.error(format!("{name}.nat"), format!("{other:?} is not one of on, off, force"));
+                    nat_default
+                }
+            },
         },
         Listen { udp, tcp },
     )
@@ -387,8 +425,8 @@ fn range(errs: &mut Checks<'_>, path: &str, v: u64, lo: u64, hi: u64) {
 /// stage refused (see [`Checks`]).
 fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, String)>> {
     let mut errs = Checks { found: Vec::new(), refused };
-    let (external, ext_listen) = side("external", &raw.external, true, &mut errs);
-    let (internal, int_listen) = side("internal", &raw.internal, false, &mut errs);
+    let (external, ext_listen) = side("external", &raw.external, (true, NatMode::On), &mut errs);
+    let (internal, int_listen) = side("internal", &raw.internal, (false, NatMode::Off), &mut errs);
     if raw.core.is_empty() {
         errs.error("core", "at least one [[core]] target is required");
     }
@@ -457,6 +495,14 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
     }
     range(&mut errs, "timers.t4_ms", t.t4_ms, 100, 60_000);
     range(&mut errs, "topology.dialog_idle_secs", raw.topology.dialog_idle_secs, 60, 7 * 86400);
+    let n = &raw.nat;
+    if n.register_expiry_secs != 0 {
+        range(&mut errs, "nat.register_expiry_secs", n.register_expiry_secs, 20, 86400);
+    }
+    if n.ping_interval_secs != 0 {
+        range(&mut errs, "nat.ping_interval_secs", n.ping_interval_secs, 2, 3600);
+    }
+    range(&mut errs, "nat.ping_failures", n.ping_failures, 1, 100);
     if let Some(s) = &raw.topology.secret
         && s.len() < 16
     {
@@ -495,6 +541,11 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
         max_transactions: l.max_transactions,
         max_dialogs: l.max_dialogs,
         max_registrations: l.max_registrations,
+        nat: NatConfig {
+            register_expiry: (n.register_expiry_secs > 0).then(|| Duration::from_secs(n.register_expiry_secs)),
+            ping_interval: (n.ping_interval_secs > 0).then(|| Duration::from_secs(n.ping_interval_secs)),
+            ping_failures: u32::try_from(n.ping_failures).unwrap_or(3),
+        },
         secret,
         strip_headers: raw.topology.strip_headers,
         public_domains: raw.topology.public_domains,
