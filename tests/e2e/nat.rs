@@ -227,6 +227,39 @@ struct Observed {
     sdp_private: Vec<String>,
     /// SBC → phone requests that are not the call (OPTIONS keepalives).
     options_to_phone: usize,
+    /// Of those, the ones sent at least 1 s before the capture ended that got no response
+    /// from the phone's public address.
+    options_unanswered: usize,
+    /// Time between consecutive keepalives.
+    ping_gaps: Vec<Duration>,
+}
+
+/// A header's value in a captured message (first occurrence, full name).
+fn header(msg: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(msg);
+    text.lines().skip(1).take_while(|l| !l.is_empty()).find_map(|l| {
+        l.split_once(':').filter(|(n, _)| n.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string())
+    })
+}
+
+/// The OPTIONS the SBC sent to `public` (time, Call-ID), and the Call-IDs `public` answered.
+fn keepalives(external: &[Packet], public: SocketAddr) -> (Vec<(Duration, String)>, Vec<String>) {
+    let mut sent = Vec::new();
+    let mut answered = Vec::new();
+    for p in external {
+        for m in sip_messages(&p.payload) {
+            let Some(call_id) = header(&m.0, "Call-ID") else { continue };
+            if p.dst == public && m.method().as_deref() == Some("OPTIONS") {
+                sent.push((p.ts, call_id));
+            } else if p.src == public
+                && m.status().is_some()
+                && header(&m.0, "CSeq").is_some_and(|c| c.ends_with("OPTIONS"))
+            {
+                answered.push(call_id);
+            }
+        }
+    }
+    (sent, answered)
 }
 
 fn observe(cap: &Captured, public: SocketAddr) -> Result<Observed> {
@@ -249,15 +282,25 @@ fn observe(cap: &Captured, public: SocketAddr) -> Result<Observed> {
             other => bail!("the home network on the internal side ({other:?}) in packet {}:\n{}", f.packet, f.text),
         }
     }
-    let options_to_phone = requests(&cap.external, "OPTIONS").into_iter().filter(|p| p.dst == public).count();
-    Ok(Observed { phone_quiet: first_invite.ts.saturating_sub(last_register), sdp_private, options_to_phone })
+    let (pings, answers) = keepalives(&cap.external, public);
+    let end = cap.external.last().map_or(Duration::ZERO, |p| p.ts);
+    let options_unanswered =
+        pings.iter().filter(|(ts, id)| *ts + Duration::from_secs(1) < end && !answers.contains(id)).count();
+    let ping_gaps = pings.windows(2).map(|w| w[1].0.saturating_sub(w[0].0)).collect();
+    Ok(Observed {
+        phone_quiet: first_invite.ts.saturating_sub(last_register),
+        sdp_private,
+        options_to_phone: pings.len(),
+        options_unanswered,
+        ping_gaps,
+    })
 }
 
-/// The SBC's `[nat]` settings for the calls that must arrive. Empty: the SBC has no NAT
-/// keepalives yet, so over UDP these calls are lost (the tests fail) until it has.
-const KEEPALIVE_ON: &str = "";
-/// The negative control's: no keepalives.
-const KEEPALIVE_OFF: &str = "";
+/// The SBC's `[nat]` settings for the calls that must arrive: an OPTIONS ping to each phone
+/// behind NAT over UDP every 10 s, half the router's UDP timeout.
+const KEEPALIVE_ON: &str = "[nat]\nping_interval_secs = 10\n";
+/// The negative control's: no pings.
+const KEEPALIVE_OFF: &str = "[nat]\nping_interval_secs = 0\n";
 
 /// What a call test expects of the core's call after the router's UDP timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -388,6 +431,7 @@ fn called_after_timeout(
             if !tcp {
                 ensure!(alive, "the router's binding for the phone expired: nothing kept it open");
                 ensure!(seen.options_to_phone > 0, "no OPTIONS keepalive to the phone's public address");
+                ensure!(seen.options_unanswered == 0, "{} keepalives unanswered", seen.options_unanswered);
             }
         }
         Expect::Lost => {
@@ -408,10 +452,12 @@ fn called_after_timeout(
         .collect();
     eprintln!(
         "{test}: {expect:?}: INVITE to the phone {:?} after its last REGISTER; router entry alive at the call: {alive}; \
-         {} OPTIONS to the phone; {home_invites} INVITEs on the home link; SBC's final non-2xx to the core: {refused:?}; \
+         {} OPTIONS to the phone ({} unanswered, {:?} apart); {home_invites} INVITEs on the home link; SBC's final non-2xx to the core: {refused:?}; \
          home addresses in SDP on the internal side: {:?}; {:.1} s in all",
         seen.phone_quiet,
         seen.options_to_phone,
+        seen.options_unanswered,
+        seen.ping_gaps,
         seen.sdp_private,
         started.elapsed().as_secs_f64()
     );
