@@ -8,8 +8,8 @@ use anyhow::{Result, ensure};
 
 use crate::pcap::Packet;
 use crate::{
-    CORE, CORE_HOST, CORE_PORT, Capture, EXT_PEER, Lab, Leak, Netns, Proc, SBC_EXT, SBC_INT, core_secrets, leaks,
-    scenario, sipp, sipp_stats,
+    CORE, CORE_HOST, CORE_PORT, Capture, Lab, Leak, Netns, Proc, core_secrets, hostport, leaks, scenario, sipp,
+    sipp_stats,
 };
 
 pub const CORE_ADDR: &str = CORE;
@@ -18,14 +18,12 @@ pub fn core_port() -> String {
     CORE_PORT.to_string()
 }
 
-fn core_ip() -> IpAddr {
-    CORE.parse().unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
-}
-
 /// What both SBC veths carried while a closure ran.
 pub struct Captured {
     pub external: Vec<Packet>,
     pub internal: Vec<Packet>,
+    /// The lab's core, whose identifiers the leak check looks for outside.
+    pub core: IpAddr,
 }
 
 /// The leak check's result: the core identifiers it looked for, and where it found any.
@@ -36,7 +34,7 @@ pub struct LeakReport {
 
 impl Captured {
     pub fn leak_report(&self) -> LeakReport {
-        let secrets = core_secrets(&self.internal, core_ip(), &[]);
+        let secrets = core_secrets(&self.internal, self.core, &[]);
         let leaks = leaks(&self.external, &secrets);
         LeakReport { secrets, leaks }
     }
@@ -49,7 +47,7 @@ pub fn capture_both<T>(lab: &Lab, f: impl FnOnce() -> T) -> Result<(T, Captured)
     let res = f();
     let external = ext.finish()?;
     let internal = int.finish()?;
-    Ok((res, Captured { external, internal }))
+    Ok((res, Captured { external, internal, core: lab.addrs.core_ip() }))
 }
 
 /// Waits for a sipp and requires exactly `want` successful calls and none failed.
@@ -122,12 +120,13 @@ pub fn start_calls(lab: &Lab, c: &Calls<'_>) -> Result<(Proc, Proc)> {
     let n = c.calls.to_string();
     let r = c.rate.to_string();
     let core_port = core_port();
-    let ext_target = format!("{EXT_PEER}:5060");
-    let sbc_ext = format!("{SBC_EXT}:5060");
-    let rsa = format!("{SBC_INT}:5060");
+    let a = lab.addrs;
+    let ext_target = hostport(a.ext_peer, 5060);
+    let sbc_ext = hostport(a.sbc_ext, 5060);
+    let rsa = hostport(a.sbc_int, 5060);
     let (callee_ns, callee_ip, callee_port, caller_ns, caller_ip, target) = match c.way {
-        Way::Inbound => (&lab.core, CORE_ADDR, core_port.as_str(), &lab.ext, EXT_PEER, sbc_ext.as_str()),
-        Way::Outbound => (&lab.ext, EXT_PEER, "5060", &lab.core, CORE_ADDR, ext_target.as_str()),
+        Way::Inbound => (&lab.core, a.core, core_port.as_str(), &lab.ext, a.ext_peer, sbc_ext.as_str()),
+        Way::Outbound => (&lab.ext, a.ext_peer, "5060", &lab.core, a.core, ext_target.as_str()),
     };
     let callee_sf = scenario(c.callee).to_string_lossy().into_owned();
     let uas = spawn_sipp(
@@ -138,6 +137,8 @@ pub fn start_calls(lab: &Lab, c: &Calls<'_>) -> Result<(Proc, Proc)> {
     )?;
     std::thread::sleep(Duration::from_millis(300));
     let caller_sf = scenario(c.caller).to_string_lossy().into_owned();
+    let by_key = c.way == Way::Outbound && c.caller.contains("-target");
+    let target = if by_key { rsa.as_str() } else { target };
     let mut args = vec![
         "-sf",
         &caller_sf,
@@ -161,7 +162,14 @@ pub fn start_calls(lab: &Lab, c: &Calls<'_>) -> Result<(Proc, Proc)> {
     ];
     let cid = core_call_id();
     if c.way == Way::Outbound {
-        args.extend_from_slice(&["-rsa", &rsa, "-cid_str", &cid]);
+        args.extend_from_slice(&["-cid_str", &cid]);
+        // A scenario naming its callee by `[target]` (uac-nosdp-target.xml) sends to the SBC
+        // itself: sipp sends only to its own family, and an IPv4 core may call an IPv6 callee.
+        if by_key {
+            args.extend_from_slice(&["-key", "target", &ext_target]);
+        } else {
+            args.extend_from_slice(&["-rsa", &rsa]);
+        }
     }
     let uac = spawn_sipp(lab, caller_ns, "caller", &args)?;
     Ok((uac, uas))
@@ -176,10 +184,11 @@ pub fn start_kamailio(lab: &Lab) -> Result<Proc> {
     let cfg = crate::root().join("tests/peers/kamailio-core.cfg");
     let mut c = lab.core.cmd("kamailio");
     c.arg("-f").arg(&cfg).args(["-DD", "-E", "-m", "64", "-M", "8"]);
-    c.args(["-l", &format!("udp:{CORE}:{CORE_PORT}"), "-l", &format!("tcp:{CORE}:{CORE_PORT}")]);
+    let core = hostport(lab.addrs.core, CORE_PORT);
+    c.args(["-l", &format!("udp:{core}"), "-l", &format!("tcp:{core}")]);
     c.arg("-P").arg(run.join("kamailio.pid")).arg("-Y").arg(&run);
     let p = Proc::spawn("kamailio", c, lab.dir.join("kamailio.log"))?;
-    wait_answers_options(&lab.core, CORE, SocketAddr::new(core_ip(), CORE_PORT))?;
+    wait_answers_options(&lab.core, lab.addrs.core, SocketAddr::new(lab.addrs.core_ip(), CORE_PORT))?;
     Ok(p)
 }
 
@@ -214,6 +223,11 @@ pub fn wait_answers_options(ns: &Netns, src_ip: &str, target: SocketAddr) -> Res
 /// The phone outside (203.0.113.10:5060, sipp -t `transport`): registers `user` through the
 /// SBC, takes one incoming call, un-registers (phone-register-uas.xml + phone-incoming-call.xml).
 pub fn spawn_phone(lab: &Lab, transport: &str, user: &str) -> Result<Proc> {
+    spawn_phone_with(lab, transport, user, "phone-incoming-call.xml")
+}
+
+/// As [`spawn_phone`], the incoming call run by scenario `incoming` (e.g. the `-nosdp` one).
+pub fn spawn_phone_with(lab: &Lab, transport: &str, user: &str, incoming: &str) -> Result<Proc> {
     spawn_sipp(
         lab,
         &lab.ext,
@@ -222,16 +236,16 @@ pub fn spawn_phone(lab: &Lab, transport: &str, user: &str) -> Result<Proc> {
             "-sf",
             &scenario("phone-register-uas.xml").to_string_lossy(),
             "-oocsf",
-            &scenario("phone-incoming-call.xml").to_string_lossy(),
+            &scenario(incoming).to_string_lossy(),
             "-t",
             transport,
             "-i",
-            EXT_PEER,
+            lab.addrs.ext_peer,
             "-p",
             "5060",
             "-s",
             user,
-            &format!("{SBC_EXT}:5060"),
+            &hostport(lab.addrs.sbc_ext, 5060),
             "-m",
             "1",
             "-timeout",
@@ -246,4 +260,36 @@ pub fn run_calls(lab: &Lab, c: &Calls<'_>) -> Result<()> {
     sipp_ok(uac, Duration::from_secs(150), c.calls)?;
     sipp_ok(uas, Duration::from_secs(20), c.calls)?;
     Ok(())
+}
+
+/// The core's caller (core-call-user.xml, sipp -t `transport`) calling `user` at the registrar
+/// (the lab's core, from its port 5072): Kamailio forwards the call to the SBC's registration
+/// Contact, the SBC to the phone.
+pub fn spawn_core_caller(lab: &Lab, transport: &str, user: &str) -> Result<Proc> {
+    spawn_sipp(
+        lab,
+        &lab.core,
+        "core-caller",
+        &[
+            "-sf",
+            &scenario("core-call-user.xml").to_string_lossy(),
+            "-t",
+            transport,
+            "-i",
+            lab.addrs.core,
+            "-p",
+            "5072",
+            "-s",
+            user,
+            &hostport(lab.addrs.core, CORE_PORT),
+            "-m",
+            "1",
+            "-d",
+            "200",
+            "-timeout",
+            "30s",
+            "-cid_str",
+            &core_call_id(),
+        ],
+    )
 }

@@ -204,13 +204,62 @@ pub fn workdir(test: &str) -> Result<PathBuf> {
 }
 
 /// The standard three-namespace lab (`sbclab-<prefix>-{ext,sbc,core}-<pid>`):
-/// `[ext 203.0.113.10] ─ e0/x0 ─ [sbc 203.0.113.1 | 10.99.0.1] ─ i0/c0 ─ [core 10.99.0.10]`.
+/// `[ext 203.0.113.10] ─ e0/x0 ─ [sbc 203.0.113.1 | 10.99.0.1] ─ i0/c0 ─ [core 10.99.0.10]`,
+/// or with other addresses ([`Addrs`], e.g. [`V6_OUTSIDE`]).
 pub struct Lab {
     pub ext: Netns,
     pub sbc: Netns,
     pub core: Netns,
     pub dir: PathBuf,
+    pub addrs: Addrs,
 }
+
+/// The lab's four addresses, each IPv4 or IPv6 (an IPv6 one turns IPv6 on for its interface
+/// only, with a /64; an IPv4 one gets a /24).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addrs {
+    /// The peer outside (carrier, phone), on e0.
+    pub ext_peer: &'static str,
+    /// The SBC's external address (x0) and internal one (i0).
+    pub sbc_ext: &'static str,
+    pub sbc_int: &'static str,
+    /// The core (c0), SIP port [`CORE_PORT`].
+    pub core: &'static str,
+}
+
+impl Addrs {
+    pub fn ext_peer_ip(&self) -> IpAddr {
+        ip(self.ext_peer)
+    }
+    pub fn sbc_ext_ip(&self) -> IpAddr {
+        ip(self.sbc_ext)
+    }
+    pub fn sbc_int_ip(&self) -> IpAddr {
+        ip(self.sbc_int)
+    }
+    pub fn core_ip(&self) -> IpAddr {
+        ip(self.core)
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+/// `ip:port`, an IPv6 address in brackets (for configs, sipp targets, URIs).
+pub fn hostport(ip: &str, port: u16) -> String {
+    if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") }
+}
+
+/// The IPv4 lab every test used first.
+pub const V4: Addrs = Addrs { ext_peer: EXT_PEER, sbc_ext: SBC_EXT, sbc_int: SBC_INT, core: CORE };
+
+/// IPv6 outside, IPv4 inside: phones and carriers on 2001:db8:1::/64, the core IPv4-only.
+pub const V6_OUTSIDE: Addrs =
+    Addrs { ext_peer: "2001:db8:1::10", sbc_ext: "2001:db8:1::1", sbc_int: SBC_INT, core: CORE };
+
+/// The reverse: IPv4 outside, an IPv6-only core on a private (ULA) range inside.
+pub const V6_INSIDE: Addrs = Addrs { ext_peer: EXT_PEER, sbc_ext: SBC_EXT, sbc_int: "fd00:99::1", core: "fd00:99::10" };
 
 pub const EXT_PEER: &str = "203.0.113.10";
 pub const SBC_EXT: &str = "203.0.113.1";
@@ -226,6 +275,11 @@ pub const CORE_UA: &str = "CorePBX 5.6";
 
 impl Lab {
     pub fn new(prefix: &str, test: &str) -> Result<Lab> {
+        Lab::with_addrs(prefix, test, V4)
+    }
+
+    /// The lab on `addrs`.
+    pub fn with_addrs(prefix: &str, test: &str, addrs: Addrs) -> Result<Lab> {
         let dir = workdir(test)?;
         let ext = Netns::new(&format!("{prefix}-ext"))?;
         let sbc = Netns::new(&format!("{prefix}-sbc"))?;
@@ -238,12 +292,20 @@ impl Lab {
         }
         veth(&ext, "e0", &sbc, "x0")?;
         veth(&sbc, "i0", &core, "c0")?;
-        for (ns, ifname, addr) in
-            [(&ext, "e0", EXT_PEER), (&sbc, "x0", SBC_EXT), (&sbc, "i0", SBC_INT), (&core, "c0", CORE)]
-        {
-            ns.addr(ifname, &format!("{addr}/24"))?;
+        for (ns, ifname, addr) in [
+            (&ext, "e0", addrs.ext_peer),
+            (&sbc, "x0", addrs.sbc_ext),
+            (&sbc, "i0", addrs.sbc_int),
+            (&core, "c0", addrs.core),
+        ] {
+            if addr.contains(':') {
+                Lab::enable_ipv6(ns, ifname)?;
+                ns.addr(ifname, &format!("{addr}/64"))?;
+            } else {
+                ns.addr(ifname, &format!("{addr}/24"))?;
+            }
         }
-        Ok(Lab { ext, sbc, core, dir })
+        Ok(Lab { ext, sbc, core, dir, addrs })
     }
 
     /// Turns IPv6 on for one interface of the lab (off by default), before adding addresses.
@@ -263,10 +325,8 @@ impl Lab {
 
     /// As [`Lab::start_sbc`], choosing whether the external side is hidden.
     pub fn start_sbc_hiding(&self, hide_external: bool, extra: &str) -> Result<Proc> {
-        let listen = format!(
-            r#"udp = ["{SBC_EXT}:5060"]
-tcp = ["{SBC_EXT}:5060"]"#
-        );
+        let ext = hostport(self.addrs.sbc_ext, 5060);
+        let listen = format!("udp = [\"{ext}\"]\ntcp = [\"{ext}\"]");
         self.start_sbc_listening(&listen, hide_external, extra)
     }
 
@@ -274,10 +334,8 @@ tcp = ["{SBC_EXT}:5060"]"#
     /// masked Call-IDs and tags, none of the outside's (a phone's Call-ID often holds its
     /// private address).
     pub fn start_sbc_hiding_both(&self, extra: &str) -> Result<Proc> {
-        let listen = format!(
-            r#"udp = ["{SBC_EXT}:5060"]
-tcp = ["{SBC_EXT}:5060"]"#
-        );
+        let ext = hostport(self.addrs.sbc_ext, 5060);
+        let listen = format!("udp = [\"{ext}\"]\ntcp = [\"{ext}\"]");
         self.start_sbc_sides(&listen, true, true, extra)
     }
 
@@ -293,16 +351,17 @@ tcp = ["{SBC_EXT}:5060"]"#
         hide_internal: bool,
         extra: &str,
     ) -> Result<Proc> {
+        let (int, core) = (hostport(self.addrs.sbc_int, 5060), hostport(self.addrs.core, CORE_PORT));
         let cfg = format!(
             r#"[external]
 {external_listen}
 hide_topology = {hide_external}
 [internal]
-udp = ["{SBC_INT}:5060"]
-tcp = ["{SBC_INT}:5060"]
+udp = ["{int}"]
+tcp = ["{int}"]
 hide_topology = {hide_internal}
 [[core]]
-address = "{CORE}:{CORE_PORT}"
+address = "{core}"
 transport = "udp"
 [log]
 level = "info"
@@ -396,12 +455,36 @@ pub fn sipp(ns: &Netns, dir: &Path, args: &[&str]) -> Command {
     c
 }
 
+/// Every textual form of `ip` a SIP message may carry: the canonical one and, for IPv6, the
+/// fully written one (`2001:0db8:0001:0000:...`).
+pub fn address_forms(ip: IpAddr) -> Vec<String> {
+    let mut out = vec![ip.to_string()];
+    if let IpAddr::V6(v6) = ip {
+        out.push(v6.segments().iter().map(|s| format!("{s:04x}")).collect::<Vec<_>>().join(":"));
+    }
+    out
+}
+
+/// The other direction of the leak check, for labs where the sides speak different families:
+/// every string of the outside that must not appear on the internal side: every form of each
+/// of `ips` (the peers' addresses outside, the SBC's external ones) and the `prefixes` of the
+/// outside's networks as text (e.g. `2001:db8:1:`, so that no address of it at all crosses).
+/// Search the internal capture for them with [`leaks`].
+pub fn outside_secrets(ips: &[IpAddr], prefixes: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = ips.iter().flat_map(|ip| address_forms(*ip)).collect();
+    out.extend(prefixes.iter().map(|p| p.to_string()));
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Every string that must not appear on the external side: the core's addresses and port,
 /// and what the core created (read from the internal capture, [`pcap::Sip::core_identifiers`]):
 /// branches, tags, Call-IDs, the host names in its From, Call-ID, P-Asserted-Identity and
 /// Referred-By, its Server and User-Agent values.
 pub fn core_secrets(internal: &[pcap::Packet], core_ip: IpAddr, core_names: &[&str]) -> Vec<String> {
-    let mut out: Vec<String> = vec![core_ip.to_string(), format!(":{CORE_PORT}")];
+    let mut out: Vec<String> = address_forms(core_ip);
+    out.push(format!(":{CORE_PORT}"));
     out.extend(core_names.iter().map(|s| s.to_string()));
     for p in internal.iter().filter(|p| p.src.ip() == core_ip) {
         for msg in pcap::sip_messages(&p.payload) {
@@ -414,7 +497,8 @@ pub fn core_secrets(internal: &[pcap::Packet], core_ip: IpAddr, core_names: &[&s
     out
 }
 
-/// One secret found in the external capture.
+/// One secret found in a capture (the external one for the core's, the internal one for the
+/// outside's).
 #[derive(Debug, Clone)]
 pub struct Leak {
     pub secret: String,
@@ -422,10 +506,36 @@ pub struct Leak {
     pub at: String,
 }
 
-/// Every secret found in the external capture, with where.
-pub fn leaks(external: &[pcap::Packet], secrets: &[String]) -> Vec<Leak> {
+/// The inward leak check: every secret found in what the SBC (`sbc_int`) sent to the core in
+/// the internal capture, except in the header fields a response copies from the core's own
+/// request (RFC 3261 §8.2.6.2: Via, From, To, Call-ID, CSeq), which the core wrote itself
+/// (e.g. the Request-URI and To of its call to an outside address).
+pub fn inside_leaks(internal: &[pcap::Packet], sbc_int: IpAddr, secrets: &[String]) -> Vec<Leak> {
+    const COPIED: &[&str] = &["via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"];
     let mut found = Vec::new();
-    for (i, p) in external.iter().enumerate() {
+    for (i, p) in internal.iter().enumerate().filter(|(_, p)| p.src.ip() == sbc_int) {
+        for msg in pcap::sip_messages(&p.payload) {
+            let text = String::from_utf8_lossy(&msg.0).into_owned();
+            let response = text.starts_with("SIP/2.0 ");
+            for line in text.lines() {
+                let name = line.split(':').next().unwrap_or_default().trim().to_ascii_lowercase();
+                if response && COPIED.contains(&name.as_str()) {
+                    continue;
+                }
+                for s in secrets.iter().filter(|s| line.contains(s.as_str())) {
+                    let at = format!("packet {i} ({} → {}) contains {s:?} in {line:?}:\n{text}", p.src, p.dst);
+                    found.push(Leak { secret: s.clone(), at });
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Every secret found in a capture, with where.
+pub fn leaks(capture: &[pcap::Packet], secrets: &[String]) -> Vec<Leak> {
+    let mut found = Vec::new();
+    for (i, p) in capture.iter().enumerate() {
         for s in secrets {
             if p.payload.windows(s.len()).any(|w| w == s.as_bytes()) {
                 let text = String::from_utf8_lossy(&p.payload);

@@ -37,8 +37,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Core-side scenarios must never carry SDP (the lab checks no core address leaks outside).
-for f in uac-nosdp uas-nosdp uac-waitbye-nosdp uas-bye-nosdp uac-reinvite-nosdp \
-         uas-reinvite-nosdp uas-reinvite-from-callee uas-refer-nosdp core-call-user; do
+for f in uac-nosdp uac-nosdp-target uas-nosdp uac-waitbye-nosdp uas-bye-nosdp uac-reinvite-nosdp \
+         uas-reinvite-nosdp uas-reinvite-from-callee uas-refer-nosdp core-call-user \
+         uac-ext-nosdp uas-ext-nosdp phone-incoming-call-nosdp; do
     if grep -qiE 'application/sdp|^ *[vocm]=' "$sc/$f.xml"; then
         echo "FAIL: $f.xml carries SDP" >&2
         exit 1

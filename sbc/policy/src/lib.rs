@@ -9,12 +9,14 @@
 //! - [`allowlist`]: the trunk allowlist, from the operator's `providers` / `providers_ips`
 //!   tables (SQL dump, CSV, or rows read live by the daemon) to the v1 allowlist file and back,
 //!   and the longest-prefix lookups the packet filters and the userspace check make.
-//!
-//! Next here: the guard's rate limits and bans (scoring on `sbc_proto::engine::Event`s is fed in
-//! by the daemon, which also adapts the decisions to `sbc_proto::engine::Guard`).
+//! - [`guard`]: rate limits (governor, per source prefix and method class, per trunk) and
+//!   fail2ban-style jails and bans, fed typed events with the time, answering admissions and
+//!   queuing `BanAction`s; the ban table's state file. Not wired into the daemon yet: the daemon
+//!   will adapt it to `sbc_proto::engine::Guard` and apply its actions to the XDP blocklist.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
 pub mod allowlist;
+pub mod guard;
 mod prefix;
 
 pub use prefix::{Prefix, PrefixError};

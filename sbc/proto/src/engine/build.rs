@@ -5,7 +5,7 @@
 use super::Flow;
 use crate::sip::message::{HeaderName, Message};
 use crate::sip::values;
-use crate::topology::{hostport, rewrite_param, via_line};
+use crate::topology::{Topology, hostport, rewrite_param, via_line};
 use crate::transaction::ServerTxn;
 
 /// The request's Via values, top first, to restore on its responses.
@@ -49,10 +49,11 @@ pub(super) fn replace_bytes(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Re-points our Via at a different flow of the same side (failover to another core).
-pub(super) fn retarget_via(request: &[u8], advertise: &str, old: Flow, new: Flow) -> Vec<u8> {
-    let a = format!("SIP/2.0/{} {}", old.transport.via_token(), hostport(advertise, old));
-    let b = format!("SIP/2.0/{} {}", new.transport.via_token(), hostport(advertise, new));
+/// Re-points our Via at a different flow of the same side (failover to another core, perhaps
+/// of the other family or transport).
+pub(super) fn retarget_via(request: &[u8], topology: &Topology, old: Flow, new: Flow) -> Vec<u8> {
+    let a = format!("SIP/2.0/{} {}", old.transport.via_token(), hostport(&topology.advertise(old), old));
+    let b = format!("SIP/2.0/{} {}", new.transport.via_token(), hostport(&topology.advertise(new), new));
     replace_bytes(request, a.as_bytes(), b.as_bytes())
 }
 

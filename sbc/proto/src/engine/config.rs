@@ -9,12 +9,19 @@ use crate::sip::uri::Transport;
 use crate::transaction::Timers;
 
 /// One side's addresses and policy.
+///
+/// A side may listen on IPv4 and IPv6 at once. A peer is always reached from a listen address
+/// of its own family (the first one of that transport), and what the SBC writes on a flow (Via,
+/// Contact, the hosts it substitutes) is of the flow's family: `advertise` when it is a name or
+/// an address of that family, else the flow's own listen address (see
+/// [`crate::topology::Topology::advertise`]).
 #[derive(Debug, Clone)]
 pub struct SideConfig {
-    /// Host written in our Via and Contact on this side.
+    /// Host written in our Via and Contact on this side (an IP literal: for flows of its family).
     pub advertise: String,
-    pub udp: Option<SocketAddr>,
-    pub tcp: Option<SocketAddr>,
+    /// Listen addresses, in config order.
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
     /// Mask Call-ID and tags toward this side, strip configured headers, replace the other
     /// side's host names in From/To.
     pub hide: bool,
@@ -23,12 +30,25 @@ pub struct SideConfig {
 }
 
 impl SideConfig {
-    pub fn local(&self, t: Transport) -> Option<SocketAddr> {
+    /// The listen addresses of transport `t`.
+    pub fn listen(&self, t: Transport) -> &[SocketAddr] {
         match t {
-            Transport::Udp => self.udp,
-            Transport::Tcp => self.tcp,
-            _ => None,
+            Transport::Udp => &self.udp,
+            Transport::Tcp => &self.tcp,
+            _ => &[],
         }
+    }
+
+    /// The address requests to `remote` leave from: the first listen address of transport `t`
+    /// of `remote`'s family; None when the side has none (a peer of the other family is out of
+    /// reach: IPv4 and IPv6 sockets do not talk to each other).
+    pub fn local_for(&self, t: Transport, remote: SocketAddr) -> Option<SocketAddr> {
+        self.listen(t).iter().copied().find(|a| a.is_ipv4() == remote.is_ipv4())
+    }
+
+    /// Whether `addr` is one of this side's listen addresses (any transport).
+    pub fn listens_on(&self, addr: SocketAddr) -> bool {
+        self.udp.contains(&addr) || self.tcp.contains(&addr)
     }
 }
 
@@ -102,15 +122,15 @@ impl Config {
         Config {
             external: SideConfig {
                 advertise: "203.0.113.1".into(),
-                udp: sa("203.0.113.1:5060"),
-                tcp: None,
+                udp: sa("203.0.113.1:5060").into_iter().collect(),
+                tcp: Vec::new(),
                 hide: true,
                 nat: NatMode::On,
             },
             internal: SideConfig {
                 advertise: "10.99.0.1".into(),
-                udp: sa("10.99.0.1:5060"),
-                tcp: None,
+                udp: sa("10.99.0.1:5060").into_iter().collect(),
+                tcp: Vec::new(),
                 hide: false,
                 nat: NatMode::Off,
             },

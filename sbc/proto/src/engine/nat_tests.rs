@@ -18,8 +18,8 @@ fn config() -> Config {
     Config {
         internal: SideConfig {
             advertise: "10.0.0.1".into(),
-            udp: Some(sa("10.0.0.1:5060")),
-            tcp: None,
+            udp: vec![sa("10.0.0.1:5060")],
+            tcp: Vec::new(),
             hide: false,
             nat: NatMode::Off,
         },

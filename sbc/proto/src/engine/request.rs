@@ -135,15 +135,13 @@ impl Engine {
                 let Some(remote) = target.socket_addr() else {
                     return Err((404, "Not Found"));
                 };
-                let ours = [&self.cfg.external, &self.cfg.internal]
-                    .iter()
-                    .any(|c| c.udp == Some(remote) || c.tcp == Some(remote));
+                let ours = [&self.cfg.external, &self.cfg.internal].iter().any(|c| c.listens_on(remote));
                 if ours {
                     // A Request-URI naming the SBC itself without a token of ours: it would loop.
                     return Err((482, "Loop Detected"));
                 }
                 let transport = target.transport.unwrap_or(Transport::Udp);
-                let local = self.cfg.external.local(transport).ok_or((503, "Service Unavailable"))?;
+                let local = self.cfg.external.local_for(transport, remote).ok_or((503, "Service Unavailable"))?;
                 Ok(Route::Address(Flow { side: Side::External, transport, local, remote }))
             }
         }
@@ -160,7 +158,7 @@ impl Engine {
 
     pub(super) fn core_flow(&self, idx: usize) -> Option<Flow> {
         let c = self.cores.get(idx)?;
-        let local = self.cfg.internal.local(c.target.transport)?;
+        let local = self.cfg.internal.local_for(c.target.transport, c.target.addr)?;
         Some(Flow { side: Side::Internal, transport: c.target.transport, local, remote: c.target.addr })
     }
 

@@ -214,8 +214,8 @@ impl Engine {
         let deadline = now + self.cfg.timers.t64();
         let Some(d) = self.dialogs.get_mut(token) else { return };
         let leg = d.leg(responder.side);
-        let adv = &self.topology.side(responder.side).advertise;
-        let bye = build::unacked_bye(adv, responder, &branch, &resp.msg, &leg.target, &leg.route_set, resp.cseq);
+        let adv = self.topology.advertise(responder);
+        let bye = build::unacked_bye(&adv, responder, &branch, &resp.msg, &leg.target, &leg.route_set, resp.cseq);
         d.ack_wait = Some(AckWait { deadline, flow: responder, branch, bye });
         self.schedule(deadline, Timer::AckWait(token.to_string()));
     }
@@ -323,7 +323,7 @@ impl Engine {
         }
         let branch = self.new_branch();
         let data = build::replace_bytes(request, old_branch.as_bytes(), branch.as_bytes());
-        let data = build::retarget_via(&data, &self.cfg.internal.advertise, old_flow, flow);
+        let data = build::retarget_via(&data, &self.topology, old_flow, flow);
         self.start_client(now, Outgoing { flow, method, data, branch, purpose, server });
     }
 

@@ -12,11 +12,11 @@ const CORE_B: &str = "10.0.0.11:5070";
 
 fn config(cores: &[&str], probe: Option<Duration>) -> Config {
     Config {
-        external: SideConfig { tcp: Some(sa("203.0.113.1:5060")), ..Config::example().external },
+        external: SideConfig { tcp: vec![sa("203.0.113.1:5060")], ..Config::example().external },
         internal: SideConfig {
             advertise: "10.0.0.1".into(),
-            udp: Some(sa("10.0.0.1:5060")),
-            tcp: None,
+            udp: vec![sa("10.0.0.1:5060")],
+            tcp: Vec::new(),
             hide: false,
             nat: NatMode::Off,
         },

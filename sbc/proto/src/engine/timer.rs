@@ -133,7 +133,7 @@ impl Engine {
             let branch = self.new_branch();
             let tag = self.random_hex();
             let call_id = self.random_hex();
-            let advertise = self.side_cfg(flow.side).advertise.clone();
+            let advertise = self.topology.advertise(flow).into_owned();
             let data = build::options_probe(&advertise, flow, Some(&contact), &branch, &tag, &call_id);
             let ping =
                 Outgoing { flow, method: Method::Options, data, branch, purpose: Purpose::Ping(token), server: None };
@@ -148,7 +148,7 @@ impl Engine {
             let branch = self.new_branch();
             let tag = self.random_hex();
             let call_id = self.random_hex();
-            let data = build::options_probe(&self.cfg.internal.advertise, flow, None, &branch, &tag, &call_id);
+            let data = build::options_probe(&self.topology.advertise(flow), flow, None, &branch, &tag, &call_id);
             let probe =
                 Outgoing { flow, method: Method::Options, data, branch, purpose: Purpose::Probe(idx), server: None };
             self.start_client(now, probe);

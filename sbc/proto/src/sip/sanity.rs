@@ -97,10 +97,17 @@ fn default_port(via: &values::Via<'_>) -> u16 {
     via.port.unwrap_or(if via.transport.eq_ignore_ascii_case(b"TLS") { 5061 } else { 5060 })
 }
 
-/// `host:port` of a Via, host lower-cased, the transport's default port written out.
+/// `host:port` of a Via, host lower-cased, the transport's default port written out; an IPv6
+/// reference in its canonical form (RFC 5952), so that the same address written differently
+/// (`[2001:DB8::1]`, `[2001:db8:0::1]`, RFC 5118 §4.10's `[2001:db8:::192.0.2.1]`) is the same
+/// sent-by when transactions are matched (RFC 3261 §17.2.3).
 fn normalised_sent_by(via: &values::Via<'_>) -> Vec<u8> {
     let port = default_port(via);
-    let mut out = via.host.to_ascii_lowercase();
+    let v6 = via.host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")).and_then(values::ipv6_address);
+    let mut out = match v6 {
+        Some(ip) => format!("[{ip}]").into_bytes(),
+        None => via.host.to_ascii_lowercase(),
+    };
     out.push(b':');
     out.extend_from_slice(port.to_string().as_bytes());
     out

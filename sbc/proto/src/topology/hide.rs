@@ -5,6 +5,7 @@
 //! state they need (the requester's Vias and identifiers, a dialog's replaced host) is passed
 //! in by the layers that own it.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use super::{Masker, rewrite_param, rewrite_uri_host, uri_host_span};
@@ -17,7 +18,8 @@ use crate::sip::uri::Transport;
 /// How one side sees the SBC.
 #[derive(Debug, Clone)]
 pub struct SideView {
-    /// Host written in our Via and Contact on this side.
+    /// Host written in our Via and Contact on this side. An IP literal is written on flows of
+    /// its own family only (see [`Topology::advertise`]).
     pub advertise: String,
     /// Mask Call-ID and tags toward this side, strip configured headers, replace the other
     /// side's host names.
@@ -35,6 +37,9 @@ pub struct Topology {
     /// The internal side's own names and addresses and the cores' (lower case): replaced
     /// wherever they appear in From/To toward a hidden external side, the To included.
     internal_hosts: Vec<Vec<u8>>,
+    /// The SBC's own external names and addresses (lower case): what a To from outside names
+    /// when it carries a host we substituted.
+    own_external: Vec<Vec<u8>>,
     strip_headers: Vec<String>,
     strip_credentials: bool,
 }
@@ -99,12 +104,14 @@ impl Topology {
     pub fn new(s: Settings<'_>) -> Topology {
         let public_hosts = host_set(&s.external.advertise, s.external_addrs, s.public_domains);
         let internal_hosts = host_set(&s.internal.advertise, s.internal_addrs, &[]);
+        let own_external = host_set(&s.external.advertise, s.external_addrs, &[]);
         Topology {
             masker: Masker::new(s.secret),
             external: s.external,
             internal: s.internal,
             public_hosts,
             internal_hosts,
+            own_external,
             strip_headers: s.strip_headers,
             strip_credentials: s.strip_credentials,
         }
@@ -121,9 +128,31 @@ impl Topology {
         }
     }
 
+    /// The host the SBC writes about itself on `flow` (Via, Contact, substituted hosts): the
+    /// side's `advertise`, unless that is an IP address of the other family than the flow's,
+    /// then the flow's own address. A peer is never handed an address of a family it does not
+    /// speak on that flow (an IPv4-only core never sees an IPv6 address of ours, and the
+    /// reverse). A flow on an unspecified address (`[::]`, `0.0.0.0`) keeps `advertise`
+    /// (the config requires a usable one).
+    pub fn advertise(&self, flow: Flow) -> Cow<'_, str> {
+        let adv = &self.side(flow.side).advertise;
+        match literal_ip(adv.as_bytes()) {
+            Some(ip) if ip.is_ipv4() != flow.local.is_ipv4() && !flow.local.ip().is_unspecified() => {
+                Cow::Owned(flow.local.ip().to_string())
+            }
+            _ => Cow::Borrowed(adv),
+        }
+    }
+
+    /// [`Topology::advertise`] as a URI host (an IPv6 address in brackets).
+    fn advertise_host(&self, flow: Flow) -> Vec<u8> {
+        let adv = self.advertise(flow);
+        if adv.contains(':') && !adv.starts_with('[') { format!("[{adv}]") } else { adv.into_owned() }.into_bytes()
+    }
+
     /// Our Contact toward a flow's side: the token, or no user part.
     pub fn contact(&self, to: Flow, token: Option<&str>) -> Vec<u8> {
-        sbc_uri(&self.side(to.side).advertise, to, token, true)
+        sbc_uri(&self.advertise(to), to, token, true)
     }
 
     /// Masks or restores an identifier whose origin is unknown (inside Replaces): what we
@@ -171,7 +200,7 @@ impl Topology {
     /// Refer-To (RFC 3515): the target is re-pointed at us on the receiving side, so the
     /// referee's new request comes through the SBC; an embedded Replaces is crossed.
     fn cross_refer_to(&self, v: &[u8], to: Flow) -> Option<Vec<u8>> {
-        let adv = hostport(&self.side(to.side).advertise, to);
+        let adv = hostport(&self.advertise(to), to);
         let mut out = rewrite_uri_host(v, |_| true, adv.as_bytes()).unwrap_or_else(|| v.to_vec());
         let key = b"Replaces=";
         if let Some(pos) = out.windows(key.len()).position(|w| w.eq_ignore_ascii_case(key)) {
@@ -196,12 +225,20 @@ impl Topology {
     fn cross_common(&self, s: &mut Splice<'_, '_>, c: &Checked<'_>, from: Side, to: Flow, origins: Origins<'_>) {
         let Origins { call_id_native, restore_to_host, to_registered } = origins;
         let hide = self.side(to.side).hide;
-        if let Some(v) = self.ident(&c.call_id, call_id_native, to.side) {
+        // A Call-ID naming an address of the other family (`id@2001:db8::10` toward an IPv4
+        // core) is masked even toward a side that is not hidden: it would carry the other
+        // side's address across. It is restored going home like any masked one.
+        let call_id = self.ident(&c.call_id, call_id_native, to.side).or_else(|| {
+            let host = c.call_id.rsplit(|&b| b == b'@').next().filter(|_| c.call_id.contains(&b'@'))?;
+            (call_id_native != to.side && foreign_family(host, to)).then(|| self.masker.mask(&c.call_id))
+        });
+        if let Some(v) = call_id {
             s.set(HeaderName::CallId, &v);
         }
         let requester = from;
         let replace_hosts = hide && to.side == Side::External;
-        let adv = self.external.advertise.as_bytes();
+        let adv = self.advertise_host(to);
+        let adv = adv.as_slice();
         for (i, h) in c.msg.headers.iter().enumerate() {
             if !matches!(h.name, HeaderName::From | HeaderName::To) {
                 continue;
@@ -237,8 +274,14 @@ impl Topology {
             // Coming back in a dialog whose internal party's host we replaced: restored.
             if h.name == HeaderName::To
                 && let Some(orig) = restore_to_host
-                && let Some(x) = rewrite_uri_host(&v, |host| host.eq_ignore_ascii_case(adv), orig)
+                && let Some(x) =
+                    rewrite_uri_host(&v, |host| self.own_external.iter().any(|k| k.eq_ignore_ascii_case(host)), orig)
             {
+                v = x;
+            }
+            // An address of the other family than the flow's is of no use to the receiver (it
+            // cannot reach it) and names the other side: ours instead (IPv4/IPv6 interworking).
+            if let Some(x) = rewrite_uri_host(&v, |host| foreign_family(host, to), adv) {
                 v = x;
             }
             if v != *orig {
@@ -265,15 +308,18 @@ impl Topology {
     /// hidden external side; configured headers are stripped toward a hidden side.
     fn cross_others(&self, s: &mut Splice<'_, '_>, c: &Checked<'_>, to: Flow) {
         let hide = self.side(to.side).hide;
-        if hide && to.side == Side::External {
-            let adv = self.external.advertise.as_bytes();
-            for (i, h) in c.msg.headers.iter().enumerate() {
-                let identity = h.name == HeaderName::ReferredBy
-                    || (h.name == HeaderName::Other
-                        && c.msg.slice(&h.name_span).eq_ignore_ascii_case(b"P-Asserted-Identity"));
-                if identity && let Some(x) = rewrite_uri_host(&c.msg.unfolded(h), |host| self.hides_host(host), adv) {
-                    s.replace_at(i, x);
-                }
+        let replace_hosts = hide && to.side == Side::External;
+        let adv = self.advertise_host(to);
+        for (i, h) in c.msg.headers.iter().enumerate() {
+            let identity = h.name == HeaderName::ReferredBy
+                || (h.name == HeaderName::Other
+                    && c.msg.slice(&h.name_span).eq_ignore_ascii_case(b"P-Asserted-Identity"));
+            if !identity {
+                continue;
+            }
+            let replaced = |host: &[u8]| (replace_hosts && self.hides_host(host)) || foreign_family(host, to);
+            if let Some(x) = rewrite_uri_host(&c.msg.unfolded(h), replaced, &adv) {
+                s.replace_at(i, x);
             }
         }
         if hide {
@@ -306,9 +352,17 @@ impl Topology {
         let mut s = Splice::new(msg);
         if let Some(u) = ruri.filter(|u| !u.is_empty()) {
             s.request_uri(u);
+        } else if let Some(u) = rewrite_uri_host(msg.request_uri(), |host| foreign_family(host, to), &{
+            // A Request-URI naming an address of the other family (the SBC's own, as phones
+            // address it): the SBC's address on the receiving flow, port included.
+            let mut hp = self.advertise_host(to);
+            hp.extend_from_slice(format!(":{}", to.local.port()).as_bytes());
+            hp
+        }) {
+            s.request_uri(&u);
         }
         s.remove(HeaderName::Via).remove(HeaderName::Route).remove(HeaderName::RecordRoute).remove(HeaderName::Path);
-        let adv = self.side(to.side).advertise.clone();
+        let adv = self.advertise(to);
         s.prepend("Via", &via_line(&adv, to, branch));
         for r in route_set {
             s.append("Route", r);
@@ -430,6 +484,22 @@ pub fn sbc_uri(advertise: &str, flow: Flow, token: Option<&str>, brackets: bool)
         s.push('>');
     }
     s.into_bytes()
+}
+
+/// The address of a URI host that is an IP literal (`192.0.2.1`, `[2001:db8::1]`, the RFC
+/// 5118 §4.10 three-colon form too); None for a name.
+fn literal_ip(host: &[u8]) -> Option<IpAddr> {
+    if let Some(inner) = host.strip_prefix(b"[") {
+        return crate::sip::values::ipv6_address(inner.strip_suffix(b"]")?).map(IpAddr::V6);
+    }
+    let s = std::str::from_utf8(host).ok()?;
+    // A bare IPv6 address is how `advertise` may be written (a URI host never is: RFC 5118 §4.2).
+    s.parse().ok()
+}
+
+/// Whether `host` is an IP address of the other family than the flow it is sent on.
+fn foreign_family(host: &[u8], flow: Flow) -> bool {
+    literal_ip(host).is_some_and(|ip| ip.is_ipv4() != flow.local.is_ipv4())
 }
 
 /// The hosts an identity sent to a hidden external side may keep: the configured public

@@ -64,8 +64,13 @@ pub fn sent(e: &mut Engine) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
 
 /// Sends `data` as one datagram on `flow`; Err describes an output that fits no [`Expect`].
 pub fn react(flow: Flow, data: &[u8]) -> Result<Reaction, String> {
+    react_with(Config::example(), flow, data)
+}
+
+/// As [`react`], to an engine with configuration `cfg`.
+pub fn react_with(cfg: Config, flow: Flow, data: &[u8]) -> Result<Reaction, String> {
     let now = Instant::now();
-    let mut e = Engine::new(Config::example(), now);
+    let mut e = Engine::new(cfg, now);
     e.handle_datagram(now, flow, data);
     let (forwarded, replies) = sent(&mut e);
     let codes: Vec<Option<u16>> = replies.iter().map(|r| status(r)).collect();

@@ -394,11 +394,26 @@ fn side(
         (None, Some(ip)) => ip.to_string(),
         (None, None) => String::new(),
     };
+    // An IP address to advertise is written on flows of its family only; a flow of the other
+    // family writes its own listen address, which must then be one (not `::` or `0.0.0.0`).
+    if let Ok(adv) = advertise.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>()
+        && let Some(any) =
+            udp.iter().chain(tcp.iter()).find(|a| a.is_ipv4() != adv.is_ipv4() && a.ip().is_unspecified())
+    {
+        errs.error_from(
+            format!("{name}.advertise"),
+            &[&udp_path, &tcp_path],
+            format!(
+                "{adv} is an {} address: the listen address {any} needs a host name to advertise, or a specific address",
+                if adv.is_ipv4() { "IPv4" } else { "IPv6" }
+            ),
+        );
+    }
     (
         SideConfig {
             advertise,
-            udp: udp.first().copied(),
-            tcp: tcp.first().copied(),
+            udp: udp.clone(),
+            tcp: tcp.clone(),
             hide: raw.hide_topology.unwrap_or(hide_default),
             nat: match raw.nat.as_deref() {
                 None => nat_default,
@@ -441,7 +456,7 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
             }
         };
         if let Some(t) = transport
-            && internal.local(t).is_none()
+            && internal.listen(t).is_empty()
         {
             let listen = format!("internal.{}", t.as_str());
             errs.error_from(
@@ -455,7 +470,21 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
             continue;
         };
         match (address.parse::<SocketAddr>(), transport) {
-            (Ok(addr), Some(transport)) => cores.push(CoreTarget { addr, transport }),
+            (Ok(addr), Some(transport)) => {
+                if !internal.listen(transport).is_empty() && internal.local_for(transport, addr).is_none() {
+                    let (family, listen) =
+                        (if addr.is_ipv4() { "IPv4" } else { "IPv6" }, format!("internal.{}", transport.as_str()));
+                    errs.error_from(
+                        format!("core[{i}].address"),
+                        &[&listen],
+                        format!(
+                            "the internal side has no {family} {} listen address to reach it from",
+                            transport.as_str()
+                        ),
+                    );
+                }
+                cores.push(CoreTarget { addr, transport })
+            }
             (Err(_), _) => errs.error(format!("core[{i}].address"), bad_address(address)),
             _ => {}
         }
@@ -698,6 +727,27 @@ max_message_bytes = 70000
     fn unspecified_listen_address_needs_advertise() {
         let e = parse("[external]\nudp=[\"0.0.0.0:5060\"]\n[internal]\nudp=[\"127.0.0.2:5060\"]\n[[core]]\naddress=\"127.0.0.3:5080\"\n").unwrap_err();
         assert!(e.0.iter().any(|p| p.path == "external.advertise" && p.message.starts_with("required")), "{e}");
+    }
+
+    #[test]
+    fn each_family_needs_its_own_address_on_a_side() {
+        // An IPv6 core needs an IPv6 internal address of its transport.
+        let e = parse("[external]\nudp=[\"[2001:db8::1]:5060\"]\n[internal]\nudp=[\"10.0.0.1:5060\"]\n[[core]]\naddress=\"[fd00::10]:5060\"\n")
+            .unwrap_err();
+        assert!(e.0.iter().any(|p| p.path == "core[0].address" && p.message.contains("no IPv6 udp")), "{e}");
+        // An IPv4 address to advertise cannot stand for `[::]`.
+        let e = parse("[external]\nudp=[\"203.0.113.1:5060\", \"[::]:5060\"]\n[internal]\nudp=[\"10.0.0.1:5060\"]\n[[core]]\naddress=\"10.0.0.10:5060\"\n")
+            .unwrap_err();
+        assert!(e.0.iter().any(|p| p.path == "external.advertise" && p.message.contains("[::]:5060")), "{e}");
+        // Both families on one side, each with its own address: valid; the engine gets both.
+        let v = parse(
+            "[external]\nudp=[\"203.0.113.1:5060\", \"[2001:db8::1]:5060\"]\ntcp=[\"[2001:db8::1]:5060\"]\n\
+                       [internal]\nudp=[\"[fd00::1]:5060\"]\n[[core]]\naddress=\"[fd00::10]:5060\"\n",
+        )
+        .unwrap();
+        assert_eq!(v.engine.external.udp.len(), 2);
+        assert_eq!(v.engine.external.advertise, "203.0.113.1");
+        assert_eq!(v.engine.internal.advertise, "fd00::1");
     }
 
     /// The keys serde knows at `path` (e.g. `limits`, `core[0]`), from its unknown-field error.

@@ -120,8 +120,9 @@ pub struct StreamSettings {
 /// The daemon's sockets.
 pub struct Net {
     udp: HashMap<SocketAddr, Arc<UdpSocket>>,
-    /// Side → the TCP listen address connections we open are attributed to (the side's first).
-    tcp_local: HashMap<Side, SocketAddr>,
+    /// Side → its TCP listen addresses; a connection we open is attributed to the engine's
+    /// `flow.local` when it is one of them, else to the first of the peer's family.
+    tcp_local: HashMap<Side, Vec<SocketAddr>>,
     conns: HashMap<ConnKey, (u64, mpsc::Sender<Vec<u8>>)>,
     next_id: u64,
     tx: mpsc::Sender<Input>,
@@ -156,9 +157,7 @@ impl Net {
             for (i, addr) in tcp.iter().enumerate() {
                 let l = tcp_listener(*addr).map_err(|e| annotate(e, "tcp", *addr))?;
                 let local = l.local_addr()?;
-                if i == 0 {
-                    net.tcp_local.insert(*side, local);
-                }
+                net.tcp_local.entry(*side).or_default().push(local);
                 tokio::spawn(accept_loop(
                     ByteStream { transport: Tcp, limits: settings.limits },
                     *side,
@@ -240,8 +239,17 @@ impl Net {
             });
             return;
         }
-        let Some(local) = self.tcp_local.get(&t.flow.side).copied() else {
-            tracing::warn!(side = t.flow.side.as_str(), "no TCP listen address on this side; message dropped");
+        let listen = self.tcp_local.get(&t.flow.side).map(Vec::as_slice).unwrap_or_default();
+        let same_family = |a: &&SocketAddr| a.is_ipv4() == t.flow.remote.is_ipv4();
+        let local = listen.iter().find(|a| **a == t.flow.local).or_else(|| listen.iter().find(same_family)).copied();
+        let Some(local) = local.filter(|a| same_family(&a)) else {
+            crate::logsum::note("no tcp listen address", None, || {
+                format!(
+                    "no TCP listen address of {}'s family on the {} side; message dropped",
+                    t.flow.remote,
+                    t.flow.side.as_str()
+                )
+            });
             return;
         };
         let (tx, rx) = mpsc::channel(256);
