@@ -110,6 +110,20 @@ cpu_ticks() {
     echo "$total"
 }
 
+# Milliseconds the given PIDs' threads spent runnable but waiting for a CPU (schedstat's
+# run_delay): a peer that drops while this is high was starved by the load generators or other
+# tenants, not idle. Threads that exit during a step take their share with them.
+cpu_wait_ms() {
+    local p f total=0
+    for p in "$@"; do
+        for f in /proc/"$p"/task/*/schedstat; do
+            [[ -r $f ]] || continue
+            total=$((total + $(awk '{print int($2 / 1000000)}' "$f")))
+        done
+    done
+    echo "$total"
+}
+
 # --- peers -------------------------------------------------------------------------------
 
 peer_main=""   # the PID started (and stopped) for the peer under test
@@ -233,16 +247,19 @@ measure_peer() {
         calls=$((rate * STEP_SECS))
         mapfile -t procs < <(peer_pids)
         before=$(cpu_ticks "${procs[@]}")
+        wait_before=$(cpu_wait_ms "${procs[@]}")
         run_uac "$peer-step-$rate" "$rate" "$calls"
         after=$(cpu_ticks "${procs[@]}")
+        wait_after=$(cpu_wait_ms "${procs[@]}")
         busy=$(awk -v t="$((after - before))" -v hz="$hz" -v e="$elapsed" \
             'BEGIN {printf "%.0f", t / hz / e * 100}')
+        starved=$(awk -v w="$((wait_after - wait_before))" -v e="$elapsed" 'BEGIN {printf "%.0f", w / 10 / e}')
         fail_pct=$(awk -v ok="$ok" -v n="$calls" 'BEGIN {printf "%.2f", (n - ok) * 100 / n}')
         # the rate counts as reached if the calls were over within the step + call length + 2 s
         budget=$(awk -v s="$STEP_SECS" -v d="$CALL_MS" 'BEGIN {printf "%.2f", s * 1.05 + d / 1000 + 2}')
         reached=$(awk -v e="$elapsed" -v b="$budget" 'BEGIN {print (e <= b) ? "yes" : "no"}')
-        log "$peer: (b) $rate/s: $ok/$calls ok ($fail_pct% failed), ${elapsed}s (budget ${budget}s), peer CPU ${busy}%"
-        line+="$rate/s: ${fail_pct}% failed, ${elapsed} s, peer CPU ${busy}%; "
+        log "$peer: (b) $rate/s: $ok/$calls ok ($fail_pct% failed), ${elapsed}s (budget ${budget}s), peer CPU ${busy}%, waiting for a CPU ${starved}%"
+        line+="$rate/s: ${fail_pct}% failed, ${elapsed} s, peer CPU ${busy}%, waiting for a CPU ${starved}%; "
         if [[ $reached == yes ]] && awk -v f="$fail_pct" 'BEGIN {exit !(f < 1)}'; then
             max=$rate
         else
