@@ -289,6 +289,29 @@ ratio() { # ratio of two numbers, or — when either is missing
         if (a == "" || b == "" || b + 0 == 0) print "—"; else printf "%.2f", a / b }'
 }
 
+# (c) the engine's instructions per call under callgrind: deterministic (no sockets, a virtual
+# clock, the same bytes each run), so it tracks the SBC's own cost across noisy machines.
+# sbc/proto/examples/engine_calls.rs drives INVITE/100/180/200/ACK/BYE/200 through the sans-IO
+# engine; only the engine's entry points are counted (--toggle-collect), and the difference of
+# two runs (SMALL and LARGE calls) divided by their difference cancels the set-up.
+ENGINE_CALLS="${ENGINE_CALLS:-$root/target/release/examples/engine_calls}"
+instr_per_call="—"
+if [[ " $PEERS " == *" sbc "* ]] && command -v valgrind >/dev/null && [[ -x "$ENGINE_CALLS" ]]; then
+    ir_of() {
+        valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.$1" \
+            --toggle-collect='*Engine*handle_datagram*' --toggle-collect='*Engine*poll_output*' \
+            --toggle-collect='*Engine*handle_timeout*' "$ENGINE_CALLS" "$1" 2>&1 |
+            awk '/Collected :/ {print $NF}'
+    }
+    small=$(ir_of 200) large=$(ir_of 1200)
+    if [[ -n "$small" && -n "$large" ]]; then
+        instr_per_call=$(( (large - small) / 1000 ))
+        log "sbc: (c) $instr_per_call engine instructions per call (callgrind, engine_calls 1200 - 200)"
+    fi
+else
+    log "sbc: (c) skipped: needs valgrind and $ENGINE_CALLS (cargo build --release -p sbc-proto --example engine_calls)"
+fi
+
 cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 cmd="bench/sip/run.sh"
@@ -310,6 +333,7 @@ env_used="PEERS=\"$PEERS\" CPU_RATE=$CPU_RATE CPU_SECS=$CPU_SECS CALL_MS=$CALL_M
     echo "| CPU s per 1000 calls at $CPU_RATE calls/s for $CPU_SECS s (lower is better) | $(val cpu_per_1000 sbc) | $(val cpu_per_1000 kamailio) | $(ratio "$(val cpu_per_1000 sbc)" "$(val cpu_per_1000 kamailio)") |"
     echo "| calls not completed in that run | $(val cpu_failed sbc) | $(val cpu_failed kamailio) | |"
     echo "| max calls/s with < 1% failed, ${STEP_SECS} s steps (higher is better) | $(val max_rate sbc) | $(val max_rate kamailio) | $(ratio "$(val max_rate sbc)" "$(val max_rate kamailio)") |"
+    echo "| engine instructions per call (callgrind, fixed scenario; lower is better) | $instr_per_call | | |"
     echo
     for peer in $PEERS; do
         echo "- steps, $peer: $(val steps_log "$peer")"
