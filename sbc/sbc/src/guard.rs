@@ -394,6 +394,112 @@ mod tests {
         assert_eq!((t.user.as_deref(), t.tagged), (None, false));
     }
 
+    use sbc_proto::engine::{Config as EngineConfig, Engine, Output};
+    use sbc_proto::sip::uri::Transport;
+
+    fn phone() -> Flow {
+        Flow {
+            side: Side::External,
+            transport: Transport::Udp,
+            local: "203.0.113.1:5060".parse().unwrap(),
+            remote: "198.51.100.66:5060".parse().unwrap(),
+        }
+    }
+
+    fn register(n: u32, credentials: bool) -> String {
+        let auth = if credentials { "Authorization: Digest username=\"1000\", response=\"bad\"\r\n" } else { "" };
+        format!(
+            "REGISTER sip:203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.66:5060;branch=z9hG4bKc{n}\r\n\
+             From: <sip:1000@203.0.113.1>;tag=c\r\nTo: <sip:1000@203.0.113.1>\r\nCall-ID: crack@x\r\n\
+             CSeq: {n} REGISTER\r\nContact: <sip:1000@198.51.100.66>\r\n{auth}Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+    }
+
+    /// The core's 401 to what the SBC forwarded.
+    fn challenge(fwd: &str) -> String {
+        let h = |name: &str| fwd.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().to_string();
+        format!(
+            "SIP/2.0 401 Unauthorized\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=core\r\nCall-ID: {}\r\nCSeq: {}\r\n\
+             WWW-Authenticate: Digest realm=\"x\", nonce=\"n\"\r\nContent-Length: 0\r\n\r\n",
+            h("Via: "),
+            h("From: "),
+            h("To: "),
+            h("Call-ID: "),
+            h("CSeq: ")
+        )
+    }
+
+    /// Through the engine: the core's 401s to REGISTERs with credentials ban the source on the
+    /// 5th (the challenges to REGISTERs without credentials do not count), the ban comes out
+    /// as a GuardAction, and the next REGISTER is dropped.
+    #[test]
+    fn the_cores_fifth_401_to_credentials_bans_through_the_engine() {
+        let now = Instant::now();
+        let mut engine = Engine::new(EngineConfig::example(), now);
+        let shared = state();
+        engine.set_guard(Box::new(EdgeGuard { trunk: None, state: Some(shared.clone()) }));
+        let core = Flow {
+            side: Side::Internal,
+            transport: Transport::Udp,
+            local: "10.99.0.1:5060".parse().unwrap(),
+            remote: "10.99.0.10:5070".parse().unwrap(),
+        };
+        let mut bans = Vec::new();
+        for n in 1..=10 {
+            engine.handle_datagram(now, phone(), register(n, n % 2 == 0).as_bytes());
+            let mut fwd = None;
+            while let Some(out) = engine.poll_output() {
+                match out {
+                    Output::Transmit(t) if t.flow.side == Side::Internal => fwd = String::from_utf8(t.data).ok(),
+                    Output::Guard(a) => bans.push((n, a)),
+                    Output::Timeout(_) => break,
+                    _ => {}
+                }
+            }
+            let Some(fwd) = fwd else { continue };
+            engine.handle_datagram(now, core, challenge(&fwd).as_bytes());
+            while let Some(out) = engine.poll_output() {
+                match out {
+                    Output::Guard(a) => bans.push((n, a)),
+                    Output::Timeout(_) => break,
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(bans.len(), 1, "{bans:?}");
+        let (n, action) = &bans[0];
+        assert_eq!(*n, 10, "the 5th REGISTER with credentials");
+        assert!(
+            matches!(action, GuardAction::Ban { addr, prefix_len: 32, reason, .. }
+                if *addr == "198.51.100.66".parse::<IpAddr>().unwrap() && reason.starts_with("sip-auth: ")),
+            "{action:?}"
+        );
+        let (requests, dropped) = {
+            let st = lock(&shared);
+            let c = st.policy.counters();
+            (c.requests, c.dropped_banned)
+        };
+        engine.handle_datagram(now, phone(), register(11, true).as_bytes());
+        let c = lock(&shared).policy.counters();
+        assert_eq!((c.requests, c.dropped_banned), (requests + 1, dropped + 1), "dropped as banned");
+        assert!(lock(&shared).drop_if_banned("198.51.100.66".parse().unwrap()));
+    }
+
+    /// An allowlist reload listing a banned source lifts its ban (lift_exempt).
+    #[test]
+    fn a_reload_that_lists_a_banned_source_lifts_its_ban() {
+        let now = Instant::now();
+        let empty = Allowlist::parse("# sbc-allowlist v1\n203.0.113.20/32 IN 2 \"Other\" 1 ip\n").unwrap();
+        let slot: SharedList = Arc::new(std::sync::RwLock::new(Arc::new(empty)));
+        let shared = GuardState::new(policy::Config::default(), Some(slot.clone()), now);
+        lock(&shared).add(now, "198.51.100.66/32".parse().unwrap(), 600, "x").unwrap();
+        assert_eq!(lock(&shared).lift_exempt(), 0);
+        let listed = Allowlist::parse("# sbc-allowlist v1\n198.51.100.66/32 IN 1 \"Carrier\" 1 ip\n").unwrap();
+        *slot.write().unwrap() = Arc::new(listed);
+        assert_eq!(lock(&shared).lift_exempt(), 1);
+        assert!(!lock(&shared).drop_if_banned("198.51.100.66".parse().unwrap()));
+    }
+
     fn state() -> Shared {
         GuardState::new(policy::Config::default(), None, Instant::now())
     }
