@@ -1,5 +1,5 @@
-//! The guard in the running SBC against real attack tools from Debian (sipvicious's svcrack and
-//! svmap, sipsak), with Kamailio as a core that challenges every REGISTER
+//! The guard in the running SBC against real attack tools from Debian (sipvicious's svcrack,
+//! svwar and svmap, sipsak), with Kamailio as a core that challenges every REGISTER
 //! (`kamailio-core.cfg -A WITH_AUTH`) and a legitimate sipp caller beside the attacker:
 //!
 //! ```text
@@ -20,6 +20,8 @@ use sbc_lab::{
 };
 
 const ATTACKER: &str = "203.0.113.66";
+/// A second attacker (svwar, sending from it).
+const ENUMERATOR: &str = "203.0.113.67";
 const ACCESS_PORT: u16 = 5080;
 /// The default `sip-auth` jail's maxretry.
 const MAXRETRY: usize = 5;
@@ -31,6 +33,7 @@ fn guard_lab() -> Result<(Lab, Proc)> {
     lab.ext.ip(&["addr", "flush", "dev", "e0"])?;
     lab.ext.ip(&["addr", "add", &format!("{ATTACKER}/24"), "dev", "e0"])?;
     lab.ext.ip(&["addr", "add", &format!("{EXT_PEER}/24"), "dev", "e0"])?;
+    lab.ext.ip(&["addr", "add", &format!("{ENUMERATOR}/24"), "dev", "e0"])?;
     std::fs::write(lab.dir.join("allow.txt"), "# sbc-allowlist v1\n203.0.113.20/32 IN 7 \"Carrier\" 1 ip\n")?;
     let kamailio = start_kamailio_with(&lab, &["WITH_AUTH"])?;
     Ok((lab, kamailio))
@@ -114,6 +117,10 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+fn d2(before: &str, after: &str, name: &str) -> u64 {
+    stat(after, name).saturating_sub(stat(before, name))
 }
 
 fn text(p: &pcap::Packet) -> String {
@@ -214,6 +221,27 @@ fn svcrack_is_banned_after_maxretry_failures_and_dropped_in_xdp_while_a_phone_ke
         started.elapsed().as_secs_f64()
     );
     drop(uas);
+
+    // svwar enumerating extensions 100..300, with no signature to match (they are off in this
+    // run, as if it had changed its User-Agent): banned by behaviour, many target users
+    // without a success (sip-scanner jail), then dropped in XDP.
+    let before = stats(&lab)?;
+    let mut war = lab.ext.cmd("svwar");
+    // (svwar takes its port from the target URL: its -p is not honoured.)
+    war.args(["-e", "100-300", "-m", "INVITE", "--maximumtime", "3", &format!("udp://{SBC_EXT}:{ACCESS_PORT}")]);
+    // svwar's -b does not choose its source address: a route toward the SBC does, for the run.
+    let host_route = format!("{SBC_EXT}/32");
+    lab.ext.ip(&["route", "replace", &host_route, "dev", "e0", "src", ENUMERATOR])?;
+    let mut war = Proc::spawn("svwar", war, lab.dir.join("svwar.log"))?;
+    let _ = war.wait(Duration::from_secs(60));
+    lab.ext.ip(&["route", "del", &host_route])?;
+    let after = stats(&lab)?;
+    let (ok, shown) = bans(&lab, &["show", ENUMERATOR])?;
+    ensure!(ok && shown.contains("jail=sip-scanner"), "svwar not banned by behaviour: {shown}\n{}", war.log_text());
+    ensure!(shown.contains("distinct"), "the evidence does not name the behaviour: {shown}");
+    let war_drops = d2(&before, &after, "xdp.drop_blocked");
+    ensure!(war_drops > 0, "no XDP drop of svwar after its ban\n{after}");
+    eprintln!("GUARD svwar: {}; {war_drops} packets dropped in XDP afterwards", shown.trim());
 
     // A restart (with the default scanner signatures now) keeps the ban: sipsak gets nothing.
     sbc.stop();
