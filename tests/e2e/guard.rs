@@ -267,6 +267,14 @@ fn svcrack_is_banned_after_maxretry_failures_and_dropped_in_xdp_while_a_phone_ke
         String::from_utf8_lossy(&out.stdout)
     );
     ensure!(!sipsak_answered(&lab)?, "answered after the svmap ban");
+
+    // An operator's ban, and one of a listed provider, which is refused.
+    let (ok, out) = bans(&lab, &["add", "198.51.100.0/24", "--for", "60", "--reason", "abuse report"])?;
+    ensure!(ok && out.contains("jail=manual") && out.contains("abuse report"), "bans add: {out}");
+    let (ok, out) = bans(&lab, &["add", "203.0.113.20"])?;
+    ensure!(!ok && out.contains("exempt"), "a provider was banned: {out}");
+    let (ok, list) = bans(&lab, &["list"])?;
+    ensure!(ok && list.lines().count() == 3, "want svwar's, svmap's and the operator's bans:\n{list}");
     Ok(())
 }
 
