@@ -147,6 +147,8 @@ address = "$UAS_IP:$UAS_PORT"
 transport = "udp"
 [probe]
 interval_ms = 0   # 0 disables OPTIONS probing (the sipp UAS doesn't answer OPTIONS)
+[guard]
+enabled = false   # one sipp source at thousands of calls/s: the per-source limits would refuse it (Kamailio has none here)
 [log]
 level = "warn"
 EOF

@@ -368,8 +368,12 @@ level = "info"
 [admin]
 socket = "{admin}"
 {extra}
+{guard}
 "#,
-            admin = self.admin_socket().display()
+            admin = self.admin_socket().display(),
+            // The guard's per-source rate limits would refuse the load the other labs make from
+            // one address: it is off unless a test configures it (tests/e2e/guard.rs).
+            guard = if extra.contains("[guard]") { "" } else { "[guard]\nenabled = false\n" },
         );
         let path = self.dir.join("sbc.toml");
         std::fs::File::create(&path)?.write_all(cfg.as_bytes())?;

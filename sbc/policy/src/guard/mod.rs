@@ -1,6 +1,6 @@
 //! The guard: rate limits and fail2ban-style bans, decided in process (sans-IO) so that a ban
 //! can reach the XDP blocklist within milliseconds of the failure that crossed `maxretry`,
-//! instead of seconds later from a log tail. Not wired into the daemon yet.
+//! instead of seconds later from a log tail. The daemon wires it in `sbc/sbc/src/guard.rs`.
 //!
 //! ```text
 //!  Event ──► Guard::handle_event(now, &event, &exempt) ──► Decision (Admit / Reject 503 / Drop)
@@ -37,7 +37,7 @@
 //! findtime/window), bans (`max_bans`, the soonest to expire evicted), the recidive memory
 //! (`max_tracked`, forgotten `recidive_memory` after the ban), queued actions.
 //!
-//! # Wiring it (the daemon's part, not done yet)
+//! # Wiring it (the daemon's part: `sbc/sbc/src/guard.rs`)
 //!
 //! - An `engine::Guard` adapter: `admit` → [`Event::Request`] (method class, the Request-URI
 //!   user, From name/user/host, User-Agent, Authorization present, `in_dialog` = matched a
@@ -476,6 +476,19 @@ impl Guard {
             self.behaviour.sweep(now);
             self.bans.sweep(now);
             self.next_sweep = now + SWEEP_INTERVAL;
+        }
+    }
+
+    /// The packet filter before the SIP engine: whether `ip` is banned; a banned packet is
+    /// counted on its ban (`dropped`) and in `dropped_banned`.
+    pub fn drop_if_banned(&mut self, ip: IpAddr) -> bool {
+        match self.bans.find_mut(ip) {
+            Some(ban) => {
+                ban.dropped += 1;
+                self.counters.dropped_banned += 1;
+                true
+            }
+            None => false,
         }
     }
 
