@@ -3,9 +3,10 @@
 //! every packet back (`-rtp_echo`). Asserted on the SBC's two veths: the RTP each way, relayed
 //! from the SBC's own ports; the SDP each side received names only the SBC's relay address for
 //! that side (and the core's SIP identifiers stay inside); and `sbc stats` shows every port pair
-//! back in the pool after the BYE, or after a CANCEL.
+//! back in the pool after the BYE, or after a CANCEL; a re-INVITE that moves the phone's port
+//! keeps the relay's ports and moves the audio (the old port is refused from then on).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -283,5 +284,134 @@ fn a_cancelled_call_gives_its_ports_back() -> Result<()> {
     sipp_ok(uas, Duration::from_secs(10), 1)?;
     let after = wait_stat(&lab, "media.port_pairs_in_use", 0)?;
     ensure!(stat(&after, "media.sessions") == 0 && stat(&after, "media.offers") == 1, "{after}");
+    Ok(())
+}
+
+/// An RTP packet (PCMA, 20 ms) with sequence number `seq`.
+fn rtp_packet(seq: u16, ssrc: u32) -> Vec<u8> {
+    let mut p = vec![0x80, 8];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(&[0xd5; 160]);
+    p
+}
+
+/// Sends `count` RTP packets from `sock` to `to` every 20 ms, then counts what comes back
+/// (until 300 ms of silence).
+fn send_and_count_echoes(sock: &UdpSocket, to: SocketAddr, count: u16, ssrc: u32) -> Result<usize> {
+    sock.set_read_timeout(Some(Duration::from_millis(300)))?;
+    sock.set_nonblocking(false)?;
+    for seq in 0..count {
+        sock.send_to(&rtp_packet(seq, ssrc), to)?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut buf = [0u8; 2048];
+    let mut echoes = 0;
+    while let Ok((_, from)) = sock.recv_from(&mut buf) {
+        ensure!(from == to, "an echo from {from}, not the relay port {to}");
+        echoes += 1;
+    }
+    Ok(echoes)
+}
+
+#[test]
+fn a_reinvite_moving_the_phones_port_keeps_the_relay_ports_and_moves_the_audio() -> Result<()> {
+    if !privileged("media_reinvite") {
+        return Ok(());
+    }
+    let _g = lab_lock();
+    let lab = Lab::new("sbm3", "media_reinvite")?;
+    let _sbc = lab.start_sbc(&media_config())?;
+    let core_port = CORE_PORT.to_string();
+    let sbc_target = format!("{SBC_EXT}:5060");
+    let peer = ip(EXT_PEER);
+    // The phone's two media sockets: the offer names 7000, the re-offer 7002.
+    let old = lab.ext.enter(|| UdpSocket::bind(SocketAddr::new(peer, 7000)))??;
+    let new = lab.ext.enter(|| UdpSocket::bind(SocketAddr::new(peer, 7002)))??;
+    // A fresh SBC hands out the first pair of each side: 40000 outside (PortPool: pairs
+    // alternate sides, the first faces outside); checked on the capture below.
+    let relay = SocketAddr::new(ip(SBC_EXT), LOW);
+    let (res, cap) = capture_both(&lab, || -> Result<(usize, usize, usize)> {
+        let uas = spawn_sipp(
+            &lab,
+            &lab.core,
+            "callee",
+            &[
+                "-sf",
+                &scenario("uas-reinvite.xml").to_string_lossy(),
+                "-t",
+                "u1",
+                "-i",
+                CORE,
+                "-p",
+                &core_port,
+                "-m",
+                "1",
+                "-rtp_echo",
+                "-mp",
+                CORE_MEDIA,
+                "-timeout",
+                "30s",
+            ],
+        )?;
+        std::thread::sleep(Duration::from_millis(300));
+        let uac = spawn_sipp(
+            &lab,
+            &lab.ext,
+            "caller",
+            &[
+                "-sf",
+                &scenario("uac-reinvite-port.xml").to_string_lossy(),
+                "-t",
+                "u1",
+                "-i",
+                EXT_PEER,
+                "-p",
+                "5062",
+                "-s",
+                "1000",
+                &sbc_target,
+                "-m",
+                "1",
+                "-d",
+                "2500",
+                "-mp",
+                "9000",
+                "-timeout",
+                "30s",
+            ],
+        )?;
+        wait_stat(&lab, "media.answers", 1)?;
+        let before = send_and_count_echoes(&old, relay, 40, 0x1111)?;
+        wait_stat(&lab, "media.answers", 2)?;
+        let after = send_and_count_echoes(&new, relay, 40, 0x2222)?;
+        // The old port is no longer the phone's: what it sends is refused.
+        let stale = send_and_count_echoes(&old, relay, 10, 0x1111)?;
+        let during = stats(&lab)?;
+        ensure!(stat(&during, "media.port_pairs_in_use") == 2, "the re-INVITE changed the pairs held:\n{during}");
+        ensure!(stat(&during, "media.dropped_source") >= 10, "{during}");
+        sipp_ok(uac, Duration::from_secs(30), 1)?;
+        sipp_ok(uas, Duration::from_secs(10), 1)?;
+        Ok((before, after, stale))
+    })?;
+    let (before, after, stale) = res?;
+    eprintln!(
+        "echoes: old port before the re-INVITE {before}/40, new port after {after}/40, old port after {stale}/10"
+    );
+    ensure!(before == 40 && after == 40 && stale == 0, "echoes {before}, {after}, {stale}");
+    // The core saw both offers on the same relay port; the phone both answers on 40000.
+    let m_ports = |bodies: Vec<String>| -> Vec<String> {
+        bodies.iter().flat_map(|b| b.lines().filter(|l| l.starts_with("m=")).map(str::to_owned)).collect()
+    };
+    let inside = m_ports(sdp_bodies(&cap.internal, ip(SBC_INT)));
+    let outside = m_ports(sdp_bodies(&cap.external, ip(SBC_EXT)));
+    ensure!(inside.len() == 2 && inside.first() == inside.get(1), "offers to the core: {inside:?}");
+    ensure!(
+        outside.len() == 2 && outside.iter().all(|m| m.starts_with(&format!("m=audio {LOW} "))),
+        "answers to the phone: {outside:?}"
+    );
+    let end = wait_stat(&lab, "media.port_pairs_in_use", 0)?;
+    ensure!(stat(&end, "media.sessions") == 0 && stat(&end, "media.offers") == 2, "{end}");
     Ok(())
 }
