@@ -37,9 +37,12 @@ fmt:
 lint:
     cargo clippy --workspace --all-targets -- -D warnings
 
-# SBC vs Kamailio 5.6 (stateful, topoh): max call rate and CPU per 1000 calls. Writes bench/RESULTS.md.
+# SBC vs Kamailio 5.6 (stateful, topoh): max call rate and CPU per 1000 calls, and the engine's
+# instructions per call (callgrind). Writes bench/RESULTS.md.
 bench-sip:
     cargo build --release -p sbc
+    cargo build --release -p sbc-proto --example engine_calls
+    command -v valgrind >/dev/null || apt-get install -y --no-install-recommends valgrind
     bash bench/sip/run.sh
 
 # Our XDP program (run by the SBC) vs xdp-filter on the same veth, a bounded flood. Into bench/RESULTS.md.

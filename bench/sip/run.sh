@@ -50,29 +50,15 @@ KAM_IP="${KAM_IP:-127.0.0.4}" KAM_PORT="${KAM_PORT:-5060}"
 BUF=$((4 * 1024 * 1024))
 
 work="$(mktemp -d /tmp/hp-bench-sip.XXXXXX)"
-pids=()  # every background process started, killed by PID at exit
-
-log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=../lib.sh
+source "$(dirname "$0")/../lib.sh"
 
 cleanup() {
-    local p
-    for p in "${pids[@]}"; do
-        kill "$p" 2>/dev/null || true
-    done
-    for p in "${pids[@]}"; do
-        wait "$p" 2>/dev/null || true
-    done
+    stop_pids
     if [[ "${KEEP:-0}" == 1 ]]; then log "logs kept in $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-forget_pid() { # drop a PID we stopped ourselves from the cleanup list
-    local p keep=()
-    for p in "${pids[@]}"; do [[ "$p" == "$1" ]] || keep+=("$p"); done
-    pids=("${keep[@]}")
-}
 
 stop_pid() {
     kill "$1" 2>/dev/null || true
@@ -124,6 +110,20 @@ cpu_ticks() {
     echo "$total"
 }
 
+# Milliseconds the given PIDs' threads spent runnable but waiting for a CPU (schedstat's
+# run_delay): a peer that drops while this is high was starved by the load generators or other
+# tenants, not idle. Threads that exit during a step take their share with them.
+cpu_wait_ms() {
+    local p f total=0
+    for p in "$@"; do
+        for f in /proc/"$p"/task/*/schedstat; do
+            [[ -r $f ]] || continue
+            total=$((total + $(awk '{print int($2 / 1000000)}' "$f")))
+        done
+    done
+    echo "$total"
+}
+
 # --- peers -------------------------------------------------------------------------------
 
 peer_main=""   # the PID started (and stopped) for the peer under test
@@ -147,6 +147,8 @@ address = "$UAS_IP:$UAS_PORT"
 transport = "udp"
 [probe]
 interval_ms = 0   # 0 disables OPTIONS probing (the sipp UAS doesn't answer OPTIONS)
+[guard]
+enabled = false   # one sipp source at thousands of calls/s: the per-source limits would refuse it (Kamailio has none here)
 [log]
 level = "warn"
 EOF
@@ -247,16 +249,19 @@ measure_peer() {
         calls=$((rate * STEP_SECS))
         mapfile -t procs < <(peer_pids)
         before=$(cpu_ticks "${procs[@]}")
+        wait_before=$(cpu_wait_ms "${procs[@]}")
         run_uac "$peer-step-$rate" "$rate" "$calls"
         after=$(cpu_ticks "${procs[@]}")
+        wait_after=$(cpu_wait_ms "${procs[@]}")
         busy=$(awk -v t="$((after - before))" -v hz="$hz" -v e="$elapsed" \
             'BEGIN {printf "%.0f", t / hz / e * 100}')
+        starved=$(awk -v w="$((wait_after - wait_before))" -v e="$elapsed" 'BEGIN {printf "%.0f", w / 10 / e}')
         fail_pct=$(awk -v ok="$ok" -v n="$calls" 'BEGIN {printf "%.2f", (n - ok) * 100 / n}')
         # the rate counts as reached if the calls were over within the step + call length + 2 s
         budget=$(awk -v s="$STEP_SECS" -v d="$CALL_MS" 'BEGIN {printf "%.2f", s * 1.05 + d / 1000 + 2}')
         reached=$(awk -v e="$elapsed" -v b="$budget" 'BEGIN {print (e <= b) ? "yes" : "no"}')
-        log "$peer: (b) $rate/s: $ok/$calls ok ($fail_pct% failed), ${elapsed}s (budget ${budget}s), peer CPU ${busy}%"
-        line+="$rate/s: ${fail_pct}% failed, ${elapsed} s, peer CPU ${busy}%; "
+        log "$peer: (b) $rate/s: $ok/$calls ok ($fail_pct% failed), ${elapsed}s (budget ${budget}s), peer CPU ${busy}%, waiting for a CPU ${starved}%"
+        line+="$rate/s: ${fail_pct}% failed, ${elapsed} s, peer CPU ${busy}%, waiting for a CPU ${starved}%; "
         if [[ $reached == yes ]] && awk -v f="$fail_pct" 'BEGIN {exit !(f < 1)}'; then
             max=$rate
         else
@@ -286,6 +291,29 @@ ratio() { # ratio of two numbers, or — when either is missing
         if (a == "" || b == "" || b + 0 == 0) print "—"; else printf "%.2f", a / b }'
 }
 
+# (c) the engine's instructions per call under callgrind: deterministic (no sockets, a virtual
+# clock, the same bytes each run), so it tracks the SBC's own cost across noisy machines.
+# sbc/proto/examples/engine_calls.rs drives INVITE/100/180/200/ACK/BYE/200 through the sans-IO
+# engine; only the engine's entry points are counted (--toggle-collect), and the difference of
+# two runs (SMALL and LARGE calls) divided by their difference cancels the set-up.
+ENGINE_CALLS="${ENGINE_CALLS:-$root/target/release/examples/engine_calls}"
+instr_per_call="—"
+if [[ " $PEERS " == *" sbc "* ]] && command -v valgrind >/dev/null && [[ -x "$ENGINE_CALLS" ]]; then
+    ir_of() {
+        valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.$1" \
+            --toggle-collect='*Engine*handle_datagram*' --toggle-collect='*Engine*poll_output*' \
+            --toggle-collect='*Engine*handle_timeout*' "$ENGINE_CALLS" "$1" 2>&1 |
+            awk '/Collected :/ {print $NF}'
+    }
+    small=$(ir_of 200) large=$(ir_of 1200)
+    if [[ -n "$small" && -n "$large" ]]; then
+        instr_per_call=$(( (large - small) / 1000 ))
+        log "sbc: (c) $instr_per_call engine instructions per call (callgrind, engine_calls 1200 - 200)"
+    fi
+else
+    log "sbc: (c) skipped: needs valgrind and $ENGINE_CALLS (cargo build --release -p sbc-proto --example engine_calls)"
+fi
+
 cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 cmd="bench/sip/run.sh"
@@ -307,6 +335,7 @@ env_used="PEERS=\"$PEERS\" CPU_RATE=$CPU_RATE CPU_SECS=$CPU_SECS CALL_MS=$CALL_M
     echo "| CPU s per 1000 calls at $CPU_RATE calls/s for $CPU_SECS s (lower is better) | $(val cpu_per_1000 sbc) | $(val cpu_per_1000 kamailio) | $(ratio "$(val cpu_per_1000 sbc)" "$(val cpu_per_1000 kamailio)") |"
     echo "| calls not completed in that run | $(val cpu_failed sbc) | $(val cpu_failed kamailio) | |"
     echo "| max calls/s with < 1% failed, ${STEP_SECS} s steps (higher is better) | $(val max_rate sbc) | $(val max_rate kamailio) | $(ratio "$(val max_rate sbc)" "$(val max_rate kamailio)") |"
+    echo "| engine instructions per call (callgrind, fixed scenario; lower is better) | $instr_per_call | | |"
     echo
     for peer in $PEERS; do
         echo "- steps, $peer: $(val steps_log "$peer")"

@@ -76,8 +76,8 @@ NS_R=hb-xr-$$
 R_IP=192.0.2.1 PORT=5060
 BAD_IP=198.51.100.66 GOOD_IP=203.0.113.10
 
-log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=../lib.sh
+source "$root/bench/lib.sh"
 
 [[ $(id -u) == 0 ]] || die "needs root (network namespaces, XDP)"
 for t in bpftool xdp-filter ip nsenter python3 awk sysctl mount; do
@@ -91,7 +91,6 @@ done
 work=$(mktemp -d /tmp/hb-xdp-bench.XXXXXX)
 export LIBXDP_BPFFS=$work/bpffs
 OLD_STATS=$(sysctl -n kernel.bpf_stats_enabled)
-pids=()            # every background process started, stopped by PID at exit
 bpffs_mounted=0
 ns_made=0
 
@@ -99,14 +98,9 @@ in_r() { nsenter --net="/var/run/netns/$NS_R" -- "$@"; }
 in_s() { nsenter --net="/var/run/netns/$NS_S" -- "$@"; }
 
 cleanup() {
-  local rc=$? p
+  local rc=$?
   set +e
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null
-    wait "$p" 2>/dev/null
-  done
+  stop_pids
   if [[ $ns_made == 1 ]]; then
     in_r xdp-filter unload r0 >/dev/null 2>&1
     ip netns del "$NS_S" 2>/dev/null
@@ -119,12 +113,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-forget_pid() {
-  local p keep=()
-  for p in "${pids[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-  pids=("${keep[@]}")
-}
 
 # --- the lab -------------------------------------------------------------------------------
 

@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use sbc_lab::calls::{
-    Calls, Captured, LeakReport, Way, capture_both, core_call_id, run_calls, sipp_ok, spawn_phone, spawn_sipp,
-    start_kamailio,
+    Calls, Captured, LeakReport, Way, capture_both, run_calls, sipp_ok, spawn_core_caller, spawn_phone, start_kamailio,
 };
-use sbc_lab::{CORE, CORE_HOST, CORE_PORT, CORE_UA, Lab, lab_lock, privileged, scenario};
+use sbc_lab::{CORE_HOST, CORE_UA, Lab, lab_lock, privileged};
 
 /// Captures on both SBC veths around `f`, then asserts nothing of the core leaked outside, that
 /// the check had at least `min_secrets` core identifiers to look for, and that `names` (what
@@ -149,32 +148,7 @@ fn register_then_call(prefix: &str, test: &str, transport: &str) -> Result<()> {
     with_captures(&lab, 5, &[CORE_HOST, CORE_UA], || {
         let phone = spawn_phone(&lab, transport, "alice")?;
         std::thread::sleep(Duration::from_millis(1500));
-        let core = spawn_sipp(
-            &lab,
-            &lab.core,
-            "core-caller",
-            &[
-                "-sf",
-                &scenario("core-call-user.xml").to_string_lossy(),
-                "-t",
-                transport,
-                "-i",
-                CORE,
-                "-p",
-                "5072",
-                "-s",
-                "alice",
-                &format!("{CORE}:{CORE_PORT}"),
-                "-m",
-                "1",
-                "-d",
-                "200",
-                "-timeout",
-                "30s",
-                "-cid_str",
-                &core_call_id(),
-            ],
-        )?;
+        let core = spawn_core_caller(&lab, transport, "alice")?;
         sipp_ok(core, Duration::from_secs(40), 1)?;
         sipp_ok(phone, Duration::from_secs(70), 1)?;
         Ok(())

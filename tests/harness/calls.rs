@@ -179,11 +179,19 @@ pub fn start_calls(lab: &Lab, c: &Calls<'_>) -> Result<(Proc, Proc)> {
 /// port, UDP and TCP. Returns once it answers an OPTIONS: start it before the SBC, whose first
 /// probe then finds the core up (a REGISTER while the SBC thinks it down gets the SBC's 503).
 pub fn start_kamailio(lab: &Lab) -> Result<Proc> {
+    start_kamailio_with(lab, &[])
+}
+
+/// As [`start_kamailio`], with the config's optional defines (`-A`, e.g. `WITH_AUTH`).
+pub fn start_kamailio_with(lab: &Lab, defines: &[&str]) -> Result<Proc> {
     let run = lab.dir.join("kamailio");
     std::fs::create_dir_all(&run)?;
     let cfg = crate::root().join("tests/peers/kamailio-core.cfg");
     let mut c = lab.core.cmd("kamailio");
     c.arg("-f").arg(&cfg).args(["-DD", "-E", "-m", "64", "-M", "8"]);
+    for d in defines {
+        c.args(["-A", d]);
+    }
     let core = hostport(lab.addrs.core, CORE_PORT);
     c.args(["-l", &format!("udp:{core}"), "-l", &format!("tcp:{core}")]);
     c.arg("-P").arg(run.join("kamailio.pid")).arg("-Y").arg(&run);

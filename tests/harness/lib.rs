@@ -6,7 +6,9 @@
 //! Privileged tests call [`privileged`] first: without root they skip, unless
 //! `SBC_REQUIRE_PRIVILEGED=1` (CI), where a skip is a failure.
 
+pub mod baresip;
 pub mod calls;
+pub mod nat;
 pub mod netns;
 pub mod pcap;
 
@@ -328,8 +330,27 @@ impl Lab {
         self.start_sbc_listening(&listen, hide_external, extra)
     }
 
+    /// As [`Lab::start_sbc`], with the internal side hidden too: what reaches the core carries
+    /// masked Call-IDs and tags, none of the outside's (a phone's Call-ID often holds its
+    /// private address).
+    pub fn start_sbc_hiding_both(&self, extra: &str) -> Result<Proc> {
+        let ext = hostport(self.addrs.sbc_ext, 5060);
+        let listen = format!("udp = [\"{ext}\"]\ntcp = [\"{ext}\"]");
+        self.start_sbc_sides(&listen, true, true, extra)
+    }
+
     /// As [`Lab::start_sbc`], with the external side's `udp`/`tcp` lines given.
     pub fn start_sbc_listening(&self, external_listen: &str, hide_external: bool, extra: &str) -> Result<Proc> {
+        self.start_sbc_sides(external_listen, hide_external, false, extra)
+    }
+
+    fn start_sbc_sides(
+        &self,
+        external_listen: &str,
+        hide_external: bool,
+        hide_internal: bool,
+        extra: &str,
+    ) -> Result<Proc> {
         let (int, core) = (hostport(self.addrs.sbc_int, 5060), hostport(self.addrs.core, CORE_PORT));
         let cfg = format!(
             r#"[external]
@@ -338,7 +359,7 @@ hide_topology = {hide_external}
 [internal]
 udp = ["{int}"]
 tcp = ["{int}"]
-hide_topology = false
+hide_topology = {hide_internal}
 [[core]]
 address = "{core}"
 transport = "udp"
@@ -347,8 +368,12 @@ level = "info"
 [admin]
 socket = "{admin}"
 {extra}
+{guard}
 "#,
-            admin = self.admin_socket().display()
+            admin = self.admin_socket().display(),
+            // The guard's per-source rate limits would refuse the load the other labs make from
+            // one address: it is off unless a test configures it (tests/e2e/guard.rs).
+            guard = if extra.contains("[guard]") { "" } else { "[guard]\nenabled = false\n" },
         );
         let path = self.dir.join("sbc.toml");
         std::fs::File::create(&path)?.write_all(cfg.as_bytes())?;

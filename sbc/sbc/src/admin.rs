@@ -4,7 +4,8 @@
 //! and a newline; the answer `ok\n` or `error\n`, then text. The daemon executes commands on
 //! its own task, so an answer always reflects the state packets see.
 //!
-//! Commands: `allowlist show`, `allowlist reload`, `stats`.
+//! Commands: `allowlist show`, `allowlist reload`, `stats`, `bans list`, `bans show ADDR`,
+//! `bans add ADDR SECS [REASON]`, `bans del ADDR`.
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -13,39 +14,57 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use sbc_policy::Prefix;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
 /// What the admin socket can ask of the running daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminCommand {
-    /// The counters: SIP, state, XDP verdicts, userspace drops.
+    /// The counters: SIP, state, XDP verdicts, userspace drops, the guard.
     Stats,
     /// The allowlist the daemon enforces, in the file format.
     AllowlistShow,
     /// Re-read the allowlist file (a bad file leaves the running list).
     AllowlistReload,
+    /// Every ban, one line each (prefix, jail, remaining, hits, reason, evidence).
+    BansList,
+    /// The ban covering an address.
+    BansShow(Prefix),
+    /// An operator's ban of `prefix` for `secs`.
+    BansAdd { prefix: Prefix, secs: u64, reason: String },
+    /// Lifts a ban at once.
+    BansDel(Prefix),
 }
 
-impl AdminCommand {
-    /// Every command, in the order an error lists them.
-    pub const ALL: [AdminCommand; 3] =
-        [AdminCommand::AllowlistShow, AdminCommand::AllowlistReload, AdminCommand::Stats];
-
-    /// The command line on the wire (also what an operator types after `sbc`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AdminCommand::Stats => "stats",
-            AdminCommand::AllowlistShow => "allowlist show",
-            AdminCommand::AllowlistReload => "allowlist reload",
-        }
-    }
-}
+/// The command lines, in the order an error lists them.
+const USAGE: [&str; 7] = [
+    "allowlist show",
+    "allowlist reload",
+    "stats",
+    "bans list",
+    "bans show ADDR",
+    "bans add ADDR SECS [REASON]",
+    "bans del ADDR",
+];
 
 impl fmt::Display for AdminCommand {
+    /// The command line on the wire (also what an operator types after `sbc`, for the ones
+    /// without arguments).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        match self {
+            AdminCommand::Stats => f.write_str("stats"),
+            AdminCommand::AllowlistShow => f.write_str("allowlist show"),
+            AdminCommand::AllowlistReload => f.write_str("allowlist reload"),
+            AdminCommand::BansList => f.write_str("bans list"),
+            AdminCommand::BansShow(p) => write!(f, "bans show {p}"),
+            AdminCommand::BansAdd { prefix, secs, reason } if reason.is_empty() => {
+                write!(f, "bans add {prefix} {secs}")
+            }
+            AdminCommand::BansAdd { prefix, secs, reason } => write!(f, "bans add {prefix} {secs} {reason}"),
+            AdminCommand::BansDel(p) => write!(f, "bans del {p}"),
+        }
     }
 }
 
@@ -55,8 +74,7 @@ pub struct UnknownCommand(pub String);
 
 impl fmt::Display for UnknownCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let known: Vec<&str> = AdminCommand::ALL.iter().map(|c| c.as_str()).collect();
-        write!(f, "unknown command {:?} ({})", self.0, known.join(" | "))
+        write!(f, "unknown command {:?} ({})", self.0, USAGE.join(" | "))
     }
 }
 
@@ -65,7 +83,28 @@ impl std::error::Error for UnknownCommand {}
 impl FromStr for AdminCommand {
     type Err = UnknownCommand;
     fn from_str(line: &str) -> Result<Self, Self::Err> {
-        AdminCommand::ALL.into_iter().find(|c| c.as_str() == line).ok_or_else(|| UnknownCommand(line.to_owned()))
+        let unknown = || UnknownCommand(line.to_owned());
+        let prefix = |s: &str| s.parse::<Prefix>().map_err(|_| unknown());
+        Ok(match line {
+            "stats" => AdminCommand::Stats,
+            "allowlist show" => AdminCommand::AllowlistShow,
+            "allowlist reload" => AdminCommand::AllowlistReload,
+            "bans list" => AdminCommand::BansList,
+            _ => {
+                if let Some(a) = line.strip_prefix("bans show ") {
+                    AdminCommand::BansShow(prefix(a)?)
+                } else if let Some(a) = line.strip_prefix("bans del ") {
+                    AdminCommand::BansDel(prefix(a)?)
+                } else if let Some(rest) = line.strip_prefix("bans add ") {
+                    let mut it = rest.splitn(3, ' ');
+                    let p = prefix(it.next().unwrap_or_default())?;
+                    let secs = it.next().and_then(|s| s.parse().ok()).ok_or_else(unknown)?;
+                    AdminCommand::BansAdd { prefix: p, secs, reason: it.next().unwrap_or_default().to_string() }
+                } else {
+                    return Err(unknown());
+                }
+            }
+        })
     }
 }
 
@@ -138,7 +177,7 @@ fn decode_answer(text: &str) -> Result<String, String> {
 
 /// The CLI side: sends one command, returns the answer; `Err` when the daemon refused it or
 /// cannot be reached.
-pub fn call(socket: &Path, command: AdminCommand) -> Result<String, String> {
+pub fn call(socket: &Path, command: &AdminCommand) -> Result<String, String> {
     let mut s = std::os::unix::net::UnixStream::connect(socket)
         .map_err(|e| format!("cannot reach the daemon at {}: {e}", socket.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
@@ -154,12 +193,37 @@ mod tests {
 
     #[test]
     fn every_command_round_trips_through_its_wire_form() {
-        for c in AdminCommand::ALL {
-            assert_eq!(c.to_string().parse::<AdminCommand>(), Ok(c));
+        let p: Prefix = "198.51.100.66/32".parse().unwrap();
+        let all = [
+            AdminCommand::AllowlistShow,
+            AdminCommand::AllowlistReload,
+            AdminCommand::Stats,
+            AdminCommand::BansList,
+            AdminCommand::BansShow(p),
+            AdminCommand::BansAdd { prefix: p, secs: 60, reason: "brute force, by hand".into() },
+            AdminCommand::BansAdd { prefix: p, secs: 60, reason: String::new() },
+            AdminCommand::BansDel(p),
+        ];
+        for c in &all {
+            assert_eq!(c.to_string().parse::<AdminCommand>().as_ref(), Ok(c));
         }
         // The wire form is a contract with clients already installed (and the lab tests).
-        let wire: Vec<String> = AdminCommand::ALL.iter().map(ToString::to_string).collect();
-        assert_eq!(wire, ["allowlist show", "allowlist reload", "stats"]);
+        let wire: Vec<String> = all.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            wire,
+            [
+                "allowlist show",
+                "allowlist reload",
+                "stats",
+                "bans list",
+                "bans show 198.51.100.66/32",
+                "bans add 198.51.100.66/32 60 brute force, by hand",
+                "bans add 198.51.100.66/32 60",
+                "bans del 198.51.100.66/32"
+            ]
+        );
+        assert!("bans add 198.51.100.66 soon".parse::<AdminCommand>().is_err());
+        assert!("bans del nonsense".parse::<AdminCommand>().is_err());
     }
 
     #[test]
@@ -168,7 +232,7 @@ mod tests {
         assert_eq!(err, UnknownCommand("allowlist delete".into()));
         assert_eq!(
             err.to_string(),
-            r#"unknown command "allowlist delete" (allowlist show | allowlist reload | stats)"#
+            r#"unknown command "allowlist delete" (allowlist show | allowlist reload | stats | bans list | bans show ADDR | bans add ADDR SECS [REASON] | bans del ADDR)"#
         );
         assert!("Stats".parse::<AdminCommand>().is_err(), "commands are case-sensitive");
         assert!("".parse::<AdminCommand>().is_err());
@@ -194,8 +258,8 @@ mod tests {
         let daemon = tokio::spawn(async move {
             let mut seen = Vec::new();
             while let Some(req) = rx.recv().await {
-                seen.push(req.command);
                 let _ = req.reply.send(Ok(format!("did {}\n", req.command)));
+                seen.push(req.command);
                 if seen.len() == 2 {
                     break;
                 }
@@ -211,7 +275,7 @@ mod tests {
                 c.read_to_string(&mut out).unwrap();
                 decode_answer(&out)
             };
-            (call(&s, AdminCommand::Stats), call(&s, AdminCommand::AllowlistReload), unknown)
+            (call(&s, &AdminCommand::Stats), call(&s, &AdminCommand::AllowlistReload), unknown)
         })
         .await
         .unwrap();
@@ -219,7 +283,7 @@ mod tests {
         assert_eq!(answers.1, Ok("did allowlist reload\n".to_string()));
         assert_eq!(
             answers.2,
-            Err(r#"unknown command "allowlist delete" (allowlist show | allowlist reload | stats)"#.to_string())
+            Err(r#"unknown command "allowlist delete" (allowlist show | allowlist reload | stats | bans list | bans show ADDR | bans add ADDR SECS [REASON] | bans del ADDR)"#.to_string())
         );
         assert_eq!(daemon.await.unwrap(), [AdminCommand::Stats, AdminCommand::AllowlistReload]);
         let _ = std::fs::remove_dir_all(&dir);

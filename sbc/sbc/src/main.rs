@@ -6,6 +6,7 @@
 mod admin;
 mod allowlist_cmd;
 mod config;
+mod guard;
 mod logsum;
 mod media;
 mod net;
@@ -47,12 +48,64 @@ enum Cmd {
         #[command(subcommand)]
         cmd: allowlist_cmd::AllowlistCmd,
     },
+    /// The running daemon's bans (rate limits and fail2ban-style jails).
+    Bans {
+        #[command(subcommand)]
+        cmd: BansCmd,
+    },
     /// Counters of the running daemon (SIP, state, XDP verdicts by reason).
     Stats {
         /// Admin socket of the daemon.
         #[arg(long, default_value = config::DEFAULT_ADMIN_SOCKET)]
         socket: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum BansCmd {
+    /// Every ban: prefix, jail, remaining time, hits, packets dropped in userspace, reason, evidence.
+    List {
+        #[arg(long, default_value = config::DEFAULT_ADMIN_SOCKET)]
+        socket: PathBuf,
+    },
+    /// The ban covering ADDR.
+    Show {
+        addr: String,
+        #[arg(long, default_value = config::DEFAULT_ADMIN_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Ban ADDR (an address, or a prefix such as 198.51.100.0/24) by hand.
+    Add {
+        addr: String,
+        /// How long, in seconds.
+        #[arg(long = "for", default_value_t = 3600)]
+        secs: u64,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long, default_value = config::DEFAULT_ADMIN_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Lift the ban of ADDR (or the one covering it) at once; its recidive history is forgotten.
+    Del {
+        addr: String,
+        #[arg(long, default_value = config::DEFAULT_ADMIN_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+/// `sbc bans ...` as an admin command and the socket to send it to.
+fn bans_command(cmd: BansCmd) -> Result<(PathBuf, AdminCommand), String> {
+    let prefix = |a: &str| a.parse::<sbc_policy::Prefix>().map_err(|e| format!("{a:?}: {e}"));
+    Ok(match cmd {
+        BansCmd::List { socket } => (socket, AdminCommand::BansList),
+        BansCmd::Show { addr, socket } => (socket, AdminCommand::BansShow(prefix(&addr)?)),
+        BansCmd::Del { addr, socket } => (socket, AdminCommand::BansDel(prefix(&addr)?)),
+        BansCmd::Add { addr, secs, reason, socket } => {
+            // One line on the wire: control characters become spaces.
+            let reason: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).take(128).collect();
+            (socket, AdminCommand::BansAdd { prefix: prefix(&addr)?, secs, reason: reason.trim().to_string() })
+        }
+    })
 }
 
 fn main() -> ExitCode {
@@ -69,6 +122,13 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Stats { socket } => admin_call(&socket, AdminCommand::Stats),
+        Cmd::Bans { cmd } => match bans_command(cmd) {
+            Ok((socket, command)) => admin_call(&socket, command),
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
         Cmd::Allowlist { cmd: allowlist_cmd::AllowlistCmd::Export(args) } => allowlist_cmd::export(&args),
         Cmd::Allowlist { cmd: allowlist_cmd::AllowlistCmd::Show { socket } } => {
             admin_call(&socket, AdminCommand::AllowlistShow)
@@ -104,7 +164,7 @@ fn main() -> ExitCode {
 
 /// One admin command to the running daemon; its answer on stdout.
 fn admin_call(socket: &std::path::Path, command: AdminCommand) -> ExitCode {
-    match admin::call(socket, command) {
+    match admin::call(socket, &command) {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS

@@ -14,12 +14,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sbc_media::stun;
-use sbc_proto::engine::{Engine, Event, Flow, Output, Side, Transmit};
+use sbc_policy::Prefix;
+use sbc_proto::engine::{Engine, Event, Flow, GuardAction, Output, Side, Transmit};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::admin::{self, AdminCommand};
 use crate::config::Validated;
+use crate::guard::{self, EdgeGuard, GuardState, StateFile};
 use crate::logsum;
 use crate::net::stun::{StunWorkers, TcpBounds};
 use crate::net::{Input, Net, StreamSettings};
@@ -95,6 +97,12 @@ pub struct Daemon {
     /// The media relay's sessions (`[media] enabled`), shared with the engine's media hook,
     /// and the relay workers that carry the packets (stopped when the daemon is dropped).
     media: Option<(crate::media::SharedSessions, crate::net::relay::RelayWorkers)>,
+    /// The guard (rate limits, bans), shared with the engine's guard; None when disabled.
+    guard: Option<guard::Shared>,
+    /// Where the ban table is kept; None: in memory only.
+    state_file: Option<StateFile>,
+    /// Packets of banned sources dropped before the engine.
+    guard_dropped: u64,
 }
 
 /// STUN on the external side: on the SIP UDP ports (demultiplexed, RFC 7983) here, on the
@@ -154,7 +162,29 @@ impl Daemon {
             }
             None => None,
         };
-        let mut daemon = Daemon { engine, net, trunk, inputs, admin, signals, log_tick, deadline: None, stun, media };
+        let guard = cfg
+            .guard
+            .as_ref()
+            .map(|g| GuardState::new(g.config.clone(), trunk.as_ref().map(Trunk::list_slot), Instant::now()));
+        let state_file = cfg.guard.as_ref().and_then(|g| g.state_dir.as_deref()).map(StateFile::new);
+        if let (Some(g), Some(f)) = (&guard, &state_file) {
+            f.restore(&mut guard::lock(g), Instant::now());
+        }
+        let mut daemon = Daemon {
+            engine,
+            net,
+            trunk,
+            inputs,
+            admin,
+            signals,
+            log_tick,
+            deadline: None,
+            stun,
+            media,
+            guard,
+            state_file,
+            guard_dropped: 0,
+        };
         daemon.install_guard();
         if let Some((m, _)) = &daemon.media {
             daemon.engine.set_media_hook(Box::new(crate::media::MediaAnchor::new(m.clone())));
@@ -253,10 +283,21 @@ impl Daemon {
         }
     }
 
-    /// The userspace trunk filter: defence in depth behind XDP (and the only filter where XDP
-    /// is absent). What it refuses is dropped silently, and counted.
+    /// The userspace packet filters before the engine: the trunk allowlist (defence in depth
+    /// behind XDP, and the only filter where XDP is absent), then the guard's bans (external
+    /// side). What they refuse is dropped silently, and counted.
     fn admits(&mut self, flow: &Flow) -> bool {
-        self.trunk.as_mut().is_none_or(|t| t.admits_packet(flow))
+        if !self.trunk.as_mut().is_none_or(|t| t.admits_packet(flow)) {
+            return false;
+        }
+        if flow.side == Side::External
+            && let Some(g) = &self.guard
+            && guard::lock(g).drop_if_banned(flow.remote.ip())
+        {
+            self.guard_dropped += 1;
+            return false;
+        }
+        true
     }
 
     /// Executes an admin command and answers it.
@@ -270,6 +311,36 @@ impl Daemon {
             AdminCommand::Stats => Ok(self.stats_text()),
             AdminCommand::AllowlistShow => self.trunk.as_ref().map(Trunk::show).ok_or_else(no_trunk),
             AdminCommand::AllowlistReload => self.reload_allowlist().map(|msg| format!("{msg}\n")),
+            AdminCommand::BansList => {
+                let g = self.guard.as_ref().ok_or_else(no_guard)?;
+                Ok(guard::lock(g).policy.bans(Instant::now()).iter().map(|b| format!("{b}\n")).collect())
+            }
+            AdminCommand::BansShow(p) => {
+                let g = self.guard.as_ref().ok_or_else(no_guard)?;
+                let shown = guard::lock(g).policy.show(Instant::now(), p.addr());
+                shown.map(|b| format!("{b}\n")).ok_or_else(|| format!("{p} is not banned"))
+            }
+            AdminCommand::BansAdd { prefix, secs, reason } => {
+                let g = self.guard.as_ref().ok_or_else(no_guard)?;
+                let reason = if reason.is_empty() { "by hand".to_string() } else { reason };
+                let added = guard::lock(g).add(Instant::now(), prefix, secs, &reason);
+                self.save_bans();
+                added
+            }
+            AdminCommand::BansDel(p) => {
+                let g = self.guard.as_ref().ok_or_else(no_guard)?;
+                let deleted = guard::lock(g).policy.delete(Instant::now(), p);
+                self.save_bans();
+                deleted.map(|b| format!("lifted {b}\n")).ok_or_else(|| format!("{p} is not banned"))
+            }
+        }
+    }
+
+    /// Writes the ban table when it changed (at most once a second from the log tick, at once
+    /// after an operator's change, and at stop).
+    fn save_bans(&mut self) {
+        if let (Some(g), Some(f)) = (&self.guard, &self.state_file) {
+            f.save_if_dirty(&mut guard::lock(g), Instant::now());
         }
     }
 
@@ -295,7 +366,14 @@ impl Daemon {
     }
 
     fn reload_allowlist(&mut self) -> Result<String, String> {
-        self.trunk.as_mut().ok_or_else(no_trunk)?.reload()
+        let msg = self.trunk.as_mut().ok_or_else(no_trunk)?.reload()?;
+        if let Some(g) = &self.guard {
+            let lifted = guard::lock(g).lift_exempt();
+            if lifted > 0 {
+                tracing::info!(lifted, "bans of prefixes the new allowlist lists were lifted");
+            }
+        }
+        Ok(msg)
     }
 
     /// The engine's timers are due.
@@ -306,6 +384,7 @@ impl Daemon {
     /// Emits the log summaries of an interval that ended, even when nothing new arrives.
     fn on_log_tick(&mut self) {
         logsum::tick();
+        self.save_bans();
     }
 
     /// The `sbc stats` text.
@@ -349,10 +428,15 @@ impl Daemon {
         if let Some(t) = &self.trunk {
             out.push_str(&t.stats_text());
         }
+        if let Some(g) = &self.guard {
+            out.push_str(&guard::lock(g).policy.stats_text());
+            out.push_str(&format!("guard.userspace_dropped_packets {}\n", self.guard_dropped));
+        }
         out
     }
 
-    fn log_stop(&self) {
+    fn log_stop(&mut self) {
+        self.save_bans();
         let (s, c, d, r) = self.engine.sizes();
         let st = self.engine.stats();
         tracing::info!(
@@ -380,9 +464,13 @@ impl Daemon {
         while let Some(out) = self.engine.poll_output() {
             match out {
                 Output::Transmit(t) => self.net.send(t),
-                Output::Event(ev) => log_event(ev),
-                // No guard of this daemon emits actions yet (bans arrive with the guard).
-                Output::Guard(action) => tracing::warn!(?action, "guard action ignored: not supported yet"),
+                Output::Event(ev) => {
+                    if let (Event::DialogEnded { dialog, .. }, Some(g)) = (&ev, &self.guard) {
+                        guard::lock(g).dialog_ended(dialog);
+                    }
+                    log_event(ev)
+                }
+                Output::Guard(action) => self.apply(action),
                 Output::Timeout(at) => {
                     self.deadline = Some(at);
                     break;
@@ -391,13 +479,34 @@ impl Daemon {
         }
     }
 
-    /// Hands the engine its guard, once, at start: the guard reads the running allowlist
-    /// through a slot a reload swaps, so its state is never thrown away.
-    fn install_guard(&mut self) {
-        if let Some(t) = &self.trunk {
-            self.engine.set_guard(Box::new(t.guard()));
+    /// A guard's action: a ban into the XDP blocklist where XDP is attached (userspace drops
+    /// it anyway, [`Daemon::admits`]); an unban out of it.
+    fn apply(&mut self, action: GuardAction) {
+        let Some(t) = self.trunk.as_mut().filter(|t| t.has_xdp()) else { return };
+        let (addr, len, ban) = match &action {
+            GuardAction::Ban { addr, prefix_len, .. } => (*addr, *prefix_len, true),
+            GuardAction::Unban { addr, prefix_len, .. } => (*addr, *prefix_len, false),
+        };
+        let Some(prefix) = Prefix::new(addr, len) else { return };
+        let done = if ban { t.block(prefix) } else { t.unblock(prefix) };
+        if let Err(e) = done {
+            tracing::error!(%prefix, ban, error = %e, "XDP blocklist not updated (userspace still enforces the ban)");
         }
     }
+
+    /// Hands the engine its guard, once, at start: the trunk allowlist's check and the policy
+    /// guard, both reading the running allowlist through a slot a reload swaps, so their state
+    /// is never thrown away.
+    fn install_guard(&mut self) {
+        let trunk = self.trunk.as_ref().map(Trunk::guard);
+        if trunk.is_some() || self.guard.is_some() {
+            self.engine.set_guard(Box::new(EdgeGuard { trunk, state: self.guard.clone() }));
+        }
+    }
+}
+
+fn no_guard() -> String {
+    "the guard is disabled (guard.enabled = false)".to_string()
 }
 
 fn no_trunk() -> String {

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+use sbc_policy::Prefix;
 use sbc_policy::allowlist::Allowlist;
 use sbc_proto::engine::{Admit, Flow, Guard, Side};
 use sbc_proto::sip::sanity::Checked;
@@ -31,7 +32,7 @@ pub struct UserStats {
 
 /// The running list, shared by the packet filter and the engine's guard: a reload swaps what
 /// is inside, so the guard (and, later, its rate-limit and ban state) is never replaced.
-type SharedList = Arc<RwLock<Arc<Allowlist>>>;
+pub type SharedList = Arc<RwLock<Arc<Allowlist>>>;
 
 pub struct Trunk {
     file: PathBuf,
@@ -123,6 +124,32 @@ impl Trunk {
         TrunkGuard { list: self.shared.clone(), protected: self.protected.clone() }
     }
 
+    /// The running list, as the guard reads it (a reload swaps what is inside).
+    pub fn list_slot(&self) -> SharedList {
+        self.shared.clone()
+    }
+
+    /// Whether the XDP filter is attached (bans then drop in XDP too).
+    pub fn has_xdp(&self) -> bool {
+        self.xdp.is_some()
+    }
+
+    /// Puts a banned prefix into the XDP blocklist, when XDP is attached.
+    pub fn block(&mut self, prefix: Prefix) -> Result<(), String> {
+        match self.xdp.as_mut() {
+            Some(x) => x.block(prefix).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes a prefix out of the XDP blocklist.
+    pub fn unblock(&mut self, prefix: Prefix) -> Result<(), String> {
+        match self.xdp.as_mut() {
+            Some(x) => x.unblock(prefix).map(|_| ()).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+
     pub fn show(&self) -> String {
         self.list.render()
     }
@@ -171,6 +198,6 @@ impl Guard for TrunkGuard {
         if list.may_originate(flow.remote.ip()) {
             return Admit::Accept;
         }
-        Admit::Reject { code: 403, reason: "Forbidden" }
+        Admit::Reject { code: 403, reason: "Forbidden", retry_after: None }
     }
 }

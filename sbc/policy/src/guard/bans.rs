@@ -38,7 +38,7 @@ impl Ban {
 }
 
 /// Why a ban ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum UnbanReason {
     Expired,
     /// `sbc bans del`.
@@ -66,8 +66,9 @@ pub enum BanAction {
     /// Drop everything from `prefix` until `until` (XDP blocklist with the expiry, userspace,
     /// the shared store), and log it. Sent again with a later `until` when a ban is extended.
     Ban { prefix: Prefix, until: Instant, jail: String, reason: String, evidence: String },
-    /// `prefix` is no longer banned.
-    Unban { prefix: Prefix, reason: UnbanReason },
+    /// `prefix` is no longer banned, for `reason`; `jail` and `ban_reason` are the ban's own
+    /// (for the log).
+    Unban { prefix: Prefix, reason: UnbanReason, jail: String, ban_reason: String },
 }
 
 /// A ban request, before the table applies recidive and capacity.
@@ -234,7 +235,7 @@ impl BanTable {
                 lengths.remove(&prefix.prefix_len());
             }
         }
-        self.push(BanAction::Unban { prefix: *prefix, reason });
+        self.push(BanAction::Unban { prefix: *prefix, reason, jail: ban.jail.clone(), ban_reason: ban.reason.clone() });
         Some(ban)
     }
 

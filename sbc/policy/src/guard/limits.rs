@@ -1,101 +1,41 @@
 //! Rate limits: governor's GCRA per (source prefix, method class) and per trunk (calls per
-//! second, requests per second), and each trunk's concurrent calls. Sans-IO: governor reads a
-//! [`FakeRelativeClock`] that [`Limits::advance`] moves to the `now` it is given.
-//!
-//! Bounded: governor's keyed state lives in [`Store`], our [`governor::state::StateStore`] over a
-//! capped map (`BoundedMap`). Full, a new key evicts the sampled key with the earliest theoretical arrival
-//! time (the one that has been quiet longest; a source being limited has its TAT in the
-//! future, so it is not the one evicted); the sweep drops keys whose state is indistinguishable
-//! from a fresh one. The limits are independent of the allowlist: a reload keeps them.
+//! second, requests per second), and each trunk's concurrent calls. Each limit is one
+//! [`crate::ratelimit::KeyedLimiter`] (the crate's one keyed limiter, shared with STUN): time
+//! passed in, the key table bounded however many spoofed sources send, keys back to a fresh
+//! state forgotten by the sweep. The limits are independent of the allowlist: a reload keeps
+//! them.
 
 use std::hash::Hash;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-use governor::clock::{Clock, FakeRelativeClock};
-use governor::middleware::NoOpMiddleware;
-use governor::nanos::Nanos;
-use governor::state::StateStore;
-use governor::{Quota, RateLimiter};
 
 use super::bounded::BoundedMap;
 use super::config::{Config, Over, Rate};
 use super::event::{MethodClass, Why};
 use crate::Prefix;
+use crate::ratelimit::{self, KeyedLimiter, LimiterConfig, Verdict};
 
-/// Longest time step given to the fake clock at once: past it, every bucket is full anyway.
-const MAX_STEP: Duration = Duration::from_secs(86_400);
-
-/// governor's keyed state, bounded (see the module's doc). Shared with our `Limiter` for the
-/// sweep and the counts: governor keeps its store private.
-#[derive(Debug)]
-pub struct Store<K> {
-    map: Arc<Mutex<BoundedMap<K, u64>>>,
-}
-
-fn locked<K>(map: &Mutex<BoundedMap<K, u64>>) -> MutexGuard<'_, BoundedMap<K, u64>> {
-    // Nothing panics while holding it; a poisoned lock still holds a consistent map.
-    map.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl<K: Hash + Eq + Clone> StateStore for Store<K> {
-    type Key = K;
-
-    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
-    where
-        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
-    {
-        let mut map = locked(&self.map);
-        let known = map.get(key).map(|&tat| Nanos::from(tat));
-        let (out, tat) = f(known)?;
-        // A full map evicts the sampled key with the earliest TAT: the quietest source.
-        if let Some(slot) = map.get_or_insert_with(key.clone(), || 0, |&tat| tat) {
-            *slot = tat.as_u64();
-        }
-        Ok(out)
-    }
-}
-
-type Gov<K> = RateLimiter<K, Store<K>, FakeRelativeClock, NoOpMiddleware<Nanos>>;
-
-/// One keyed limit.
+/// One keyed limit and what to do over it.
 struct Limiter<K: Hash + Eq + Clone> {
-    gov: Gov<K>,
-    map: Arc<Mutex<BoundedMap<K, u64>>>,
+    inner: KeyedLimiter<K>,
     rate: Rate,
-    /// governor's emission interval (1 / rate), in nanoseconds.
-    t: u64,
 }
 
 impl<K: Hash + Eq + Clone> Limiter<K> {
-    fn new(rate: Rate, cap: usize, clock: &FakeRelativeClock) -> Limiter<K> {
-        let quota = Quota::per_second(rate.per_second).allow_burst(rate.burst);
-        let t = u64::try_from(quota.replenish_interval().as_nanos()).unwrap_or(u64::MAX);
-        let map = Arc::new(Mutex::new(BoundedMap::new(cap)));
-        let store = Store { map: map.clone() };
-        Limiter { gov: RateLimiter::new(quota, store, clock.clone()), map, rate, t }
+    /// None only for a table under KeyedLimiter's minimum of 8 keys, which `max(8)` rules out.
+    fn new(rate: Rate, cap: usize, now: Instant) -> Option<Limiter<K>> {
+        let config = LimiterConfig {
+            rate: ratelimit::Rate { per_second: rate.per_second, burst: rate.burst },
+            max_keys: cap.max(8),
+        };
+        KeyedLimiter::new(config, now).ok().map(|inner| Limiter { inner, rate })
     }
 
     /// Ok, or how long until the key conforms again.
-    fn check(&self, key: &K) -> Result<(), Duration> {
-        self.gov.check_key(key).map_err(|not_until| not_until.wait_time_from(self.gov.clock().now()))
-    }
-
-    /// Drops keys whose TAT is past by one interval: a fresh state would behave the same. TATs
-    /// count from the clock's reading when the limiter was made, which is 0 ([`Limits::new`]
-    /// makes every limiter before the clock first moves).
-    fn sweep(&self) {
-        let now = self.gov.clock().now().as_u64();
-        let t = self.t;
-        locked(&self.map).retain(|_, tat| tat.saturating_add(t) > now);
-    }
-
-    fn len(&self) -> usize {
-        locked(&self.map).len()
-    }
-
-    fn evicted(&self) -> u64 {
-        locked(&self.map).evicted()
+    fn check(&mut self, key: &K, now: Instant) -> Result<(), Duration> {
+        match self.inner.check(key, now) {
+            Verdict::Allow => Ok(()),
+            Verdict::Limited { retry_at } => Err(retry_at.saturating_duration_since(now)),
+        }
     }
 }
 
@@ -109,8 +49,6 @@ pub struct Hit {
 
 /// Every rate limit of the guard and the trunks' concurrent calls.
 pub struct Limits {
-    clock: FakeRelativeClock,
-    last: Instant,
     per_class: [Option<Limiter<Prefix>>; 4],
     trunk_calls: Option<Limiter<Box<str>>>,
     trunk_requests: Option<Limiter<Box<str>>>,
@@ -124,35 +62,23 @@ const MAX_TRUNKS: usize = 65_536;
 
 impl Limits {
     pub fn new(config: &Config, now: Instant) -> Limits {
-        let clock = FakeRelativeClock::default();
-        let per_class = MethodClass::ALL.map(|c| config.rate(c).map(|r| Limiter::new(r, config.max_sources, &clock)));
+        let per_class = MethodClass::ALL.map(|c| config.rate(c).and_then(|r| Limiter::new(r, config.max_sources, now)));
         Limits {
             per_class,
-            trunk_calls: config.trunk.calls.map(|r| Limiter::new(r, MAX_TRUNKS, &clock)),
-            trunk_requests: config.trunk.requests.map(|r| Limiter::new(r, MAX_TRUNKS, &clock)),
+            trunk_calls: config.trunk.calls.and_then(|r| Limiter::new(r, MAX_TRUNKS, now)),
+            trunk_requests: config.trunk.requests.and_then(|r| Limiter::new(r, MAX_TRUNKS, now)),
             trunk_over: config.trunk.over,
             concurrent: BoundedMap::new(MAX_TRUNKS),
             max_concurrent: config.trunk.max_concurrent,
-            clock,
-            last: now,
-        }
-    }
-
-    /// Moves governor's clock to `now` (never backwards).
-    pub fn advance(&mut self, now: Instant) {
-        if now > self.last {
-            self.clock.advance((now - self.last).min(MAX_STEP));
-            self.last = now;
         }
     }
 
     /// The per-source limit of `class` for `key`.
     pub fn check_source(&mut self, now: Instant, key: Prefix, class: MethodClass) -> Result<(), Hit> {
-        self.advance(now);
-        let Some(limiter) = self.per_class.get(class.index()).and_then(Option::as_ref) else {
+        let Some(limiter) = self.per_class.get_mut(class.index()).and_then(Option::as_mut) else {
             return Ok(());
         };
-        limiter.check(&key).map_err(|wait| Hit {
+        limiter.check(&key, now).map_err(|wait| Hit {
             over: limiter.rate.over,
             why: Why::SourceRate(class),
             retry_after: retry_after(wait),
@@ -163,11 +89,10 @@ impl Limits {
     /// (`new_call`: an out-of-dialog INVITE) toward its calls per second and, admitted, its
     /// concurrent calls until [`Limits::call_ended`].
     pub fn check_trunk(&mut self, now: Instant, trunk: &str, new_call: bool) -> Result<(), Hit> {
-        self.advance(now);
         let over = self.trunk_over;
         let key: Box<str> = trunk.into();
-        if let Some(l) = &self.trunk_requests {
-            l.check(&key).map_err(|w| Hit { over, why: Why::TrunkRequestRate, retry_after: retry_after(w) })?;
+        if let Some(l) = &mut self.trunk_requests {
+            l.check(&key, now).map_err(|w| Hit { over, why: Why::TrunkRequestRate, retry_after: retry_after(w) })?;
         }
         if !new_call {
             return Ok(());
@@ -177,8 +102,8 @@ impl Limits {
         {
             return Err(Hit { over, why: Why::TrunkConcurrent, retry_after: Duration::from_secs(1) });
         }
-        if let Some(l) = &self.trunk_calls {
-            l.check(&key).map_err(|w| Hit { over, why: Why::TrunkCallRate, retry_after: retry_after(w) })?;
+        if let Some(l) = &mut self.trunk_calls {
+            l.check(&key, now).map_err(|w| Hit { over, why: Why::TrunkCallRate, retry_after: retry_after(w) })?;
         }
         if let Some(n) = self.concurrent.get_or_insert_with(key, || 0, |&n| u64::from(n)) {
             *n = n.saturating_add(1);
@@ -203,24 +128,23 @@ impl Limits {
 
     /// Forgets keys a fresh state would replace exactly.
     pub fn sweep(&mut self, now: Instant) {
-        self.advance(now);
-        for l in self.per_class.iter().flatten() {
-            l.sweep();
+        for l in self.per_class.iter_mut().flatten() {
+            l.inner.forget_fresh(now);
         }
-        for l in [&self.trunk_calls, &self.trunk_requests].into_iter().flatten() {
-            l.sweep();
+        for l in [&mut self.trunk_calls, &mut self.trunk_requests].into_iter().flatten() {
+            l.inner.forget_fresh(now);
         }
     }
 
     /// Keys held by every limiter.
     pub fn keys(&self) -> usize {
-        let trunks = [&self.trunk_calls, &self.trunk_requests].into_iter().flatten().map(Limiter::len);
-        self.per_class.iter().flatten().map(Limiter::len).chain(trunks).sum::<usize>() + self.concurrent.len()
+        let trunks = [&self.trunk_calls, &self.trunk_requests].into_iter().flatten().map(|l| l.inner.len());
+        self.per_class.iter().flatten().map(|l| l.inner.len()).chain(trunks).sum::<usize>() + self.concurrent.len()
     }
 
     /// Keys evicted to make room.
     pub fn evicted(&self) -> u64 {
-        self.per_class.iter().flatten().map(Limiter::evicted).sum()
+        self.per_class.iter().flatten().map(|l| l.inner.evicted()).sum()
     }
 }
 

@@ -1,6 +1,6 @@
 //! The guard: rate limits and fail2ban-style bans, decided in process (sans-IO) so that a ban
 //! can reach the XDP blocklist within milliseconds of the failure that crossed `maxretry`,
-//! instead of seconds later from a log tail. Not wired into the daemon yet.
+//! instead of seconds later from a log tail. The daemon wires it in `sbc/sbc/src/guard.rs`.
 //!
 //! ```text
 //!  Event ──► Guard::handle_event(now, &event, &exempt) ──► Decision (Admit / Reject 503 / Drop)
@@ -11,7 +11,7 @@
 //! ```
 //!
 //! It owns:
-//! - [`limits`]: governor's GCRA per (source prefix, method class) for access traffic, and per
+//! - [`limits`]: [`crate::ratelimit::KeyedLimiter`]s (governor's GCRA) per (source prefix, method class) for access traffic, and per
 //!   trunk (requests/s, calls/s, concurrent calls) for providers; over a limit, 503 with
 //!   Retry-After or a silent drop, per class; each hit is a `rate-limited` event for the jails.
 //! - [`scanner`]: signatures (User-Agent, From) and behaviour (many distinct target users, or
@@ -32,12 +32,12 @@
 //! it changes on reload, the guard's state does not, so it is passed in, not owned).
 //!
 //! Every kind of state an outsider can create is bounded and expires: limiter keys
-//! (`max_sources` per class, sampled eviction, swept when their bucket is full again), jail and
+//! (`max_sources` per class, the quietest eighth evicted when full, swept when their bucket is full again), jail and
 //! behaviour tracks (`max_tracked` each, at most `maxretry` hits per key, swept after
 //! findtime/window), bans (`max_bans`, the soonest to expire evicted), the recidive memory
 //! (`max_tracked`, forgotten `recidive_memory` after the ban), queued actions.
 //!
-//! # Wiring it (the daemon's part, not done yet)
+//! # Wiring it (the daemon's part: `sbc/sbc/src/guard.rs`)
 //!
 //! - An `engine::Guard` adapter: `admit` → [`Event::Request`] (method class, the Request-URI
 //!   user, From name/user/host, User-Agent, Authorization present, `in_dialog` = matched a
@@ -476,6 +476,19 @@ impl Guard {
             self.behaviour.sweep(now);
             self.bans.sweep(now);
             self.next_sweep = now + SWEEP_INTERVAL;
+        }
+    }
+
+    /// The packet filter before the SIP engine: whether `ip` is banned; a banned packet is
+    /// counted on its ban (`dropped`) and in `dropped_banned`.
+    pub fn drop_if_banned(&mut self, ip: IpAddr) -> bool {
+        match self.bans.find_mut(ip) {
+            Some(ban) => {
+                ban.dropped += 1;
+                self.counters.dropped_banned += 1;
+                true
+            }
+            None => false,
         }
     }
 

@@ -366,7 +366,9 @@ fn a_ban_expires_at_its_timeout_and_the_source_is_admitted_again() {
     assert!(actions(&mut g).is_empty());
     assert_eq!(g.poll_timeout(), Some(until));
     g.handle_timeout(until);
-    assert_eq!(actions(&mut g), [BanAction::Unban { prefix: p("198.51.100.66/32"), reason: UnbanReason::Expired }]);
+    assert!(
+        matches!(&actions(&mut g)[..], [BanAction::Unban { prefix, reason: UnbanReason::Expired, .. }] if *prefix == p("198.51.100.66/32"))
+    );
     assert!(admit(&mut g, until, request(ATTACKER, MethodClass::Register)).is_admit());
     assert!(now < until);
 }
@@ -390,7 +392,9 @@ fn operator_bans_list_show_and_delete_at_once_forgiving_the_history() {
     // Deleting by address lifts the longest covering ban.
     let gone = g.delete(t0, p("198.51.100.66/32")).unwrap();
     assert_eq!(gone.jail, "sip-auth");
-    assert_eq!(actions(&mut g), [BanAction::Unban { prefix: p("198.51.100.66/32"), reason: UnbanReason::Deleted }]);
+    assert!(
+        matches!(&actions(&mut g)[..], [BanAction::Unban { prefix, reason: UnbanReason::Deleted, .. }] if *prefix == p("198.51.100.66/32"))
+    );
     assert_eq!(g.delete(t0, p("198.51.100.9/32")).unwrap().prefix, p("198.51.100.0/24"));
     assert!(g.delete(t0, p("198.51.100.9/32")).is_none());
     assert!(admit(&mut g, t0, request("198.51.100.66", MethodClass::Register)).is_admit());
@@ -432,7 +436,7 @@ fn a_full_ban_table_evicts_the_ban_that_expires_first() {
     g.add(t0, p("198.51.100.2/32"), secs(50), "", &NoExempt).unwrap();
     g.add(t0, p("198.51.100.3/32"), secs(200), "", &NoExempt).unwrap();
     let acts = actions(&mut g);
-    assert!(acts.contains(&BanAction::Unban { prefix: p("198.51.100.2/32"), reason: UnbanReason::Evicted }));
+    assert!(acts.iter().any(|a| matches!(a, BanAction::Unban { prefix, reason: UnbanReason::Evicted, .. } if *prefix == p("198.51.100.2/32"))));
     assert_eq!(g.sizes().bans, 2);
     assert_eq!(g.counters().bans_evicted, 1);
 }
@@ -530,15 +534,15 @@ fn bans_of_a_prefix_that_became_exempt_are_lifted() {
     let file = "# sbc-allowlist v1\n198.51.100.66/32 IN 1 \"Carrier\" 1 ip\n";
     let allowlist = Allowlist::parse(file).unwrap();
     assert_eq!(g.lift_exempt(&allowlist), 2, "its /32 and the /24 holding it");
-    let mut lifted = actions(&mut g);
-    lifted.sort_by_key(|a| format!("{a:?}"));
-    assert_eq!(
-        lifted,
-        [
-            BanAction::Unban { prefix: p("198.51.100.0/24"), reason: UnbanReason::Exempt },
-            BanAction::Unban { prefix: p("198.51.100.66/32"), reason: UnbanReason::Exempt },
-        ]
-    );
+    let mut lifted: Vec<(Prefix, UnbanReason)> = actions(&mut g)
+        .into_iter()
+        .filter_map(|a| match a {
+            BanAction::Unban { prefix, reason, .. } => Some((prefix, reason)),
+            BanAction::Ban { .. } => None,
+        })
+        .collect();
+    lifted.sort();
+    assert_eq!(lifted, [(p("198.51.100.0/24"), UnbanReason::Exempt), (p("198.51.100.66/32"), UnbanReason::Exempt)]);
     assert_eq!(g.bans(t0).len(), 1, "the IPv6 ban holds no provider: kept");
     assert_eq!(
         g.add(t0, p("198.51.0.0/16"), secs(60), "", &allowlist),

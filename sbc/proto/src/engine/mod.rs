@@ -308,7 +308,11 @@ impl Engine {
             Datagram::Keepalive => {}
             Datagram::Message(msg) => self.handle_message(now, flow, msg),
             Datagram::Invalid { msg: Some(msg), error } => self.reject(now, flow, &msg, &error),
-            Datagram::Invalid { msg: None, error } => self.drop_msg(flow, error.to_string()),
+            Datagram::Invalid { msg: None, error } => {
+                let what = error.to_string();
+                self.guard.on_malformed(now, &flow, &what);
+                self.drop_msg(flow, what)
+            }
         }
     }
 
@@ -316,7 +320,11 @@ impl Engine {
     pub fn handle_stream_message(&mut self, now: Instant, flow: Flow, data: &[u8]) {
         match Message::index(data, self.cfg.limits.max_headers) {
             Ok(msg) => self.handle_message(now, flow, msg),
-            Err(e) => self.drop_msg(flow, SipError::from(e).to_string()),
+            Err(e) => {
+                let what = SipError::from(e).to_string();
+                self.guard.on_malformed(now, &flow, &what);
+                self.drop_msg(flow, what)
+            }
         }
     }
 
@@ -356,6 +364,7 @@ impl Engine {
 
     /// Answers a bad request with the RFC's code, or drops what cannot be answered.
     fn reject(&mut self, now: Instant, flow: Flow, msg: &Message<'_>, error: &SipError) {
+        self.guard.on_malformed(now, &flow, &error.to_string());
         let answerable = msg.is_request() && msg.method() != Method::Ack && msg.first(HeaderName::Via).is_some();
         match error.reaction() {
             Reaction::Reply { code, reason } if answerable => {
@@ -415,7 +424,8 @@ impl Engine {
         self.send(flow, reply(msg, flow.remote, code, reason, Some(tag.as_bytes()), extra));
         if code >= 200 {
             let to = msg.value(HeaderName::To).unwrap_or_default();
-            let outcome = Final { requester: flow, method, code, by_sbc: true, to, call_id, dialog: None };
+            let credentials = request::has_credentials(msg);
+            let outcome = Final { requester: flow, method, code, by_sbc: true, credentials, to, call_id, dialog: None };
             self.guard.on_final(now, &outcome);
         }
     }

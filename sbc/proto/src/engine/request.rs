@@ -33,7 +33,12 @@ impl Engine {
         }
         match self.guard.admit(now, &flow, req) {
             Admit::Accept => {}
-            Admit::Reject { code, reason } => return self.local_reply(now, flow, req, code, reason, &[]),
+            Admit::Reject { code, reason, retry_after } => {
+                let secs = retry_after.map(|s| s.to_string());
+                let extra: Vec<(&str, &[u8])> =
+                    secs.as_deref().map(|s| ("Retry-After", s.as_bytes())).into_iter().collect();
+                return self.local_reply(now, flow, req, code, reason, &extra);
+            }
             Admit::Drop => return self.drop_msg(flow, "refused by guard".into()),
         }
         if req.method == Method::Register && self.absorb_register(now, flow, req) {
@@ -81,6 +86,7 @@ impl Engine {
             retransmit: None,
             expires: now + self.cfg.timers.t64() * 3,
             reply_to: (flow.transport != Transport::Udp).then(|| SocketAddr::new(flow.remote.ip(), req.sent_by_port)),
+            credentials: has_credentials(&req.msg),
         };
         self.txns.insert_server(key.clone(), st);
         if let Err((code, reason)) = self.forward_request(now, flow, req, route, key.clone()) {
@@ -475,6 +481,7 @@ impl Engine {
                 retransmit: None,
                 expires: now + linger,
                 reply_to: None,
+                credentials: false,
             },
         );
         if !proceeding {
@@ -505,6 +512,7 @@ impl Engine {
             method: st.method,
             code,
             by_sbc: true,
+            credentials: st.credentials,
             to: &st.to,
             call_id: &st.call_id,
             dialog: None,
@@ -552,4 +560,9 @@ pub(super) fn contact_with_expires(uri: &[u8], params: &[u8], expires: u32) -> V
     }
     e.extend_from_slice(format!(";expires={expires}").as_bytes());
     e
+}
+
+/// The request carries Authorization or Proxy-Authorization (RFC 3261 §22.2, §22.3).
+pub(super) fn has_credentials(msg: &Message<'_>) -> bool {
+    msg.other("Authorization").is_some() || msg.other("Proxy-Authorization").is_some()
 }

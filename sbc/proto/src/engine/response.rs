@@ -130,6 +130,7 @@ impl Engine {
                 method,
                 code,
                 by_sbc: false,
+                credentials: st.credentials,
                 to: &st.to,
                 call_id: &st.call_id,
                 dialog: dialog_token.as_deref(),

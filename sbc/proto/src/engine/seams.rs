@@ -20,6 +20,9 @@ pub trait Guard: Send {
     /// Every final response sent to a requester: relayed from the far side, or the SBC's own
     /// (a sanity rejection, a routing failure, a timeout, the guard's own refusal).
     fn on_final(&mut self, _now: Instant, _outcome: &Final<'_>) {}
+    /// A message from `flow` that failed framing or sanity (RFC 3261 §16.3): answered with the
+    /// RFC's code or dropped by the engine; `what` is the error.
+    fn on_malformed(&mut self, _now: Instant, _flow: &Flow, _what: &str) {}
     /// What the guard asks the daemon to do.
     fn poll_action(&mut self) -> Option<GuardAction> {
         None
@@ -33,7 +36,13 @@ pub trait Guard: Send {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admit {
     Accept,
-    Reject { code: u16, reason: &'static str },
+    /// Answered `code`; with `retry_after`, a Retry-After header in seconds (RFC 3261
+    /// §20.33, e.g. a 503 over a rate limit).
+    Reject {
+        code: u16,
+        reason: &'static str,
+        retry_after: Option<u32>,
+    },
     Drop,
 }
 
@@ -46,6 +55,9 @@ pub struct Final<'a> {
     pub code: u16,
     /// True when the SBC answered itself (408, 503, 481...), false when it relays the far side's.
     pub by_sbc: bool,
+    /// The request carried Authorization or Proxy-Authorization (RFC 3261 §22.2, §22.3): a
+    /// 401/407 to it is a failed attempt, not the first challenge.
+    pub credentials: bool,
     /// The request's To header and Call-ID as the requester sent them.
     pub to: &'a [u8],
     pub call_id: &'a [u8],
@@ -59,6 +71,8 @@ pub enum GuardAction {
     /// Drop everything from `addr`/`prefix_len` until `until` (in XDP where attached, and in
     /// userspace), for `reason`.
     Ban { addr: std::net::IpAddr, prefix_len: u8, until: Instant, reason: String },
+    /// `addr`/`prefix_len` is no longer banned (expired, lifted by an operator), for `reason`.
+    Unban { addr: std::net::IpAddr, prefix_len: u8, reason: String },
 }
 
 /// Admits everything (the default until the guard exists).

@@ -738,3 +738,61 @@ fn the_aor_host_in_the_to_of_a_call_to_a_registered_phone_is_the_sbcs() {
     assert!(!m.contains("pbx.corp.lan"), "{m}");
     assert_eq!(header(&m, "To"), Some("<sip:alice@203.0.113.1>"));
 }
+
+/// What a guard saw, shared with the test.
+#[derive(Default)]
+struct Seen {
+    finals: Vec<(u16, bool, bool)>,
+    malformed: Vec<String>,
+}
+
+/// Rejects INVITEs with 503 and a Retry-After; records finals (code, by_sbc, credentials) and
+/// malformed messages.
+struct GuardRecorder(std::sync::Arc<std::sync::Mutex<Seen>>);
+
+impl Guard for GuardRecorder {
+    fn admit(&mut self, _: Instant, _: &Flow, req: &Checked<'_>) -> Admit {
+        if req.method == Method::Invite {
+            return Admit::Reject { code: 503, reason: "Service Unavailable", retry_after: Some(7) };
+        }
+        Admit::Accept
+    }
+    fn on_final(&mut self, _: Instant, f: &Final<'_>) {
+        self.0.lock().unwrap().finals.push((f.code, f.by_sbc, f.credentials));
+    }
+    fn on_malformed(&mut self, _: Instant, _: &Flow, what: &str) {
+        self.0.lock().unwrap().malformed.push(what.to_string());
+    }
+}
+
+#[test]
+fn the_guard_sees_credentials_on_finals_malformed_input_and_its_retry_after_is_sent() {
+    let now = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], None), now);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
+    e.set_guard(Box::new(GuardRecorder(seen.clone())));
+    // The guard's 503 carries its Retry-After.
+    e.handle_datagram(now, ext(Transport::Udp), invite("z9hG4bKg1").as_bytes());
+    let out = drain(&mut e);
+    assert_eq!(first_line(&out[0].1), "SIP/2.0 503 Service Unavailable");
+    assert_eq!(header(&out[0].1, "Retry-After"), Some("7"));
+    // A REGISTER without, then with credentials: the core's 401 to each is shown with the flag.
+    for (n, auth) in [(1, ""), (2, "Authorization: Digest username=\"1000\", response=\"x\"\r\n")] {
+        let reg = format!(
+            "REGISTER sip:203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKr{n}\r\n\
+             From: <sip:1000@203.0.113.1>;tag=r\r\nTo: <sip:1000@203.0.113.1>\r\nCall-ID: reg@198.51.100.7\r\n\
+             CSeq: {n} REGISTER\r\nContact: <sip:1000@198.51.100.7:5060>\r\n{auth}Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        e.handle_datagram(now, ext(Transport::Udp), reg.as_bytes());
+        let fwd = drain(&mut e).pop().unwrap().1;
+        e.handle_datagram(now, core(CORE_A), respond(&fwd, 401, "Unauthorized", Some("c"), "").as_bytes());
+        drain(&mut e);
+    }
+    // A request without a Call-ID: the sanity check's 400, shown as malformed.
+    let bad = "OPTIONS sip:x@203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKb\r\n\
+               From: <sip:a@b>;tag=1\r\nTo: <sip:x@203.0.113.1>\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+    e.handle_datagram(now, ext(Transport::Udp), bad.as_bytes());
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.finals, [(503, true, false), (401, false, false), (401, false, true), (400, true, false)]);
+    assert_eq!(seen.malformed.len(), 1, "{:?}", seen.malformed);
+}

@@ -101,6 +101,8 @@ pub struct ServerTxn {
     /// Reliable transports: where responses go if the request's connection is gone — the
     /// source IP with the Via's sent-by port (§18.2.2), not the peer's ephemeral port.
     pub reply_to: Option<SocketAddr>,
+    /// The request carried credentials (for the guard: a 401/407 to it is a failed attempt).
+    pub credentials: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use document::Document;
 pub use document::Problem;
+use sbc_policy::guard::config as guard_config;
 
 /// The embedded default (config/sbc.toml).
 pub const DEFAULT: &str = include_str!("../../../../config/sbc.toml");
@@ -52,6 +53,8 @@ pub struct Raw {
     pub nat: RawNat,
     #[serde(default)]
     pub media: RawMedia,
+    #[serde(default)]
+    pub guard: RawGuard,
 }
 
 /// Media anchoring: SDP rewritten onto the SBC's relay (RFC 3264), sessions with latching.
@@ -86,6 +89,65 @@ impl Default for RawMedia {
             max_streams_per_call: 4,
             idle_secs: 120,
             workers: 0,
+        }
+    }
+}
+
+/// The guard (rate limits and fail2ban-style bans, `sbc_policy::guard`): the daemon's keys
+/// (`enabled`, `state_dir`) and the guard's own, checked by `sbc_policy::guard::config`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGuard {
+    pub enabled: bool,
+    /// Where the ban table is kept across restarts; "" keeps it in memory only.
+    pub state_dir: String,
+    pub ipv6_prefix_len: u64,
+    pub ignore: Vec<String>,
+    pub max_sources: u64,
+    pub max_tracked: u64,
+    pub max_bans: u64,
+    pub recidive_memory_secs: u64,
+    pub rate: guard_config::RawRates,
+    pub trunk: guard_config::RawTrunk,
+    pub scanner: guard_config::RawScanner,
+    pub jail: Vec<guard_config::RawJail>,
+}
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sbc";
+
+impl Default for RawGuard {
+    fn default() -> Self {
+        let g = guard_config::Raw::default();
+        RawGuard {
+            enabled: true,
+            state_dir: DEFAULT_STATE_DIR.into(),
+            ipv6_prefix_len: g.ipv6_prefix_len,
+            ignore: g.ignore,
+            max_sources: g.max_sources,
+            max_tracked: g.max_tracked,
+            max_bans: g.max_bans,
+            recidive_memory_secs: g.recidive_memory_secs,
+            rate: g.rate,
+            trunk: g.trunk,
+            scanner: g.scanner,
+            jail: g.jail,
+        }
+    }
+}
+
+impl RawGuard {
+    fn policy(&self) -> guard_config::Raw {
+        guard_config::Raw {
+            ipv6_prefix_len: self.ipv6_prefix_len,
+            ignore: self.ignore.clone(),
+            max_sources: self.max_sources,
+            max_tracked: self.max_tracked,
+            max_bans: self.max_bans,
+            recidive_memory_secs: self.recidive_memory_secs,
+            rate: self.rate.clone(),
+            trunk: self.trunk.clone(),
+            scanner: self.scanner.clone(),
+            jail: self.jail.clone(),
         }
     }
 }
@@ -323,6 +385,16 @@ pub struct Validated {
     pub media: Option<sbc_media::session::Config>,
     /// Relay worker threads (`media.workers`, 0 resolved to the cores).
     pub media_workers: usize,
+    /// None: `guard.enabled = false`.
+    pub guard: Option<Guard>,
+}
+
+/// The guard's validated settings.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    pub config: sbc_policy::guard::Config,
+    /// None: bans are kept in memory only.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// Where the STUN Binding server answers, and its bounds.
@@ -636,6 +708,22 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
     if raw.admin.socket.is_empty() || !raw.admin.socket.starts_with('/') {
         errs.error("admin.socket", format!("{:?} must be an absolute path", raw.admin.socket));
     }
+    let guard = match guard_config::validate(&raw.guard.policy(), "guard") {
+        Ok(config) => Some(config),
+        Err(found) => {
+            for (path, message) in found {
+                errs.error(path, message);
+            }
+            None
+        }
+    };
+    let state_dir = raw.guard.state_dir.as_str();
+    if !state_dir.is_empty() && !state_dir.starts_with('/') {
+        errs.error("guard.state_dir", format!("{state_dir:?} must be an absolute path (or \"\" for none)"));
+    }
+    let guard = guard
+        .filter(|_| raw.guard.enabled)
+        .map(|config| Guard { config, state_dir: (!state_dir.is_empty()).then(|| state_dir.into()) });
     if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
         errs.error("log.level", format!("{:?} is not a tracing filter", raw.log.level));
     }
@@ -692,6 +780,7 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
             0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             n => usize::try_from(n).unwrap_or(1),
         },
+        guard,
     })
 }
 
@@ -1031,6 +1120,30 @@ max_message_bytes = 70000
             got.sort();
             assert_eq!(got, want, "config/README.md, {header}");
         }
+    }
+
+    #[test]
+    fn the_guard_is_on_by_default_and_its_errors_carry_paths_and_lines() {
+        let v = parse(MINIMAL).unwrap();
+        let g = v.guard.expect("on by default");
+        assert_eq!(g.state_dir.as_deref(), Some(Path::new(DEFAULT_STATE_DIR)));
+        assert_eq!(g.config.jails.len(), 5, "the core's default jails");
+        let off = parse(&format!("{MINIMAL}[guard]\nenabled = false\n")).unwrap();
+        assert!(off.guard.is_none());
+        let text = format!(
+            "{MINIMAL}[guard]\nstate_dir = \"rel\"\nipv6_prefix_len = 7\n[[guard.jail]]\nname = \"x\"\nevents = [\"nope\"]\nmaxretry = 0\n"
+        );
+        let got = lines(&text);
+        for want in [
+            "line 8: guard.state_dir:",
+            "line 9: guard.ipv6_prefix_len: 7 out of range",
+            "guard.jail[0].events[0]",
+            "guard.jail[0].maxretry",
+        ] {
+            assert!(got.iter().any(|l| l.contains(want)), "missing {want:?} in {got:#?}");
+        }
+        let none = parse(&format!("{MINIMAL}[guard]\nstate_dir = \"\"\n")).unwrap();
+        assert_eq!(none.guard.unwrap().state_dir, None);
     }
 
     /// The rendered problems, one string each.

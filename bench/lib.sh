@@ -1,0 +1,27 @@
+# Shared by the bench/*/run.sh scripts (sourced, not run): logging, and the processes a bench
+# started, tracked by PID so that cleanup stops exactly those (never by name).
+#   pids+=("$!")          after starting a background process
+#   forget_pid PID        once the bench stopped it itself
+#   stop_pids             in the EXIT trap: TERM every tracked PID, KILL what is left after 5 s
+
+log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+pids=()
+
+forget_pid() {
+  local p keep=()
+  for p in "${pids[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+  pids=("${keep[@]}")
+}
+
+stop_pids() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  return 0
+}
