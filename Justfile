@@ -58,6 +58,14 @@ bench-stun:
     cargo build --release -p sbc --bin sbc --example stun_load
     bash bench/stun/run.sh
 
+# The SBC's media relay vs rtpengine (Debian's rtpengine-daemon, userspace, installed if missing): 50
+# calls, RTP packets/s relayed with < 1% loss, then an overload step and back down; same generator
+# and CPU budget (one pinned CPU each), into bench/RESULTS.md.
+bench-media:
+    command -v rtpengine >/dev/null || apt-get install -y --no-install-recommends rtpengine-daemon
+    cargo build --release -p sbc --bin sbc --example rtp_load
+    flock /tmp/sbc-lab.lock bash bench/media/run.sh
+
 # Fuzz the framer, the header index, the engine and the STUN server (cargo-fuzz, nightly), SECONDS
 # each, seeded with the RFC 4475 and RFC 5118 vectors (STUN: the RFC 5769 ones). A crash becomes a
 # file in tests/vectors/fuzz/.

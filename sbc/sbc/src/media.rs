@@ -1,9 +1,10 @@
 //! The media seam's adapter: sbc-proto's `MediaHook` over sbc-media's relay sessions and body
-//! policy (`sbc_media::anchor`). The sessions sit behind a mutex the relay workers will share
-//! (they call `Sessions::on_packet` per datagram); the SIP engine only reaches them here.
+//! policy (`sbc_media::anchor`). The sessions sit behind a mutex the relay workers share (they
+//! lock it once per round of datagrams, `net::relay`, and sweep idle sessions); the SIP engine
+//! only reaches them here.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sbc_media::anchor::{self, Action, Crossing, Role};
 use sbc_media::session::{Sessions, Side as MediaSide};
@@ -12,20 +13,16 @@ use sbc_proto::engine::{BodyCrossing, BodyRole, MediaHook};
 use sbc_proto::flow::Side;
 use sbc_proto::sip::Method;
 
-/// How often the idle sessions are swept (from the SIP path until the relay workers tick).
-const SWEEP: Duration = Duration::from_secs(1);
-
 pub type SharedSessions = Arc<Mutex<Sessions>>;
 
 /// The engine's media hook.
 pub struct MediaAnchor {
     sessions: SharedSessions,
-    next_sweep: Option<Instant>,
 }
 
 impl MediaAnchor {
     pub fn new(sessions: SharedSessions) -> MediaAnchor {
-        MediaAnchor { sessions, next_sweep: None }
+        MediaAnchor { sessions }
     }
 }
 
@@ -39,10 +36,6 @@ fn side(s: Side) -> MediaSide {
 impl MediaHook for MediaAnchor {
     fn on_body(&mut self, now: Instant, c: &BodyCrossing<'_>) -> Option<Vec<u8>> {
         let Ok(mut sessions) = self.sessions.lock() else { return Some(Vec::new()) };
-        if self.next_sweep.is_none_or(|t| now >= t) {
-            sessions.handle_timeout(now);
-            self.next_sweep = Some(now + SWEEP);
-        }
         let crossing = Crossing {
             dialog: c.dialog,
             from: side(c.from),
@@ -100,6 +93,7 @@ pub fn stats_text(sessions: &SharedSessions) -> String {
 mod tests {
     use super::*;
     use sbc_media::session::{Config, LatchConfig, PerSide};
+    use std::time::Duration;
 
     const OFFER: &str =
         "v=0\r\no=- 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\nm=audio 14000 RTP/AVP 0\r\n";

@@ -94,8 +94,9 @@ pub struct Daemon {
     deadline: Option<Instant>,
     /// STUN on the SIP UDP ports, and the dedicated STUN ports' workers.
     stun: Stun,
-    /// The media relay's sessions (`[media] enabled`), shared with the engine's media hook.
-    media: Option<crate::media::SharedSessions>,
+    /// The media relay's sessions (`[media] enabled`), shared with the engine's media hook,
+    /// and the relay workers that carry the packets (stopped when the daemon is dropped).
+    media: Option<(crate::media::SharedSessions, crate::net::relay::RelayWorkers)>,
     /// The guard (rate limits, bans), shared with the engine's guard; None when disabled.
     guard: Option<guard::Shared>,
     /// Where the ban table is kept; None: in memory only.
@@ -150,8 +151,17 @@ impl Daemon {
         )
         .context("binding STUN listen addresses")?;
         let stun = Stun { service, on_sip_udp: cfg.stun.on_sip_udp, _workers: workers };
-        let media =
-            cfg.media.clone().map(|m| std::sync::Arc::new(std::sync::Mutex::new(sbc_media::session::Sessions::new(m))));
+        let media = match cfg.media.clone() {
+            Some(m) => {
+                let (address, ports) = (m.address, m.ports);
+                let sessions = Arc::new(std::sync::Mutex::new(sbc_media::session::Sessions::new(m)));
+                let relay = crate::net::relay::start(sessions.clone(), address, ports, cfg.media_workers)
+                    .context("starting the media relay")?;
+                tracing::info!(?ports, workers = cfg.media_workers, "media relay running");
+                Some((sessions, relay))
+            }
+            None => None,
+        };
         let guard = cfg
             .guard
             .as_ref()
@@ -176,7 +186,7 @@ impl Daemon {
             guard_dropped: 0,
         };
         daemon.install_guard();
-        if let Some(m) = &daemon.media {
+        if let Some((m, _)) = &daemon.media {
             daemon.engine.set_media_hook(Box::new(crate::media::MediaAnchor::new(m.clone())));
         }
         tracing::info!(
@@ -411,8 +421,9 @@ impl Daemon {
             st.registrations_lost,
         ));
         out.push_str(&self.stun.service.stats_text());
-        if let Some(m) = &self.media {
+        if let Some((m, relay)) = &self.media {
             out.push_str(&crate::media::stats_text(m));
+            out.push_str(&relay.stats_text());
         }
         if let Some(t) = &self.trunk {
             out.push_str(&t.stats_text());

@@ -508,8 +508,8 @@ impl Sessions {
 
     /// Two port pairs for stream `index`, one facing each side.
     fn allocate_stream(&mut self, id: u64, index: usize) -> Option<()> {
-        let external = self.pool.allocate()?;
-        let Some(internal) = self.pool.allocate() else {
+        let external = self.pool.allocate(Side::External)?;
+        let Some(internal) = self.pool.allocate(Side::Internal) else {
             self.pool.release(external);
             return None;
         };

@@ -1,17 +1,26 @@
 //! The relay's port pool: a configured range cut into (even RTP, odd RTCP) pairs (RFC 3550
-//! §11: RTP on an even port, RTCP on the next one), handed out first-released-last-reused so a
-//! late packet of an ended call rarely reaches the next one.
+//! §11: RTP on an even port, RTCP on the next one), each pair facing one side for good (pairs
+//! alternate: the first faces outside, the next the core, and so on), so the daemon binds each
+//! port once, on its side's address, before any call. Handed out first-released-last-reused so
+//! a late packet of an ended call rarely reaches the next one.
 
 use std::collections::VecDeque;
+
+use super::{PerSide, Side};
 
 /// Pairs of ports from one range.
 #[derive(Debug, Clone)]
 pub struct PortPool {
     /// The first (even) port of the range.
     base: u16,
-    free: VecDeque<u16>,
+    free: PerSide<VecDeque<u16>>,
     used: Vec<bool>,
     in_use: usize,
+}
+
+/// The side pair `i` of a range faces.
+fn facing(i: u16) -> Side {
+    if i.is_multiple_of(2) { Side::External } else { Side::Internal }
 }
 
 impl PortPool {
@@ -21,17 +30,17 @@ impl PortPool {
         let base = low.saturating_add(low & 1);
         // Pair i is (base + 2i, base + 2i + 1); the last one must end within the range.
         let pairs = if high > base { usize::from(high - base - 1) / 2 + 1 } else { 0 };
-        PortPool {
-            base,
-            free: (0..pairs).filter_map(|i| u16::try_from(i).ok()).collect(),
-            used: vec![false; pairs],
-            in_use: 0,
+        let mut free = PerSide::<VecDeque<u16>>::default();
+        for i in (0..pairs).filter_map(|i| u16::try_from(i).ok()) {
+            free.get_mut(facing(i)).push_back(i);
         }
+        PortPool { base, free, used: vec![false; pairs], in_use: 0 }
     }
 
-    /// An even RTP port (its RTCP port is the next one), or None when every pair is taken.
-    pub fn allocate(&mut self) -> Option<u16> {
-        let i = self.free.pop_front()?;
+    /// An even RTP port facing `side` (its RTCP port is the next one), or None when every pair
+    /// of that side is taken.
+    pub fn allocate(&mut self, side: Side) -> Option<u16> {
+        let i = self.free.get_mut(side).pop_front()?;
         if let Some(u) = self.used.get_mut(usize::from(i)) {
             *u = true;
         }
@@ -51,8 +60,13 @@ impl PortPool {
         {
             *u = false;
             self.in_use -= 1;
-            self.free.push_back(i);
+            self.free.get_mut(facing(i)).push_back(i);
         }
+    }
+
+    /// Every pair of the range: its RTP port and the side it faces (what the daemon binds).
+    pub fn pairs(&self) -> impl Iterator<Item = (u16, Side)> + '_ {
+        (0..self.used.len()).filter_map(|i| u16::try_from(i).ok()).map(|i| (self.base + 2 * i, facing(i)))
     }
 
     /// Pairs handed out now.

@@ -362,17 +362,26 @@ fn idle_session_expires_and_a_later_reoffer_starts_over() {
 }
 
 #[test]
-fn pool_hands_out_even_pairs_once_and_reuses_the_oldest_released() {
-    let mut p = PortPool::new(30001, 30008);
-    assert_eq!(p.capacity(), 3, "30002/3, 30004/5, 30006/7; 30008 has no partner");
-    assert_eq!((p.allocate(), p.allocate(), p.allocate(), p.allocate()), (Some(30002), Some(30004), Some(30006), None));
-    p.release(30004);
-    p.release(30004);
-    p.release(30005);
+fn pool_hands_out_even_pairs_once_per_side_and_reuses_the_oldest_released() {
+    let mut p = PortPool::new(30001, 30010);
+    assert_eq!(p.capacity(), 4, "30002/3, 30004/5, 30006/7, 30008/9; 30010 has no partner");
+    let pairs: Vec<_> = p.pairs().collect();
+    assert_eq!(
+        pairs,
+        [(30002, Side::External), (30004, Side::Internal), (30006, Side::External), (30008, Side::Internal)],
+        "pairs alternate sides, each faces one side for good"
+    );
+    let (e, i) = (Side::External, Side::Internal);
+    assert_eq!((p.allocate(e), p.allocate(e), p.allocate(e)), (Some(30002), Some(30006), None));
+    assert_eq!(p.allocate(i), Some(30004));
+    p.release(30006);
+    p.release(30006);
+    p.release(30007);
     p.release(1);
     assert_eq!(p.in_use(), 2);
     p.release(30002);
-    assert_eq!((p.allocate(), p.allocate()), (Some(30004), Some(30002)));
+    assert_eq!((p.allocate(e), p.allocate(e)), (Some(30006), Some(30002)));
+    assert_eq!(p.allocate(i), Some(30008));
     assert_eq!(PortPool::new(40000, 40000).capacity(), 0);
     assert_eq!(PortPool::new(40000, 40001).capacity(), 1);
 }

@@ -61,7 +61,7 @@ pub struct Raw {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawMedia {
-    /// Off until the relay workers carry the packets.
+    /// SDP rewritten and packets relayed.
     pub enabled: bool,
     /// The relay's address in the SDP sent outside; default the external side's first listen IP.
     pub external_ip: Option<String>,
@@ -75,6 +75,8 @@ pub struct RawMedia {
     pub max_streams_per_call: u64,
     /// A call's media with no packet and no SDP for this long is released.
     pub idle_secs: u64,
+    /// Relay worker threads; 0: one per core.
+    pub workers: u64,
 }
 impl Default for RawMedia {
     fn default() -> Self {
@@ -86,6 +88,7 @@ impl Default for RawMedia {
             max_calls: 2000,
             max_streams_per_call: 4,
             idle_secs: 120,
+            workers: 0,
         }
     }
 }
@@ -380,6 +383,8 @@ pub struct Validated {
     pub stun: Stun,
     /// Media anchoring; None when `media.enabled` is false.
     pub media: Option<sbc_media::session::Config>,
+    /// Relay worker threads (`media.workers`, 0 resolved to the cores).
+    pub media_workers: usize,
     /// None: `guard.enabled = false`.
     pub guard: Option<Guard>,
 }
@@ -771,6 +776,10 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
         admin_socket: raw.admin.socket.into(),
         stun,
         media,
+        media_workers: match raw.media.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => usize::try_from(n).unwrap_or(1),
+        },
         guard,
     })
 }
@@ -792,6 +801,7 @@ fn media(raw: &RawMedia, ext: &Listen, int: &Listen, errs: &mut Checks<'_>) -> O
     range(errs, "media.max_calls", raw.max_calls, 1, 1_000_000);
     range(errs, "media.max_streams_per_call", raw.max_streams_per_call, 1, 16);
     range(errs, "media.idle_secs", raw.idle_secs, 10, 86400);
+    range(errs, "media.workers", raw.workers, 0, 256);
     let mut address = |key: &str, given: &Option<String>, listen: &Listen| -> Option<std::net::IpAddr> {
         let path = format!("media.{key}");
         match given {

@@ -3,7 +3,7 @@
 //! table. [`conn`] holds the transport seams — `StreamTransport` (TCP; TLS later) and
 //! `MessageTransport` (WS, later SCTP) — and the one connection loop that drives both. Readers
 //! turn what arrives into [`Input`]s for the engine task; [`Net::send`] puts the engine's
-//! transmits on the wire. [`stun`] serves the dedicated STUN ports on threads of their own.
+//! transmits on the wire. [`stun`] serves the dedicated STUN ports on threads of their own, [`relay`] the media relay's ports.
 
 use std::collections::HashMap;
 use std::io;
@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 mod conn;
+pub mod relay;
 pub mod stun;
 
 use conn::{ByteStream, Connection, Framing, Tcp, accept_loop, connection};
