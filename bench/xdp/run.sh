@@ -50,8 +50,23 @@
 # two port-array reads; ours with array reads (ports, config), one hash lookup (the exact
 # protected address) and one LPM-trie lookup (the allowlist, 201 prefixes by default).
 #
+# A loaded blocklist (BANS > 0): BANS single-address bans (10.0.0.0/8, /32s, no end) are
+# written into our program's BLOCK_V4_HOST hash (bpftool batch, with its length in CONFIG, what
+# `XdpFilter::block` writes) before the sbc phase, so every flood packet of that phase also pays
+# the ban lookup (a miss). Two more phases then flood from a *banned* source:
+#   sbc-banned  the same SBC, 198.51.100.66 added to BLOCK_V4_HOST (BANS + 1 bans): a hash hit,
+#               a clock read (the ban's end), XDP_DROP (counter xdp.drop_blocked).
+#   xf-banned   xdp-filter with the same bans in its own blocklist: `--policy allow` (its
+#               entries are then drop rules; with `--policy deny`, the allowlist setup above,
+#               its entries are pass rules, so it cannot hold an allowlist and a blocklist at
+#               once), `xdp-filter ip 198.51.100.66 --mode src`, and the first XF_BANS of the
+#               same 10/8 addresses written to its pinned filter_ipv4 (value src, what
+#               `xdp-filter ip A --mode src` writes). XF_BANS = min(BANS, its filter_ipv4
+#               capacity, 10000 in Debian's build: read from the map).
+#
 # Environment (defaults in brackets): COUNT [2000000] SECONDS_MAX [20] LEN [200]
-#   REPEAT [1000000] ALLOW_PREFIXES [200] FLOOR [1] BASELINE [1] RESULTS [bench/RESULTS.md]
+#   REPEAT [1000000] ALLOW_PREFIXES [200] BANS [100000] FLOOR [1] BASELINE [1]
+#   RESULTS [bench/RESULTS.md]
 #   SBC [target/release/sbc] FLOOD [target/release/examples/udp_flood] KEEP=1 keeps the logs
 # Needs root, bpftool, xdp-filter, nsenter, python3. Cleans up (also on failure): the
 # namespaces, every process it started (by PID), xdp-filter, the private bpffs it mounted for
@@ -63,6 +78,7 @@ SECONDS_MAX=${SECONDS_MAX:-20}
 LEN=${LEN:-200}
 REPEAT=${REPEAT:-1000000}
 ALLOW_PREFIXES=${ALLOW_PREFIXES:-200}
+BANS=${BANS:-100000}
 BASELINE=${BASELINE:-1}
 FLOOR=${FLOOR:-1}
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -85,6 +101,7 @@ for t in bpftool xdp-filter ip nsenter python3 awk sysctl mount; do
 done
 [[ -x $SBC ]] || die "$SBC not found: cargo build --release -p sbc (or set SBC=)"
 [[ -x $FLOOD ]] || die "$FLOOD not found: cargo build --release -p sbc-xdp --example udp_flood (or set FLOOD=)"
+[[ $BANS =~ ^[0-9]+$ && $BANS -le 262143 ]] || die "BANS must be 0..262143 (our BLOCK_V4_HOST holds 262144)"
 [[ $COUNT =~ ^[0-9]+$ && $SECONDS_MAX =~ ^[0-9]+$ && $COUNT -gt 0 && $SECONDS_MAX -gt 0 ]] ||
   die "COUNT and SECONDS_MAX must be positive integers (the flood is always bounded)"
 
@@ -256,6 +273,26 @@ for i in range(5):
 ' "$GOOD_IP" "$R_IP" "$PORT"
 }
 
+# The bans: BANS /32s in 10.0.0.0/8, as bytes "0xNN 0xNN 0xNN 0xNN" per line (first $1).
+ban_keys() {
+  awk -v n="$1" 'BEGIN { for (i = 0; i < n; i++)
+    printf "0x0a 0x%02x 0x%02x 0x%02x\n", int(i / 65536) % 256, int(i / 256) % 256, i % 256 }'
+}
+ip_key() { awk -F. '{printf "0x%02x 0x%02x 0x%02x 0x%02x\n", $1, $2, $3, $4}' <<<"$1"; }
+le32() { printf '0x%02x 0x%02x 0x%02x 0x%02x' $(($1 & 255)) $((($1 >> 8) & 255)) $((($1 >> 16) & 255)) $((($1 >> 24) & 255)); }
+FOREVER="0xff 0xff 0xff 0xff 0xff 0xff 0xff 0xff"   # BAN_FOREVER, ebpf/common
+
+# The id of the map named $2 among program $1's maps (the name alone is not unique on a
+# machine where other SBCs run).
+prog_map_id() {
+  local m
+  for m in $(bpftool prog show id "$1" | sed -n 's/.*map_ids \([0-9,]*\).*/\1/p' | tr , ' '); do
+    bpftool map show id "$m" | grep -q " name $2 " && { echo "$m"; return; }
+  done
+}
+
+map_len() { bpftool -j map dump "$1" "$2" | python3 -c 'import json, sys; print(len(json.load(sys.stdin)))'; }
+
 # --- one phase ------------------------------------------------------------------------------
 
 declare -A sent secs pps drops runs nspp trns cpu_s cpu_ms req listed
@@ -308,8 +345,28 @@ grep -q "XDP filter attached" "$work/sbc-sbc.log" || { tail -20 "$work/sbc-sbc.l
 OURS_ID=$(xdp_prog_id)
 [[ -n $OURS_ID ]] || die "no XDP program on r0"
 OURS_NAME=$(bpftool prog show id "$OURS_ID" | sed -n 's/^[0-9]*: xdp *name \([^ ]*\).*/\1/p')
+if ((BANS > 0)); then
+  HOST_MAP=$(prog_map_id "$OURS_ID" BLOCK_V4_HOST)
+  CONFIG_MAP=$(prog_map_id "$OURS_ID" CONFIG)
+  [[ -n $HOST_MAP && -n $CONFIG_MAP ]] || die "no BLOCK_V4_HOST / CONFIG map on program $OURS_ID"
+  log "sbc: $BANS bans into BLOCK_V4_HOST (map $HOST_MAP)"
+  ban_keys "$BANS" | awk -v m="$HOST_MAP" -v v="$FOREVER" '{print "map update id " m " key " $0 " value " v}' >"$work/bans.batch"
+  t_b0=$(date +%s.%N)
+  bpftool batch file "$work/bans.batch" >/dev/null
+  bpftool map update id "$CONFIG_MAP" key 2 0 0 0 value $(le32 "$BANS")   # config::BLOCK_V4_HOST_LEN
+  BANS_LOAD_S=$(awk -v a="$t_b0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+  loaded=$(map_len id "$HOST_MAP")
+  [[ $loaded == "$BANS" ]] || die "BLOCK_V4_HOST holds $loaded entries, not $BANS"
+fi
 drop_counter() { stat_of "$1" xdp.drop_not_allowed; }
 measure sbc "$OURS_ID"
+if ((BANS > 0)); then
+  log "sbc-banned: the flood's source $BAD_IP banned too ($((BANS + 1)) bans)"
+  bpftool map update id "$HOST_MAP" key $(ip_key "$BAD_IP") value $FOREVER
+  bpftool map update id "$CONFIG_MAP" key 2 0 0 0 value $(le32 $((BANS + 1)))
+  drop_counter() { stat_of "$1" xdp.drop_blocked; }
+  measure sbc-banned "$OURS_ID"
+fi
 stop_sbc
 if [[ -n $(xdp_prog_id) ]]; then
   log "warning: the SBC left its program on r0; detaching"
@@ -337,6 +394,29 @@ drop_counter() { xf_drops; }
 measure xdp-filter "$XF_ID"
 stop_sbc
 in_r xdp-filter unload r0 >/dev/null
+
+# 2b. xdp-filter with the same bans in its blocklist (allow policy), flood from a banned source.
+if ((BANS > 0)); then
+  log "xf-banned: xdp-filter (native, allow policy) with the bans on r0"
+  in_r xdp-filter load r0 --mode native --policy allow >/dev/null
+  in_r xdp-filter ip "$BAD_IP" --mode src >/dev/null
+  ipv4_map=$LIBXDP_BPFFS/xdp-filter/filter_ipv4
+  [[ -e $ipv4_map ]] || die "xdp-filter's IPv4 map is not at $ipv4_map"
+  XF_CAP=$(bpftool map show pinned "$ipv4_map" | sed -n 's/.*max_entries \([0-9]*\).*/\1/p')
+  XF_BANS=$((BANS < XF_CAP - 1 ? BANS : XF_CAP - 1))
+  # MAP_FLAG_SRC = 0x01, a per-CPU u64 (bpftool copies the value to every CPU)
+  ban_keys "$XF_BANS" | awk -v m="$ipv4_map" '{print "map update pinned " m " key " $0 " value 0x01 0 0 0 0 0 0 0"}' >"$work/xf-bans.batch"
+  bpftool batch file "$work/xf-bans.batch" >/dev/null
+  XF_LOADED=$(map_len pinned "$ipv4_map")
+  XFB_ID=$(xdp_prog_id)
+  [[ -n $XFB_ID ]] || die "no XDP program on r0 after xdp-filter load (allow)"
+  XFB_NAME=$(bpftool prog show id "$XFB_ID" | sed -n 's/^[0-9]*: [a-z]* *name \([^ ]*\).*/\1/p')
+  start_sbc xf-banned ""
+  drop_counter() { xf_drops; }
+  measure xf-banned "$XFB_ID"
+  stop_sbc
+  in_r xdp-filter unload r0 >/dev/null
+fi
 
 # 3. The floor: XDP_DROP and nothing else, same veth, same SBC behind it.
 if [[ $FLOOR == 1 ]]; then
@@ -383,7 +463,7 @@ rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 xf_ver=$(dpkg-query -W -f '${Version}' xdp-tools 2>/dev/null || echo unknown)
 rate_sbc=$(rate "${drops[sbc]}" "${secs[sbc]}")
 rate_xf=$(rate "${drops[xdp-filter]}" "${secs[xdp-filter]}")
-cmd="COUNT=$COUNT SECONDS_MAX=$SECONDS_MAX LEN=$LEN REPEAT=$REPEAT ALLOW_PREFIXES=$ALLOW_PREFIXES FLOOR=$FLOOR BASELINE=$BASELINE bench/xdp/run.sh"
+cmd="COUNT=$COUNT SECONDS_MAX=$SECONDS_MAX LEN=$LEN REPEAT=$REPEAT ALLOW_PREFIXES=$ALLOW_PREFIXES BANS=$BANS FLOOR=$FLOOR BASELINE=$BASELINE bench/xdp/run.sh"
 if [[ ! -s $RESULTS ]]; then
   printf '# Benchmark results\n\nSide-by-side runs, appended by the bench scripts (newest last).\n' >"$RESULTS"
 fi
@@ -395,7 +475,7 @@ fi
   echo "- peers: sbc @ $rev ($SBC), its XDP program \`$OURS_NAME\` attached natively to the veth by the daemon (\`[trunk] interface = \"r0\"\`, \`xdp_mode = \"native\"\`); xdp-filter from Debian's xdp-tools $xf_ver (program \`$XF_NAME\`, features $XF_FEATURES), native mode, same veth; $(bpftool version 2>/dev/null | head -1)"
   echo "- command: \`$cmd\` (\`just bench-xdp\` builds and runs it with the defaults)"
   echo "- flood: udp_flood (one thread) from the unlisted $BAD_IP to $R_IP:$PORT/udp, $LEN-byte payload, at most $COUNT datagrams and ${SECONDS_MAX} s, netns → veth → netns; sender and receiver share the same $(nproc) CPUs"
-  echo "- SBC: external udp+tcp $R_IP:$PORT, protected = those (the default), allowlist $GOOD_IP/32 + $ALLOW_PREFIXES filler /32s; with xdp-filter the same SBC runs without \`[trunk] interface\` (userspace list only) behind it"
+  echo "- SBC: external udp+tcp $R_IP:$PORT, protected = those (the default), allowlist $GOOD_IP/32 + $ALLOW_PREFIXES filler /32s, blocklist $BANS single-address bans in 10.0.0.0/8 (not the flood's source; BLOCK_V4_HOST, written with bpftool in ${BANS_LOAD_S:-0} s); with xdp-filter the same SBC runs without \`[trunk] interface\` (userspace list only) behind it"
   echo "- xdp-filter: \`xdp-filter load r0 --mode native --policy deny\`, \`xdp-filter ip $GOOD_IP --mode src\`, and UDP+TCP destination ports 1–65535 except $PORT allowed (65534 entries written to its pinned port map, value dst|tcp|udp, what \`xdp-filter port P --mode dst --proto tcp,udp\` writes): UDP/TCP to port $PORT dropped unless from $GOOD_IP, other ports pass; broader than ours (the port rule holds for every destination address; non-UDP/TCP IP and ARP from unlisted sources dropped)"
   echo "- ns/packet: kernel.bpf_stats_enabled=1 during the run (restored to $OLD_STATS), \`bpftool prog show\` run_time_ns / run_cnt over the flood; includes bpf_stats' own timing of each run (see the floor); BPF_PROG_TEST_RUN: the flood's frame, repeat $REPEAT, bpf_stats off"
   echo
@@ -418,6 +498,21 @@ fi
   echo "| SBC sip.requests_in delta during the flood | ${req[sbc]} | ${req[xdp-filter]} | |"
   echo "| then 5 OPTIONS from the listed $GOOD_IP reached the SBC | ${listed[sbc]} | ${listed[xdp-filter]} | |"
   echo
+  if ((BANS > 0)); then
+    echo
+    echo "Flood from a banned source (198.51.100.66 added to the bans): ours with $((BANS + 1)) bans in its address hash (plus the allowlist), xdp-filter (\`--policy allow\`, program \`$XFB_NAME\`) with $XF_LOADED bans in its filter_ipv4 (capacity $XF_CAP), the same flood:"
+    echo
+    echo "| | SBC (its XDP) | xdp-filter | SBC / xdp-filter |"
+    echo "|---|---:|---:|---:|"
+    echo "| bans loaded | $((BANS + 1)) | $XF_LOADED | |"
+    echo "| datagrams sent (flood duration) | ${sent[sbc-banned]} (${secs[sbc-banned]} s) | ${sent[xf-banned]} (${secs[xf-banned]} s) | |"
+    echo "| dropped in XDP (share of sent) | ${drops[sbc-banned]} ($(pct "${drops[sbc-banned]}" "${sent[sbc-banned]}")) | ${drops[xf-banned]} ($(pct "${drops[xf-banned]}" "${sent[xf-banned]}")) | |"
+    echo "| ns/packet in the program, live (bpf_stats; lower is better) | ${nspp[sbc-banned]} | ${nspp[xf-banned]} | $(ratio "${nspp[sbc-banned]}" "${nspp[xf-banned]}") |"
+    echo "| ns/packet, BPF_PROG_TEST_RUN ×$REPEAT (lower is better) | ${trns[sbc-banned]} | ${trns[xf-banned]} | $(ratio "${trns[sbc-banned]}" "${trns[xf-banned]}") |"
+    echo "| SBC sip.requests_in delta during the flood | ${req[sbc-banned]} | ${req[xf-banned]} | |"
+    echo "| then 5 OPTIONS from the listed $GOOD_IP reached the SBC | ${listed[sbc-banned]} | ${listed[xf-banned]} | |"
+    echo
+  fi
   if [[ $FLOOR == 1 ]]; then
     echo "- floor, the two-instruction XDP_DROP program (bench/xdp/xdp_drop_floor.py, native, same veth, same SBC behind it): ${sent[floor]} sent in ${secs[floor]} s, ${drops[floor]} dropped, $(rate "${drops[floor]}" "${secs[floor]}") drops/s, ${nspp[floor]} ns/packet live, ${trns[floor]} ns test run; SBC CPU ${cpu_s[floor]} s (${cpu_ms[floor]} ms), requests_in +${req[floor]}"
   fi

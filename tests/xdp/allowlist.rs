@@ -289,7 +289,7 @@ fn blocklist_drops_every_destination_until_unblocked() {
         (IpAddr::from(LISTED_V4), IpAddr::from(R_V4), p("203.0.113.8/29")),
         (LISTED_V6.into(), R_V6.into(), p("2001:db8:1::/64")),
     ] {
-        lab.filter.block(prefix).unwrap();
+        lab.filter.block(prefix, None).unwrap();
         let before = lab.stats();
         assert_eq!(
             udp_delivered(&lab, listed, SocketAddr::new(dst, OTHER_PORT), 5, 100),
@@ -396,7 +396,7 @@ fn verdict_table_for_crafted_frames() {
     ])
     .unwrap();
     f.replace_allowlist(&base_allowlist()).unwrap();
-    f.block(p("198.51.100.200/32")).unwrap();
+    f.block(p("198.51.100.200/32"), None).unwrap();
     let m = [0x02, 0, 0, 0, 0, 0x02];
     let v4 = |src: Ipv4Addr, proto: u8, frag: u16| Frame::eth(m, &[], 0x0800).ipv4(src, R_V4, proto, frag, &[], 12);
     let v6 = |src: Ipv6Addr, next: u8| Frame::eth(m, &[], 0x86dd).ipv6(src, R_V6, next, 16);
@@ -553,6 +553,66 @@ fn verdict_table_for_crafted_frames() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// Bans carry their end on the kernel's clock: the program drops a banned source until then
+/// and passes it afterwards with no userspace action (the entry is still in the map), for
+/// single addresses (the hash, checked first) and prefixes (the trie), both families.
+#[test]
+fn bans_lapse_in_xdp_at_their_expiry_without_userspace() {
+    if !privileged("bans_lapse_in_xdp_at_their_expiry_without_userspace") {
+        return;
+    }
+    let mut f = XdpFilter::load().expect("load XDP program");
+    f.set_protected(&[(IpAddr::V4(R_V4), SIP, Proto::Udp), (IpAddr::V6(R_V6), SIP, Proto::Udp)]).unwrap();
+    let m = [0x02, 0, 0, 0, 0, 0x02];
+    let v4 = |src: Ipv4Addr| {
+        Frame::eth(m, &[], 0x0800).ipv4(src, R_V4, frames::UDP, 0, &[], 12).udp(1, SIP, b"ping").build()
+    };
+    let v6 = |src: Ipv6Addr| Frame::eth(m, &[], 0x86dd).ipv6(src, R_V6, frames::UDP, 12).udp(1, SIP, b"ping").build();
+    let short = Instant::now() + Duration::from_millis(400);
+    let long = Instant::now() + Duration::from_secs(3600);
+    // Listed sources, so that once a ban lapses the verdict is PassAllowed (not another drop).
+    let host_v4 = Ipv4Addr::new(203, 0, 113, 10);
+    let net_v4 = Ipv4Addr::new(203, 0, 113, 77);
+    f.replace_allowlist(&[p("203.0.113.0/24"), p("2001:db8:1::/64")]).unwrap();
+    f.block(p("203.0.113.10/32"), Some(short)).unwrap();
+    f.block(p("203.0.113.64/26"), Some(short)).unwrap();
+    f.block(p("2001:db8:1::10/128"), Some(short)).unwrap();
+    f.block(p("2001:db8:1::/64"), Some(short)).unwrap();
+    // A ban that does not lapse, on another address: still dropped afterwards.
+    f.block(p("203.0.113.11/32"), Some(long)).unwrap();
+    assert_eq!(f.blocked_len(), 5);
+    use XdpAction::{Drop, Pass};
+    let verdict = |f: &XdpFilter, frame: &[u8]| {
+        let before = f.stats().unwrap();
+        let got = f.test_run(frame).unwrap();
+        let delta = f.stats().unwrap().since(&before);
+        (got, delta.drop_blocked(), delta.pass_allowed())
+    };
+    let cases = [
+        ("v4 /32 (hash)", v4(host_v4)),
+        ("v4 /26 (trie)", v4(net_v4)),
+        ("v6 /128 (hash)", v6(LISTED_V6)),
+        ("v6 /64 (trie)", v6(UNLISTED_V6)),
+    ];
+    for (what, frame) in &cases {
+        assert_eq!(verdict(&f, frame), (Drop, 1, 0), "{what}: banned");
+    }
+    assert_eq!(verdict(&f, &v4(Ipv4Addr::new(203, 0, 113, 11))), (Drop, 1, 0), "long ban");
+    std::thread::sleep(Duration::from_millis(600));
+    for (what, frame) in &cases {
+        assert_eq!(verdict(&f, frame), (Pass, 0, 1), "{what}: lapsed");
+    }
+    assert_eq!(verdict(&f, &v4(Ipv4Addr::new(203, 0, 113, 11))), (Drop, 1, 0), "long ban after the short ones");
+    assert_eq!(f.blocked_len(), 5, "userspace removed nothing: the program lapsed them itself");
+    // Banning again replaces the expiry; unblocking removes the entry.
+    f.block(p("203.0.113.10/32"), None).unwrap();
+    assert_eq!(verdict(&f, &cases[0].1), (Drop, 1, 0), "banned again, no end");
+    assert_eq!(f.blocked_len(), 5);
+    assert!(f.unblock(p("203.0.113.10/32")).unwrap());
+    assert_eq!(verdict(&f, &cases[0].1), (Pass, 0, 1), "unblocked");
+    assert_eq!(f.blocked_len(), 4);
 }
 
 /// Prefixes that never cover UNLISTED_V4 / UNLISTED_V6, to make each list big.

@@ -17,10 +17,18 @@ pub mod map {
     pub const ALLOW_V4: &str = "ALLOW_V4";
     /// `ARRAY_OF_MAPS` (1 slot) whose inner map is an `LPM_TRIE` of IPv6 allowlist prefixes.
     pub const ALLOW_V6: &str = "ALLOW_V6";
-    /// `LPM_TRIE` of IPv4 prefixes dropped for every destination (bans).
+    /// `LPM_TRIE` of IPv4 prefixes shorter than /32 dropped for every destination (bans),
+    /// value [`BanExpiry`](crate::BanExpiry).
     pub const BLOCK_V4: &str = "BLOCK_V4";
-    /// `LPM_TRIE` of IPv6 prefixes dropped for every destination (bans).
+    /// `LPM_TRIE` of IPv6 prefixes shorter than /128 dropped for every destination (bans),
+    /// value [`BanExpiry`](crate::BanExpiry).
     pub const BLOCK_V6: &str = "BLOCK_V6";
+    /// `HASH` (no prealloc): banned IPv4 addresses (/32) → [`BanExpiry`](crate::BanExpiry).
+    /// Checked before `BLOCK_V4`: most bans are single addresses, and a hash lookup costs
+    /// less than a trie walk.
+    pub const BLOCK_V4_HOST: &str = "BLOCK_V4_HOST";
+    /// `HASH` (no prealloc): banned IPv6 addresses (/128) → [`BanExpiry`](crate::BanExpiry).
+    pub const BLOCK_V6_HOST: &str = "BLOCK_V6_HOST";
     /// `PERCPU_ARRAY` of `u64`, one slot per [`Stat`](crate::Stat).
     pub const STATS: &str = "STATS";
     /// `ARRAY` of `u8` indexed by destination port: [`port_flags`](crate::port_flags).
@@ -53,8 +61,12 @@ pub mod config {
     pub const BLOCK_V4_LEN: u32 = 0;
     /// Number of prefixes in `BLOCK_V6` (0: the program skips the trie lookup).
     pub const BLOCK_V6_LEN: u32 = 1;
+    /// Number of addresses in `BLOCK_V4_HOST` (0: the program skips the hash lookup).
+    pub const BLOCK_V4_HOST_LEN: u32 = 2;
+    /// Number of addresses in `BLOCK_V6_HOST` (0: the program skips the hash lookup).
+    pub const BLOCK_V6_HOST_LEN: u32 = 3;
     /// Number of slots.
-    pub const LEN: u32 = 2;
+    pub const LEN: u32 = 4;
 }
 
 /// The XDP program's function name in the object.
@@ -69,10 +81,36 @@ pub const PROTECTED_MAX_ENTRIES: u32 = 256;
 /// Inner maps created by userspace must match the template in the object exactly
 /// (type, key/value size, flags, max_entries): the kernel checks this on every swap.
 pub const ALLOW_MAX_ENTRIES: u32 = 65_536;
-/// Capacity of each blocklist LPM trie.
+/// Capacity of each blocklist LPM trie (prefix bans, e.g. IPv6 /64).
 pub const BLOCK_MAX_ENTRIES: u32 = 65_536;
-/// `BPF_F_NO_PREALLOC`: the only flags value the kernel accepts for an `LPM_TRIE`.
+/// Capacity of each single-address blocklist hash (`BLOCK_V4_HOST`, `BLOCK_V6_HOST`).
+/// Not preallocated (`BPF_F_NO_PREALLOC`): memory follows the number of bans.
+pub const BLOCK_HOST_MAX_ENTRIES: u32 = 262_144;
+/// `BPF_F_NO_PREALLOC`: the only flags value the kernel accepts for an `LPM_TRIE`, and the
+/// flags of the single-address blocklist hashes.
 pub const LPM_FLAGS: u32 = 1;
+/// Flags of `BLOCK_V4_HOST` / `BLOCK_V6_HOST` (`BPF_F_NO_PREALLOC`).
+pub const BLOCK_HOST_FLAGS: u32 = 1;
+
+/// Value of every blocklist entry: the instant the ban ends, in nanoseconds of the kernel's
+/// monotonic clock (`bpf_ktime_get_ns`, which is `CLOCK_MONOTONIC`), as a host-endian `u64`
+/// in bytes ([`ban_expiry`], [`BanExpiry::from`]): an LPM trie stores the value right after
+/// a 4-byte IPv4 key, so the value type must have alignment 1. The program drops a matching
+/// source only while `bpf_ktime_get_ns() < expiry`, so a ban lapses in XDP without
+/// userspace; userspace deletes the stale entry when it processes the unban.
+pub type BanExpiry = [u8; 8];
+/// A ban with no end (until removed).
+pub const BAN_FOREVER: BanExpiry = [0xff; 8];
+
+/// The [`BanExpiry`] for a ban ending at `ns` on the kernel's monotonic clock.
+pub const fn ban_expiry(ns: u64) -> BanExpiry {
+    ns.to_ne_bytes()
+}
+
+/// The end of a ban, in ns of the kernel's monotonic clock.
+pub const fn ban_expiry_ns(e: BanExpiry) -> u64 {
+    u64::from_ne_bytes(e)
+}
 
 /// Value stored in the LPM tries and in `PROTECTED`; only presence matters.
 pub type FlagValue = u8;
@@ -214,6 +252,12 @@ mod tests {
         assert_eq!(k.addr, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 1]);
         assert_eq!(k.port, [0x13, 0xc4]);
         assert_eq!(k.pad, 0);
+    }
+
+    #[test]
+    fn ban_expiry_round_trips_and_forever_is_the_largest() {
+        assert_eq!(ban_expiry_ns(ban_expiry(123_456_789)), 123_456_789);
+        assert_eq!(ban_expiry_ns(BAN_FOREVER), u64::MAX);
     }
 
     #[test]

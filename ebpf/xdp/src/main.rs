@@ -3,7 +3,9 @@
 //! Owns the per-packet verdict. For every frame it parses Ethernet (at most one 802.1Q /
 //! 802.1ad tag), IPv4 or IPv6 (skipping IPv6 extension headers), then the TCP/UDP ports, and:
 //!
-//! 1. drops any source on the blocklist (`BLOCK_V4` / `BLOCK_V6`), whatever the destination;
+//! 1. drops any source on the blocklist whose ban has not expired, whatever the destination:
+//!    first the single-address hash (`BLOCK_V4_HOST` / `BLOCK_V6_HOST`), then the prefix
+//!    trie (`BLOCK_V4` / `BLOCK_V6`);
 //! 2. passes non-first fragments (no ports to judge; the first fragment is judged, so an
 //!    unlisted datagram is never reassembled);
 //! 3. for TCP/UDP to a protected destination (`PORTS` pre-filter by port, which also
@@ -32,14 +34,26 @@
 //! The two families swap one after the other; every packet has one family, so each packet
 //! still sees one complete list.
 //!
-//! The blocklist is edited in place (one prefix per ban): single-element LPM updates are
-//! atomic by themselves and bans need no list-wide consistency. `CONFIG` holds each
-//! blocklist's length so that the common case, no bans, costs an inlined array read
-//! instead of a trie lookup per packet.
+//! The blocklist is edited in place (one entry per ban): single-element updates are
+//! atomic by themselves and bans need no list-wide consistency. Single addresses (/32,
+//! /128: most bans) live in a hash, checked first; shorter prefixes (an IPv6 /64 ban) in an
+//! LPM trie. `CONFIG` holds each map's length so that the common case, no bans of a kind,
+//! costs an inlined array read instead of a lookup per packet.
+//!
+//! # Ban expiry
+//!
+//! Each blocklist value is the ban's end on the kernel's monotonic clock
+//! ([`BanExpiry`]). On a match the program reads `bpf_ktime_get_ns` (only then: a miss costs
+//! no clock read) and drops only if the ban is still in force; an expired entry is passed
+//! and left for userspace to delete (the daemon unbans on the same deadline), so the
+//! lengths in `CONFIG` stay exact and a ban lapses on time even if userspace is late. The
+//! trie returns only its longest match: an expired /64 inside a live /48 passes until
+//! userspace deletes it (the daemon never keeps both).
 //!
 //! Cost: array lookups (`PORTS`, `CONFIG`, `STATS`, the outer `ALLOW_*`) are inlined by
-//! the verifier; the helper calls are the hash lookup for an exact protected address and
-//! the LPM lookups (blocklist when non-empty, allowlist for protected traffic only).
+//! the verifier; the helper calls are the hash lookup for an exact protected address, the
+//! blocklist lookups (each only when its map is non-empty) and the allowlist LPM lookup
+//! (protected traffic only).
 //!
 //! `try_*` helpers return `Result<Stat, ()>`: the verdict carries its reason, and the
 //! action (pass or drop) follows from the reason; `Err(())` means "could not parse".
@@ -53,6 +67,7 @@ use core::mem;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::generated::bpf_ktime_get_ns,
     btf_maps::{Array, ArrayOfMaps, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     macros::{btf_map, xdp},
     programs::XdpContext,
@@ -63,7 +78,7 @@ use network_types::{
     vlan::VlanHdr,
 };
 use sbc_ebpf_common::{
-    ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, FlagValue, PORTS_LEN, PROTECTED_MAX_ENTRIES,
+    ALLOW_MAX_ENTRIES, BLOCK_HOST_FLAGS, BLOCK_HOST_MAX_ENTRIES, BLOCK_MAX_ENTRIES, BanExpiry, FlagValue, ban_expiry_ns, PORTS_LEN, PROTECTED_MAX_ENTRIES,
     ProtectedKey, Stat, config, port_flags, proto, v4_mapped,
 };
 
@@ -96,10 +111,26 @@ static ALLOW_V4: ArrayOfMaps<AllowTrieV4, 1> = ArrayOfMaps::new();
 static ALLOW_V6: ArrayOfMaps<AllowTrieV6, 1> = ArrayOfMaps::new();
 
 #[btf_map]
-static BLOCK_V4: LpmTrie<[u8; 4], FlagValue, { BLOCK_MAX_ENTRIES as usize }> = LpmTrie::new();
+static BLOCK_V4: LpmTrie<[u8; 4], BanExpiry, { BLOCK_MAX_ENTRIES as usize }> = LpmTrie::new();
 
 #[btf_map]
-static BLOCK_V6: LpmTrie<[u8; 16], FlagValue, { BLOCK_MAX_ENTRIES as usize }> = LpmTrie::new();
+static BLOCK_V6: LpmTrie<[u8; 16], BanExpiry, { BLOCK_MAX_ENTRIES as usize }> = LpmTrie::new();
+
+#[btf_map]
+static BLOCK_V4_HOST: HashMap<
+    [u8; 4],
+    BanExpiry,
+    { BLOCK_HOST_MAX_ENTRIES as usize },
+    { BLOCK_HOST_FLAGS as usize },
+> = HashMap::new();
+
+#[btf_map]
+static BLOCK_V6_HOST: HashMap<
+    [u8; 16],
+    BanExpiry,
+    { BLOCK_HOST_MAX_ENTRIES as usize },
+    { BLOCK_HOST_FLAGS as usize },
+> = HashMap::new();
 
 #[btf_map]
 static STATS: PerCpuArray<u64, { Stat::COUNT as usize }> = PerCpuArray::new();
@@ -120,6 +151,41 @@ enum Family {
 #[inline(always)]
 fn blocklist_empty(index: u32) -> bool {
     CONFIG.get(index).is_none_or(|n| *n == 0)
+}
+
+/// Whether a ban ending at `expiry` ([`BanExpiry`]) is still in force.
+#[inline(always)]
+fn in_force(expiry: &BanExpiry) -> bool {
+    // SAFETY: a helper with no arguments, allowed in every program type.
+    ban_expiry_ns(*expiry) > unsafe { bpf_ktime_get_ns() }
+}
+
+/// Whether `src` is banned: the address hash first, then the prefix trie.
+#[inline(always)]
+fn banned_v4(src: [u8; 4]) -> bool {
+    if !blocklist_empty(config::BLOCK_V4_HOST_LEN)
+        && let Some(expiry) = BLOCK_V4_HOST.get_ptr(src)
+        // SAFETY: a value of this map (8 bytes, alignment 1), read once.
+        && in_force(unsafe { &*expiry })
+    {
+        return true;
+    }
+    !blocklist_empty(config::BLOCK_V4_LEN)
+        && BLOCK_V4.get(&Key::new(32, src)).is_some_and(in_force)
+}
+
+/// [`banned_v4`] for IPv6.
+#[inline(always)]
+fn banned_v6(src: [u8; 16]) -> bool {
+    if !blocklist_empty(config::BLOCK_V6_HOST_LEN)
+        && let Some(expiry) = BLOCK_V6_HOST.get_ptr(src)
+        // SAFETY: a value of this map (8 bytes, alignment 1), read once.
+        && in_force(unsafe { &*expiry })
+    {
+        return true;
+    }
+    !blocklist_empty(config::BLOCK_V6_LEN)
+        && BLOCK_V6.get(&Key::new(128, src)).is_some_and(in_force)
 }
 
 #[xdp]
@@ -192,7 +258,7 @@ fn try_ipv4(ctx: &XdpContext, l3: usize) -> Result<Stat, ()> {
     if ihl < Ipv4Hdr::LEN {
         return Err(());
     }
-    if !blocklist_empty(config::BLOCK_V4_LEN) && BLOCK_V4.get(&Key::new(32, src)).is_some() {
+    if banned_v4(src) {
         return Ok(Stat::DropBlocked);
     }
     // RFC 791: fragment offset is the low 13 bits; non-zero means "not the first fragment".
@@ -225,7 +291,7 @@ fn try_ipv6(ctx: &XdpContext, l3: usize) -> Result<Stat, ()> {
     if vcf0 >> 4 != 6 {
         return Err(());
     }
-    if !blocklist_empty(config::BLOCK_V6_LEN) && BLOCK_V6.get(&Key::new(128, src)).is_some() {
+    if banned_v6(src) {
         return Ok(Stat::DropBlocked);
     }
     // RFC 8200 §4: walk the extension header chain to the upper-layer header.

@@ -479,16 +479,21 @@ impl Daemon {
         }
     }
 
-    /// A guard's action: a ban into the XDP blocklist where XDP is attached (userspace drops
+    /// A guard's action: a ban into the XDP blocklist, with its end, where XDP is attached
+    /// (XDP lets it lapse by itself at that end; userspace drops
     /// it anyway, [`Daemon::admits`]); an unban out of it.
     fn apply(&mut self, action: GuardAction) {
         let Some(t) = self.trunk.as_mut().filter(|t| t.has_xdp()) else { return };
-        let (addr, len, ban) = match &action {
-            GuardAction::Ban { addr, prefix_len, .. } => (*addr, *prefix_len, true),
-            GuardAction::Unban { addr, prefix_len, .. } => (*addr, *prefix_len, false),
+        let (addr, len, until) = match &action {
+            GuardAction::Ban { addr, prefix_len, until, .. } => (*addr, *prefix_len, Some(*until)),
+            GuardAction::Unban { addr, prefix_len, .. } => (*addr, *prefix_len, None),
         };
         let Some(prefix) = Prefix::new(addr, len) else { return };
-        let done = if ban { t.block(prefix) } else { t.unblock(prefix) };
+        let ban = until.is_some();
+        let done = match until {
+            Some(until) => t.block(prefix, until),
+            None => t.unblock(prefix),
+        };
         if let Err(e) = done {
             tracing::error!(%prefix, ban, error = %e, "XDP blocklist not updated (userspace still enforces the ban)");
         }

@@ -134,10 +134,11 @@ impl Trunk {
         self.xdp.is_some()
     }
 
-    /// Puts a banned prefix into the XDP blocklist, when XDP is attached.
-    pub fn block(&mut self, prefix: Prefix) -> Result<(), String> {
+    /// Puts a banned prefix into the XDP blocklist until `until` (XDP lets it lapse by
+    /// itself then), when XDP is attached.
+    pub fn block(&mut self, prefix: Prefix, until: std::time::Instant) -> Result<(), String> {
         match self.xdp.as_mut() {
-            Some(x) => x.block(prefix).map_err(|e| e.to_string()),
+            Some(x) => x.block(prefix, Some(until)).map_err(|e| e.to_string()),
             None => Ok(()),
         }
     }

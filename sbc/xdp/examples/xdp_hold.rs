@@ -60,7 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     filter.set_protected(&protect)?;
     filter.replace_allowlist(&allow)?;
     for b in block {
-        filter.block(b)?;
+        filter.block(b, None)?;
     }
     println!(
         "ready prog_id={} mode={}",

@@ -19,6 +19,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::IpAddr,
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -28,8 +29,9 @@ use aya::{
 };
 pub use sbc_ebpf_common::Stat as Verdict;
 use sbc_ebpf_common::{
-    ALLOW_MAX_ENTRIES, BLOCK_MAX_ENTRIES, FlagValue, LPM_FLAGS, PRESENT, PROGRAM_NAME, PROTECTED_MAX_ENTRIES,
-    ProtectedKey, Stat, V4_WILDCARD, V6_WILDCARD, config, map, port_flags, proto,
+    ALLOW_MAX_ENTRIES, BAN_FOREVER, BLOCK_HOST_MAX_ENTRIES, BLOCK_MAX_ENTRIES, BanExpiry, FlagValue, LPM_FLAGS,
+    PRESENT, PROGRAM_NAME, PROTECTED_MAX_ENTRIES, ProtectedKey, Stat, V4_WILDCARD, V6_WILDCARD, config, map,
+    port_flags, proto,
 };
 /// The one prefix type of the project, shared with the allowlist and the guard (sbc-policy is
 /// sans-IO and depends on no other workspace crate, so the loader does not pull in SIP).
@@ -214,14 +216,20 @@ pub struct XdpFilter {
     protected: HashMap<MapData, ProtectedKey, FlagValue>,
     allow_v4: ArrayOfMaps<MapData, AllowV4>,
     allow_v6: ArrayOfMaps<MapData, AllowV6>,
-    block_v4: LpmTrie<MapData, [u8; 4], FlagValue>,
-    block_v6: LpmTrie<MapData, [u8; 16], FlagValue>,
+    block_v4: LpmTrie<MapData, [u8; 4], BanExpiry>,
+    block_v6: LpmTrie<MapData, [u8; 16], BanExpiry>,
+    block_v4_host: HashMap<MapData, [u8; 4], BanExpiry>,
+    block_v6_host: HashMap<MapData, [u8; 16], BanExpiry>,
     stats: PerCpuArray<MapData, u64>,
     ports: Array<MapData, u8>,
     config: Array<MapData, u32>,
     protected_now: Vec<ProtectedKey>,
     ports_now: BTreeMap<u16, u8>,
-    blocked: BTreeSet<Prefix>,
+    /// The blocklist as written to the maps: prefix → its [`BanExpiry`].
+    blocked: BTreeMap<Prefix, BanExpiry>,
+    /// Entries per blocklist map, indexed like [`BlockMap::config_index`]: kept here so
+    /// that a ban costs no scan of the map or of `blocked`.
+    block_len: [u32; 4],
 }
 
 impl fmt::Debug for XdpFilter {
@@ -281,6 +289,10 @@ impl XdpFilter {
         let allow_v6 = ArrayOfMaps::try_from(take(map::ALLOW_V6)?).map_err(map_err(map::ALLOW_V6, "open"))?;
         let block_v4 = LpmTrie::try_from(take(map::BLOCK_V4)?).map_err(map_err(map::BLOCK_V4, "open"))?;
         let block_v6 = LpmTrie::try_from(take(map::BLOCK_V6)?).map_err(map_err(map::BLOCK_V6, "open"))?;
+        let block_v4_host =
+            HashMap::try_from(take(map::BLOCK_V4_HOST)?).map_err(map_err(map::BLOCK_V4_HOST, "open"))?;
+        let block_v6_host =
+            HashMap::try_from(take(map::BLOCK_V6_HOST)?).map_err(map_err(map::BLOCK_V6_HOST, "open"))?;
         let stats = PerCpuArray::try_from(take(map::STATS)?).map_err(map_err(map::STATS, "open"))?;
         let ports = Array::try_from(take(map::PORTS)?).map_err(map_err(map::PORTS, "open"))?;
         let config = Array::try_from(take(map::CONFIG)?).map_err(map_err(map::CONFIG, "open"))?;
@@ -295,12 +307,15 @@ impl XdpFilter {
             allow_v6,
             block_v4,
             block_v6,
+            block_v4_host,
+            block_v6_host,
             stats,
             ports,
             config,
             protected_now: Vec::new(),
             ports_now: BTreeMap::new(),
-            blocked: BTreeSet::new(),
+            blocked: BTreeMap::new(),
+            block_len: [0; 4],
         };
         // Before any packet can reach it: an empty slot would make the program fail open.
         filter.replace_allowlist(&[])?;
@@ -410,49 +425,81 @@ impl XdpFilter {
         Ok(())
     }
 
-    /// Adds a prefix to the blocklist (dropped for every destination). Idempotent.
-    pub fn block(&mut self, prefix: Prefix) -> Result<(), XdpError> {
-        if self.blocked.contains(&prefix) {
+    /// Adds a prefix to the blocklist (dropped for every destination) until `until`
+    /// (`None`: until [`unblock`](Self::unblock)ed). The program itself stops dropping at
+    /// `until` ([`ban_expiry`] converts it to the kernel's clock); the entry stays in the map
+    /// until `unblock`. Banning a prefix again replaces its expiry. A /32 or /128 goes to the
+    /// address hash, a shorter prefix to the trie. Costs two map syscalls, no scan.
+    pub fn block(&mut self, prefix: Prefix, until: Option<Instant>) -> Result<(), XdpError> {
+        let expiry = until.map_or(BAN_FOREVER, ban_expiry);
+        let which = BlockMap::of(prefix);
+        let known = self.blocked.get(&prefix).copied();
+        if known == Some(expiry) {
             return Ok(());
         }
-        let family_len = self.blocked.iter().filter(|p| p.is_ipv4() == prefix.is_ipv4()).count();
-        if family_len >= BLOCK_MAX_ENTRIES as usize {
-            return Err(XdpError::TooMany { what: "blocklist", count: family_len + 1, max: BLOCK_MAX_ENTRIES });
+        let len = self.block_len_of(which);
+        if known.is_none() && len >= which.capacity() {
+            return Err(XdpError::TooMany { what: which.name(), count: len as usize + 1, max: which.capacity() });
         }
-        match lpm_key(prefix) {
-            LpmKey::V4(k) => self.block_v4.insert(&k, PRESENT, 0).map_err(map_err(map::BLOCK_V4, "insert"))?,
-            LpmKey::V6(k) => self.block_v6.insert(&k, PRESENT, 0).map_err(map_err(map::BLOCK_V6, "insert"))?,
+        match (lpm_key(prefix), which) {
+            (LpmKey::V4(k), BlockMap::V4Host) => {
+                self.block_v4_host.insert(k.data(), expiry, 0).map_err(map_err(which.name(), "insert"))?
+            }
+            (LpmKey::V6(k), BlockMap::V6Host) => {
+                self.block_v6_host.insert(k.data(), expiry, 0).map_err(map_err(which.name(), "insert"))?
+            }
+            (LpmKey::V4(k), _) => self.block_v4.insert(&k, expiry, 0).map_err(map_err(which.name(), "insert"))?,
+            (LpmKey::V6(k), _) => self.block_v6.insert(&k, expiry, 0).map_err(map_err(which.name(), "insert"))?,
         }
-        self.blocked.insert(prefix);
-        self.sync_block_len(prefix.is_ipv4())
+        self.blocked.insert(prefix, expiry);
+        if known.is_none() {
+            self.set_block_len(which, len.saturating_add(1))?;
+        }
+        Ok(())
     }
 
     /// Removes a prefix from the blocklist; `Ok(false)` if it was not there.
     pub fn unblock(&mut self, prefix: Prefix) -> Result<bool, XdpError> {
-        let r = match lpm_key(prefix) {
-            LpmKey::V4(k) => self.block_v4.remove(&k).map_err(|e| (map::BLOCK_V4, e)),
-            LpmKey::V6(k) => self.block_v6.remove(&k).map_err(|e| (map::BLOCK_V6, e)),
+        let which = BlockMap::of(prefix);
+        let r = match (lpm_key(prefix), which) {
+            (LpmKey::V4(k), BlockMap::V4Host) => self.block_v4_host.remove(&k.data()),
+            (LpmKey::V6(k), BlockMap::V6Host) => self.block_v6_host.remove(&k.data()),
+            (LpmKey::V4(k), _) => self.block_v4.remove(&k),
+            (LpmKey::V6(k), _) => self.block_v6.remove(&k),
         };
         let was_there = match r {
             Ok(()) => true,
-            Err((_, e)) if is_not_found(&e) => false,
-            Err((name, e)) => return Err(map_err(name, "remove")(e)),
+            Err(e) if is_not_found(&e) => false,
+            Err(e) => return Err(map_err(which.name(), "remove")(e)),
         };
-        self.blocked.remove(&prefix);
-        self.sync_block_len(prefix.is_ipv4())?;
+        if self.blocked.remove(&prefix).is_some() {
+            let len = self.block_len_of(which);
+            self.set_block_len(which, len.saturating_sub(1))?;
+        }
         Ok(was_there)
     }
 
     /// The blocklist, sorted.
     pub fn blocked(&self) -> Vec<Prefix> {
-        self.blocked.iter().copied().collect()
+        self.blocked.keys().copied().collect()
     }
 
-    /// Tells the program how many prefixes a blocklist holds (0: skip the lookup).
-    fn sync_block_len(&mut self, v4: bool) -> Result<(), XdpError> {
-        let n = self.blocked.iter().filter(|p| p.is_ipv4() == v4).count() as u32;
-        let index = if v4 { config::BLOCK_V4_LEN } else { config::BLOCK_V6_LEN };
-        self.config.set(index, n, 0).map_err(map_err(map::CONFIG, "set"))
+    /// Number of blocklist entries (all four maps).
+    pub fn blocked_len(&self) -> usize {
+        self.blocked.len()
+    }
+
+    fn block_len_of(&self, which: BlockMap) -> u32 {
+        self.block_len.get(which.config_index() as usize).copied().unwrap_or(0)
+    }
+
+    /// Tells the program how many entries a blocklist map holds (0: skip the lookup).
+    fn set_block_len(&mut self, which: BlockMap, n: u32) -> Result<(), XdpError> {
+        self.config.set(which.config_index(), n, 0).map_err(map_err(map::CONFIG, "set"))?;
+        if let Some(slot) = self.block_len.get_mut(which.config_index() as usize) {
+            *slot = n;
+        }
+        Ok(())
     }
 
     /// The verdict counters summed over all CPUs.
@@ -481,6 +528,71 @@ impl Drop for XdpFilter {
         }
         // Dropping `ebpf` unloads the program; the maps go with their last fd.
     }
+}
+
+/// The four blocklist maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BlockMap {
+    V4Trie,
+    V6Trie,
+    V4Host,
+    V6Host,
+}
+
+impl BlockMap {
+    fn of(p: Prefix) -> Self {
+        match (p.is_ipv4(), p.prefix_len()) {
+            (true, 32) => BlockMap::V4Host,
+            (true, _) => BlockMap::V4Trie,
+            (false, 128) => BlockMap::V6Host,
+            (false, _) => BlockMap::V6Trie,
+        }
+    }
+
+    fn config_index(self) -> u32 {
+        match self {
+            BlockMap::V4Trie => config::BLOCK_V4_LEN,
+            BlockMap::V6Trie => config::BLOCK_V6_LEN,
+            BlockMap::V4Host => config::BLOCK_V4_HOST_LEN,
+            BlockMap::V6Host => config::BLOCK_V6_HOST_LEN,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            BlockMap::V4Trie => map::BLOCK_V4,
+            BlockMap::V6Trie => map::BLOCK_V6,
+            BlockMap::V4Host => map::BLOCK_V4_HOST,
+            BlockMap::V6Host => map::BLOCK_V6_HOST,
+        }
+    }
+
+    fn capacity(self) -> u32 {
+        match self {
+            BlockMap::V4Trie | BlockMap::V6Trie => BLOCK_MAX_ENTRIES,
+            BlockMap::V4Host | BlockMap::V6Host => BLOCK_HOST_MAX_ENTRIES,
+        }
+    }
+}
+
+/// `until` on the kernel's monotonic clock (`bpf_ktime_get_ns` is `CLOCK_MONOTONIC`), as a
+/// blocklist value: now on that clock (`clock_gettime(CLOCK_MONOTONIC)`) plus what remains
+/// until `until`. `Instant` is `CLOCK_MONOTONIC` too on Linux, but std does not expose its
+/// raw value, so the two clocks are read back to back (a few ns apart). An `until` already
+/// past gives "now" (the ban is out of force at once); an unreadable clock, never expiring
+/// (the daemon still unbans on time, and fails closed is what a ban asks for).
+pub fn ban_expiry(until: Instant) -> BanExpiry {
+    sbc_ebpf_common::ban_expiry(ban_expiry_ns(until))
+}
+
+/// [`ban_expiry`] as ns of the kernel's monotonic clock (`u64::MAX`: never).
+pub fn ban_expiry_ns(until: Instant) -> u64 {
+    let remaining = until.saturating_duration_since(Instant::now());
+    let Ok(now) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) else {
+        return u64::MAX;
+    };
+    let now = Duration::from(now);
+    now.saturating_add(remaining).as_nanos().try_into().unwrap_or(u64::MAX)
 }
 
 /// A delete of a key that is not there: aya reports it as a syscall error (ENOENT).
@@ -624,6 +736,27 @@ mod tests {
         assert_eq!(d.pass_allowed(), 3);
         assert_eq!(d.total(), 18);
         assert!(d.to_string().contains("drop_not_allowed=15"));
+    }
+
+    #[test]
+    fn single_addresses_go_to_the_hash_and_prefixes_to_the_trie() {
+        let of = |s: &str| BlockMap::of(s.parse().unwrap());
+        assert_eq!(of("198.51.100.7"), BlockMap::V4Host);
+        assert_eq!(of("198.51.100.0/31"), BlockMap::V4Trie);
+        assert_eq!(of("2001:db8::1"), BlockMap::V6Host);
+        assert_eq!(of("2001:db8::/64"), BlockMap::V6Trie);
+    }
+
+    #[test]
+    fn ban_expiry_is_on_the_monotonic_clock() {
+        let mono = || Duration::from(nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap());
+        let before = mono();
+        let e = Duration::from_nanos(ban_expiry_ns(Instant::now() + Duration::from_secs(60)));
+        let after = mono();
+        assert!(e >= before + Duration::from_secs(60) && e <= after + Duration::from_secs(60), "{e:?}");
+        // Already past: "now", so the program treats the ban as lapsed.
+        let past = Duration::from_nanos(ban_expiry_ns(Instant::now().checked_sub(Duration::from_secs(5)).unwrap()));
+        assert!(past >= after && past <= mono(), "{past:?}");
     }
 
     #[test]
