@@ -108,7 +108,7 @@ fn a_ban_on_one_sbc_is_enforced_in_the_others_xdp_and_resynchronised_after_a_sto
     b.sbc.addr("r0", "10.98.2.2/24")?;
     let mut redis = start_redis(&store, &dir)?;
     let sbc_a = start_sbc(&a, "203.0.113.30", "10.98.1.1", "a")?;
-    let sbc_b = start_sbc(&b, CARRIER, "10.98.2.1", "b")?;
+    let mut sbc_b = start_sbc(&b, CARRIER, "10.98.2.1", "b")?;
     let access: SocketAddr = format!("{SBC_EXT}:{ACCESS_PORT}").parse()?;
     let peer = format!("{EXT_PEER}/32");
 
@@ -133,6 +133,16 @@ fn a_ban_on_one_sbc_is_enforced_in_the_others_xdp_and_resynchronised_after_a_sto
     send_udp(&b.ext, EXT_PEER, access, "hello", 20, 200)?;
     let after = cli(&b, &["stats"])?;
     let dropped = stat(&after, "xdp.drop_blocked") - stat(&before, "xdp.drop_blocked");
+    // From A's ban to B's, in their logs (one clock: the same machine).
+    let log_a = sbc_a.log_text();
+    let log_b = sbc_b.log_text();
+    let banned_a = logged_at(&log_a, &[" ban ", &format!("prefix={peer}")]);
+    let banned_b = logged_at(&log_b, &[" ban ", &format!("prefix={peer}")]);
+    let (Some(ta), Some(tb)) = (banned_a, banned_b) else {
+        anyhow::bail!("no ban log line for {peer}:\nA:\n{log_a}\nB:\n{log_b}")
+    };
+    let logged = (tb - ta) * 1000.0;
+    ensure!((0.0..1000.0).contains(&logged), "A's ban to B's: {logged:.3} ms");
     ensure!(dropped >= 20, "B's XDP dropped {dropped} of 20 packets of the shared ban\n{after}");
     ensure!(stat(&after, "store.applied") >= 1, "{after}");
 
@@ -141,6 +151,35 @@ fn a_ban_on_one_sbc_is_enforced_in_the_others_xdp_and_resynchronised_after_a_sto
     cli(&a, &["bans", "del", &peer])?;
     let lifted = wait_bans(&b, Duration::from_secs(5), |l| !l.contains(&peer))?;
     let _ = t1;
+
+    // A jail's ban (sip-garbage: 10 malformed messages from the peer to A) reaches B with its
+    // jail and evidence.
+    send_udp(&a.ext, EXT_PEER, access, "hello", 12, 500)?;
+    let jailed = wait_bans(&b, Duration::from_secs(5), |l| l.contains(&peer))?;
+    let list_b = cli(&b, &["bans", "list"])?;
+    ensure!(list_b.contains("jail=sip-garbage") && list_b.contains("malformed"), "{list_b}");
+    let log_a = sbc_a.log_text();
+    let log_b = sbc_b.log_text();
+    let jail_a = logged_at(&log_a, &[" ban ", &format!("prefix={peer}"), "jail=sip-garbage"]);
+    let jail_b = logged_at(&log_b, &[" ban ", &format!("prefix={peer}"), "jail=sip-garbage"]);
+    let (Some(ja), Some(jb)) = (jail_a, jail_b) else { anyhow::bail!("no sip-garbage ban logged:\n{log_b}") };
+    let jail_ms = (jb - ja) * 1000.0;
+    ensure!((0.0..1000.0).contains(&jail_ms), "A's jail ban to B's: {jail_ms:.3} ms");
+    cli(&a, &["bans", "del", &peer])?;
+    wait_bans(&b, Duration::from_secs(5), |l| !l.contains(&peer))?;
+
+    // B is stopped (its state file keeps a shared ban), A lifts that ban meanwhile: B,
+    // restarted, restores it, then finds A's tombstone when it resynchronises and lifts it.
+    let away = "203.0.113.12/32";
+    cli(&a, &["bans", "add", away, "--for", "600", "--reason", "lifted while B was away"])?;
+    wait_bans(&b, Duration::from_secs(5), |l| l.contains(away))?;
+    sbc_b.stop();
+    cli(&a, &["bans", "del", away])?;
+    let mut sbc_b = start_sbc(&b, CARRIER, "10.98.2.1", "b")?;
+    sbc_b.wait_log("ban lifted by another appliance while away", Duration::from_secs(5))?;
+    let log_b = sbc_b.log_text();
+    ensure!(log_b.contains("bans restored"), "B restored nothing: the step proves nothing\n{log_b}");
+    ensure!(!cli(&b, &["bans", "list"])?.contains(away), "B kept a ban A lifted while B was away");
 
     // The store goes away: A keeps enforcing its new ban, B cannot know yet.
     redis.stop();
@@ -154,18 +193,11 @@ fn a_ban_on_one_sbc_is_enforced_in_the_others_xdp_and_resynchronised_after_a_sto
     let resync = wait_bans(&b, Duration::from_secs(10), |l| l.contains(late))?;
     let stats_a = cli(&a, &["stats"])?;
     ensure!(stat(&stats_a, "store.connects") >= 2, "A did not reconnect\n{stats_a}");
-    // From A's ban to B's, in their logs (one clock: the same machine).
-    let log_a = sbc_a.log_text();
-    let log_b = sbc_b.log_text();
-    let banned_a = logged_at(&log_a, &[" ban ", &format!("prefix={peer}")]);
-    let banned_b = logged_at(&log_b, &[" ban ", &format!("prefix={peer}")]);
-    let (Some(ta), Some(tb)) = (banned_a, banned_b) else {
-        anyhow::bail!("no ban log line for {peer}:\nA:\n{log_a}\nB:\n{log_b}")
-    };
-    let logged = (tb - ta) * 1000.0;
-    ensure!((0.0..1000.0).contains(&logged), "A's ban to B's: {logged:.3} ms");
     drop(sbc_b);
-    eprintln!("guard_store: A's ban log line to B's (B's XDP and userspace hold it): {logged:.3} ms");
+    eprintln!(
+        "guard_store: A's ban log line to B's (B's XDP and userspace hold it): {logged:.3} ms by hand, \
+         {jail_ms:.3} ms for a jail's ban (seen in B's list after {jailed:?} of polling)"
+    );
     eprintln!(
         "guard_store: ban on A (`sbc bans add` took {add_rtt:?}) seen in B's `sbc bans list` {latency:?} after \
          (polled every 5 ms; {seen:?} of polling), B's XDP dropped {dropped}/20 of the peer's packets; \

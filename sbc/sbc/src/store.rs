@@ -8,11 +8,15 @@
 //! - `P:ban:<prefix>` (e.g. `sbc:ban:198.51.100.66/32`): the ban as a one-ban state file
 //!   (`sbc_policy::guard::persist`, strict parser, escaped text), with a TTL of its remaining
 //!   time, so Redis forgets it when it ends;
+//! - `P:unban:<prefix>`: a tombstone left by `sbc bans del` (its value: the Unix time of the
+//!   deletion; TTL [`TOMBSTONE`]), removed by the next ban of the prefix;
 //! - channel `P:bans`: `ban <node>\n<record>` and `unban <node> <prefix>`, for low latency.
 //!
-//! On every (re)connection the task subscribes first, then tells the daemon (which republishes
-//! its own bans, made while the store was away), then SCANs `P:ban:*` and hands every record
-//! to the daemon: nothing published meanwhile is missed. A shared ban is applied locally
+//! On every (re)connection the task subscribes first, then SCANs `P:*ban:*` and hands every
+//! record and tombstone to the daemon (a tombstone lifts a ban older than it: a deletion
+//! missed while away, or while this appliance was stopped), then tells the daemon, which
+//! republishes its own bans (those made while the store was away): nothing published meanwhile
+//! is missed. A shared ban is applied locally
 //! (userspace and XDP) through the policy's exemption check and is not published again;
 //! expiries are left to the TTL; `sbc bans del` publishes its unban.
 
@@ -39,6 +43,8 @@ const RETRY: Duration = Duration::from_secs(1);
 /// How often the connection is checked when nothing else happens (a store silently gone
 /// is noticed within this plus [`IO_TIMEOUT`], then resynchronised on reconnection).
 const PING: Duration = Duration::from_secs(5);
+/// How long a deletion's tombstone is kept.
+const TOMBSTONE: Duration = Duration::from_secs(7 * 86_400);
 /// Longest record accepted from the store (one ban: a few hundred bytes).
 const MAX_RECORD: usize = 8192;
 
@@ -87,8 +93,10 @@ impl Outbox {
 /// What the store announces to the daemon.
 #[derive(Debug)]
 pub enum Incoming {
-    /// (Re)connected: time to republish this appliance's own bans.
-    Connected,
+    /// (Re)connected and resynchronised: time to republish this appliance's own bans.
+    Resynced,
+    /// A deletion's tombstone: the prefix, the Unix time of the deletion.
+    Deleted(Prefix, u64),
     Ban(Vec<u8>),
     Unban(Prefix),
 }
@@ -146,7 +154,13 @@ impl Link {
         let now = Instant::now();
         let mut st = guard::lock(g);
         match msg {
-            Incoming::Connected => {
+            Incoming::Deleted(prefix, at) => {
+                if st.policy.lift_deleted(now, SystemTime::now(), prefix, at).is_some() {
+                    remember(&mut self.echo_unban, prefix);
+                    tracing::info!(%prefix, deleted_at = at, "ban lifted by another appliance while away");
+                }
+            }
+            Incoming::Resynced => {
                 let own: Vec<Prefix> =
                     st.policy.bans(now).iter().map(|b| b.prefix).filter(|p| !self.shared.contains(p)).collect();
                 for p in own {
@@ -248,6 +262,10 @@ fn key(cfg: &Config, prefix: &Prefix) -> String {
     format!("{}:ban:{prefix}", cfg.prefix)
 }
 
+fn tombstone_key(cfg: &Config, prefix: &Prefix) -> String {
+    format!("{}:unban:{prefix}", cfg.prefix)
+}
+
 fn channel(cfg: &Config) -> String {
     format!("{}:bans", cfg.prefix)
 }
@@ -322,12 +340,12 @@ async fn session(
     counters.connects.fetch_add(1, Ordering::Relaxed);
     tracing::info!("ban store connected; resynchronising");
     *down_logged = false;
-    if tx.send(Incoming::Connected).await.is_err() {
-        return anyhow::anyhow!("daemon stopped");
-    }
     match resync(&mut conn, cfg, counters, tx).await {
-        Ok(n) => tracing::info!(bans = n, "ban store resynchronised"),
+        Ok(n) => tracing::info!(records = n, "ban store resynchronised"),
         Err(e) => return e,
+    }
+    if tx.send(Incoming::Resynced).await.is_err() {
+        return anyhow::anyhow!("daemon stopped");
     }
     let mut messages = pubsub.on_message();
     let mut ping = tokio::time::interval(PING);
@@ -359,14 +377,15 @@ async fn session(
     }
 }
 
-/// Every `P:ban:*` record to the daemon; returns how many.
+/// Every `P:ban:*` record and `P:unban:*` tombstone to the daemon; returns how many.
 async fn resync(
     conn: &mut redis::aio::MultiplexedConnection,
     cfg: &Config,
     counters: &Counters,
     tx: &mpsc::Sender<Incoming>,
 ) -> anyhow::Result<usize> {
-    let pattern = format!("{}:ban:*", cfg.prefix);
+    let pattern = format!("{}:*ban:*", cfg.prefix);
+    let tombstone = format!("{}:unban:", cfg.prefix);
     let mut cursor: u64 = 0;
     let mut n = 0;
     // Bounded: at most this many SCAN rounds (each ~1000 keys).
@@ -376,10 +395,21 @@ async fn resync(
                 .await?;
         if !keys.is_empty() {
             let values: Vec<Option<Vec<u8>>> = io(redis::cmd("MGET").arg(&keys).query_async(conn)).await?;
-            for v in values.into_iter().flatten().filter(|v| v.len() <= MAX_RECORD) {
+            for (k, v) in keys.iter().zip(values) {
+                let Some(v) = v.filter(|v| v.len() <= MAX_RECORD) else { continue };
+                let incoming = match k.strip_prefix(&tombstone) {
+                    Some(p) => {
+                        let at = std::str::from_utf8(&v).ok().and_then(|t| t.parse().ok());
+                        match (p.parse(), at) {
+                            (Ok(p), Some(at)) => Incoming::Deleted(p, at),
+                            _ => continue,
+                        }
+                    }
+                    None => Incoming::Ban(v),
+                };
                 counters.received.fetch_add(1, Ordering::Relaxed);
                 n += 1;
-                if tx.send(Incoming::Ban(v)).await.is_err() {
+                if tx.send(incoming).await.is_err() {
                     anyhow::bail!("daemon stopped");
                 }
             }
@@ -405,11 +435,15 @@ async fn drain(
         match &op {
             Op::Ban { prefix, record, ttl } => {
                 let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+                pipe.cmd("DEL").arg(tombstone_key(cfg, prefix)).ignore();
                 pipe.cmd("SET").arg(key(cfg, prefix)).arg(record).arg("PX").arg(ms).ignore();
                 pipe.cmd("PUBLISH").arg(channel(cfg)).arg(format!("ban {}\n{record}", cfg.node)).ignore();
             }
             Op::Unban { prefix } => {
+                let at = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_secs());
+                let ms = u64::try_from(TOMBSTONE.as_millis()).unwrap_or(u64::MAX);
                 pipe.cmd("DEL").arg(key(cfg, prefix)).ignore();
+                pipe.cmd("SET").arg(tombstone_key(cfg, prefix)).arg(at).arg("PX").arg(ms).ignore();
                 pipe.cmd("PUBLISH").arg(channel(cfg)).arg(format!("unban {} {prefix}", cfg.node)).ignore();
             }
         }

@@ -663,6 +663,17 @@ impl Guard {
         Ok(Some(r.prefix))
     }
 
+    /// Another appliance's operator lifted the ban on `prefix` at Unix time `deleted_at` (a
+    /// tombstone found on resynchronisation, missed while away): lifted here too when this
+    /// table's ban of it began before (a ban made since is a new one and stays).
+    pub fn lift_deleted(&mut self, now: Instant, wall: SystemTime, prefix: Prefix, deleted_at: u64) -> Option<BanView> {
+        let since = self.bans.get(&prefix).map(|b| persist::to_unix(b.since, now, wall))?;
+        if since > deleted_at {
+            return None;
+        }
+        self.delete(now, prefix)
+    }
+
     /// Restores the bans of a state file (each queued as a [`BanAction::Ban`] again, for XDP);
     /// bans already over, and of prefixes exempt now, are skipped. Returns how many were
     /// restored.

@@ -606,3 +606,17 @@ fn a_shared_ban_is_applied_once_unless_exempt_here_and_a_bad_record_is_refused()
     assert!(b.insert_shared(t1, wall, both.as_bytes(), &NoExempt).is_err());
     assert!(b.insert_shared(t1, wall, &record.as_bytes()[..record.len() - 3], &NoExempt).is_err());
 }
+
+#[test]
+fn a_deletion_missed_while_away_lifts_only_a_ban_older_than_it() {
+    let wall = UNIX_EPOCH + secs(1_767_225_000);
+    let (mut g, t0) = guard_with(|_| {});
+    g.add(t0, p("198.51.100.66/32"), secs(600), "", &NoExempt).unwrap();
+    let _ = actions(&mut g);
+    // Deleted elsewhere 5 s before this ban began: a new ban, kept.
+    assert!(g.lift_deleted(t0, wall, p("198.51.100.66/32"), 1_767_224_995).is_none());
+    // Deleted after it began: lifted, and the unban queued for XDP.
+    assert!(g.lift_deleted(t0 + secs(10), wall + secs(10), p("198.51.100.66/32"), 1_767_225_005).is_some());
+    assert!(matches!(actions(&mut g).as_slice(), [BanAction::Unban { reason: UnbanReason::Deleted, .. }]));
+    assert!(g.lift_deleted(t0, wall, p("198.51.100.67/32"), 1_767_225_005).is_none(), "not banned");
+}

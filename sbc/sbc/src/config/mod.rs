@@ -1200,6 +1200,24 @@ max_message_bytes = 70000
         assert_eq!(none.guard.unwrap().state_dir, None);
     }
 
+    #[test]
+    fn the_store_is_off_by_default_and_its_errors_carry_paths_without_the_url() {
+        assert_eq!(parse(MINIMAL).unwrap().guard.unwrap().store, None);
+        let on = parse(&format!("{MINIMAL}[guard.store]\nredis = \"redis://10.0.0.5:6379/0\"\n")).unwrap();
+        let store = on.guard.unwrap().store.expect("configured");
+        assert_eq!((store.url.as_str(), store.prefix.as_str()), ("redis://10.0.0.5:6379/0", "sbc"));
+        assert!(store.node.ends_with(&format!("-{}", std::process::id())), "{}", store.node);
+        let named = parse(&format!("{MINIMAL}[guard.store]\nredis = \"unix:///run/redis.sock\"\nnode = \"edge-1\"\n"));
+        assert_eq!(named.unwrap().guard.unwrap().store.unwrap().node, "edge-1");
+        let got = lines(&format!(
+            "{MINIMAL}[guard.store]\nredis = \"http://:secret@10.0.0.5\"\nprefix = \"a b\"\nnode = \"x y\"\n"
+        ));
+        for want in ["guard.store.redis", "guard.store.prefix", "guard.store.node"] {
+            assert!(got.iter().any(|l| l.contains(want)), "missing {want:?} in {got:#?}");
+        }
+        assert!(!got.iter().any(|l| l.contains("secret")), "{got:#?}");
+    }
+
     /// The rendered problems, one string each.
     fn lines(text: &str) -> Vec<String> {
         parse(text).unwrap_err().0.iter().map(ToString::to_string).collect()
