@@ -132,21 +132,26 @@ impl Link {
     /// Spawns the store task on the running tokio runtime.
     pub fn start(cfg: &Config) -> anyhow::Result<Link> {
         let client = redis::Client::open(cfg.url.as_str())?;
-        let outbox = Arc::new(Outbox::default());
-        let counters = Arc::new(Counters::default());
-        let (tx, incoming) = mpsc::channel(INBOX);
-        tokio::spawn(task(client, cfg.clone(), outbox.clone(), counters.clone(), tx));
+        let (link, tx) = Link::new();
+        tokio::spawn(task(client, cfg.clone(), link.outbox.clone(), link.counters.clone(), tx));
         tracing::info!(store = %redacted(&cfg.url), prefix = %cfg.prefix, node = %cfg.node, "ban store configured");
-        Ok(Link {
-            outbox,
-            counters,
+        Ok(link)
+    }
+
+    /// The daemon's side, and the sender the store task feeds it through.
+    fn new() -> (Link, mpsc::Sender<Incoming>) {
+        let (tx, incoming) = mpsc::channel(INBOX);
+        let link = Link {
+            outbox: Arc::new(Outbox::default()),
+            counters: Arc::new(Counters::default()),
             incoming,
             echo_ban: HashSet::new(),
             echo_unban: HashSet::new(),
             shared: HashSet::new(),
             applied: 0,
             refused: 0,
-        })
+        };
+        (link, tx)
     }
 
     /// An announcement from the store, applied to the guard.
@@ -483,6 +488,79 @@ mod tests {
         }
         assert_eq!(o.lock().len(), OUTBOX);
         assert_eq!(o.dropped.load(Ordering::Relaxed), 3);
+    }
+
+    /// The guard's actions, applied as the daemon does (`Daemon::apply` → `Link::on_action`).
+    fn pump(link: &mut Link, g: &guard::Shared) {
+        loop {
+            let action = guard::lock(g).policy.poll_action();
+            let action = match action {
+                Some(sbc_policy::guard::BanAction::Ban { prefix, until, .. }) => GuardAction::Ban {
+                    addr: prefix.addr(),
+                    prefix_len: prefix.prefix_len(),
+                    until,
+                    reason: String::new(),
+                },
+                Some(sbc_policy::guard::BanAction::Unban { prefix, reason, .. }) => GuardAction::Unban {
+                    addr: prefix.addr(),
+                    prefix_len: prefix.prefix_len(),
+                    reason: reason.as_str().into(),
+                },
+                None => return,
+            };
+            link.on_action(g, &action);
+        }
+    }
+
+    fn queued(link: &Link) -> Vec<String> {
+        link.outbox
+            .lock()
+            .drain(..)
+            .map(|op| match op {
+                Op::Ban { prefix, .. } => format!("ban {prefix}"),
+                Op::Unban { prefix } => format!("unban {prefix}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn own_bans_and_deletions_are_published_and_the_stores_are_not_echoed() {
+        let now = Instant::now();
+        let (mut link, _tx) = Link::new();
+        let g = GuardState::new(sbc_policy::guard::Config::default(), None, now);
+        let other = GuardState::new(sbc_policy::guard::Config::default(), None, now);
+        let p = |s: &str| -> Prefix { s.parse().unwrap() };
+
+        // Our own ban and our operator's deletion: published.
+        guard::lock(&g).add(now, p("198.51.100.1/32"), 600, "here").unwrap();
+        pump(&mut link, &g);
+        assert_eq!(queued(&link), ["ban 198.51.100.1/32"]);
+        guard::lock(&g).policy.delete(now, p("198.51.100.1/32"));
+        pump(&mut link, &g);
+        assert_eq!(queued(&link), ["unban 198.51.100.1/32"]);
+
+        // Another appliance's ban, and its deletion: applied, not published again.
+        guard::lock(&other).add(now, p("198.51.100.2/32"), 600, "there").unwrap();
+        let record = guard::lock(&other).policy.render_ban(&p("198.51.100.2/32"), now, SystemTime::now()).unwrap();
+        link.on_incoming(&g, Incoming::Ban(record.into_bytes()));
+        pump(&mut link, &g);
+        assert!(guard::lock(&g).policy.show(now, "198.51.100.2".parse().unwrap()).is_some());
+        assert_eq!(queued(&link), Vec::<String>::new());
+        assert_eq!(link.applied, 1);
+        link.on_incoming(&g, Incoming::Ban(b"# sbc bans v1\nnonsense\n".to_vec()));
+        assert_eq!(link.refused, 1);
+
+        // Reconnected: our own bans are republished, the shared one is not.
+        guard::lock(&g).add(now, p("198.51.100.3/32"), 600, "here").unwrap();
+        pump(&mut link, &g);
+        let _ = queued(&link);
+        link.on_incoming(&g, Incoming::Resynced);
+        assert_eq!(queued(&link), ["ban 198.51.100.3/32"]);
+
+        link.on_incoming(&g, Incoming::Unban(p("198.51.100.2/32")));
+        pump(&mut link, &g);
+        assert!(guard::lock(&g).policy.show(now, "198.51.100.2".parse().unwrap()).is_none());
+        assert_eq!(queued(&link), Vec::<String>::new());
     }
 
     #[test]
