@@ -51,7 +51,7 @@ const MAX_RECORD: usize = 8192;
 /// `[guard.store]`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// `redis://host:port/db` (or `rediss://`, `unix:///path`).
+    /// `redis://host:port/db` (or `unix:///path`).
     pub url: String,
     pub prefix: String,
     /// This appliance's name in announcements (its own are ignored).

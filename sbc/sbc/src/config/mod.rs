@@ -956,9 +956,13 @@ fn store(raw: &RawStore, errs: &mut Checks<'_>) -> Option<crate::store::Config> 
     if raw.redis.is_empty() {
         return None;
     }
-    let schemes = ["redis://", "rediss://", "unix://", "redis+unix://"];
+    // No `rediss://`: the client is built without TLS (a store is reached on a trusted network).
+    let schemes = ["redis://", "unix://", "redis+unix://"];
     if !schemes.iter().any(|s| raw.redis.starts_with(s)) || redis::Client::open(raw.redis.as_str()).is_err() {
-        errs.error("guard.store.redis", "not a redis:// (rediss://, unix://) URL".to_string());
+        errs.error(
+            "guard.store.redis",
+            "not a redis:// (or unix://) URL; TLS (rediss://) is not supported".to_string(),
+        );
         return None;
     }
     let node = if raw.node.is_empty() {
@@ -1210,7 +1214,7 @@ max_message_bytes = 70000
         let named = parse(&format!("{MINIMAL}[guard.store]\nredis = \"unix:///run/redis.sock\"\nnode = \"edge-1\"\n"));
         assert_eq!(named.unwrap().guard.unwrap().store.unwrap().node, "edge-1");
         let got = lines(&format!(
-            "{MINIMAL}[guard.store]\nredis = \"http://:secret@10.0.0.5\"\nprefix = \"a b\"\nnode = \"x y\"\n"
+            "{MINIMAL}[guard.store]\nredis = \"rediss://:secret@10.0.0.5\"\nprefix = \"a b\"\nnode = \"x y\"\n"
         ));
         for want in ["guard.store.redis", "guard.store.prefix", "guard.store.node"] {
             assert!(got.iter().any(|l| l.contains(want)), "missing {want:?} in {got:#?}");
