@@ -212,18 +212,20 @@ impl Daemon {
         self.flush();
         loop {
             let deadline = self.deadline.map(tokio::time::Instant::from_std);
-            // Stops first, then admin commands (an operator waits), then packets, then timers.
+            // Stops first, then admin commands (an operator waits), then bans from the store
+            // (rare and bounded; a flood of packets must not delay them), then packets, then
+            // timers.
             tokio::select! {
                 biased;
                 signal = self.signals.recv() => if self.on_signal(signal).is_break() { break },
                 Some(req) = self.admin.recv() => self.on_admin(req),
+                Some(msg) = recv_store(&mut self.store) => self.on_store(msg),
                 input = self.inputs.recv() => match input {
                     Some(input) => self.on_inputs(input),
                     None => break,
                 },
                 _ = sleep_until(deadline) => self.on_timer(Instant::now()),
                 _ = self.log_tick.tick() => self.on_log_tick(),
-                Some(msg) = recv_store(&mut self.store) => self.on_store(msg),
             }
             self.flush();
         }
