@@ -88,6 +88,13 @@ impl GuardState {
         }
     }
 
+    /// A ban shared through the store: applied unless exempt here (see
+    /// `sbc_policy::guard::Guard::insert_shared`); the prefix when the table changed.
+    pub fn insert_shared(&mut self, now: Instant, record: &[u8]) -> Result<Option<Prefix>, policy::PersistError> {
+        let list = self.list();
+        self.policy.insert_shared(now, SystemTime::now(), record, list.exempt())
+    }
+
     /// `sbc bans add`.
     pub fn add(&mut self, now: Instant, prefix: Prefix, secs: u64, reason: &str) -> Result<String, String> {
         let list = self.list();

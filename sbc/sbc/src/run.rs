@@ -103,6 +103,8 @@ pub struct Daemon {
     state_file: Option<StateFile>,
     /// Packets of banned sources dropped before the engine.
     guard_dropped: u64,
+    /// Bans shared with the other appliances (`[guard.store]`); None: this one works alone.
+    store: Option<crate::store::Link>,
 }
 
 /// STUN on the external side: on the SIP UDP ports (demultiplexed, RFC 7983) here, on the
@@ -170,6 +172,10 @@ impl Daemon {
         if let (Some(g), Some(f)) = (&guard, &state_file) {
             f.restore(&mut guard::lock(g), Instant::now());
         }
+        let store = match cfg.guard.as_ref().and_then(|g| g.store.as_ref()) {
+            Some(s) => Some(crate::store::Link::start(s).context("guard.store")?),
+            None => None,
+        };
         let mut daemon = Daemon {
             engine,
             net,
@@ -184,6 +190,7 @@ impl Daemon {
             guard,
             state_file,
             guard_dropped: 0,
+            store,
         };
         daemon.install_guard();
         if let Some((m, _)) = &daemon.media {
@@ -205,11 +212,14 @@ impl Daemon {
         self.flush();
         loop {
             let deadline = self.deadline.map(tokio::time::Instant::from_std);
-            // Stops first, then admin commands (an operator waits), then packets, then timers.
+            // Stops first, then admin commands (an operator waits), then bans from the store
+            // (rare and bounded; a flood of packets must not delay them), then packets, then
+            // timers.
             tokio::select! {
                 biased;
                 signal = self.signals.recv() => if self.on_signal(signal).is_break() { break },
                 Some(req) = self.admin.recv() => self.on_admin(req),
+                Some(msg) = recv_store(&mut self.store) => self.on_store(msg),
                 input = self.inputs.recv() => match input {
                     Some(input) => self.on_inputs(input),
                     None => break,
@@ -381,6 +391,13 @@ impl Daemon {
         self.engine.handle_timeout(now);
     }
 
+    /// An announcement from the ban store (a ban or unban made elsewhere, or a reconnection).
+    fn on_store(&mut self, msg: crate::store::Incoming) {
+        if let (Some(s), Some(g)) = (self.store.as_mut(), &self.guard) {
+            s.on_incoming(g, msg);
+        }
+    }
+
     /// Emits the log summaries of an interval that ended, even when nothing new arrives.
     fn on_log_tick(&mut self) {
         logsum::tick();
@@ -432,6 +449,9 @@ impl Daemon {
             out.push_str(&guard::lock(g).policy.stats_text());
             out.push_str(&format!("guard.userspace_dropped_packets {}\n", self.guard_dropped));
         }
+        if let Some(s) = &self.store {
+            out.push_str(&s.stats_text());
+        }
         out
     }
 
@@ -479,10 +499,13 @@ impl Daemon {
         }
     }
 
-    /// A guard's action: a ban into the XDP blocklist, with its end, where XDP is attached
-    /// (XDP lets it lapse by itself at that end; userspace drops
-    /// it anyway, [`Daemon::admits`]); an unban out of it.
+    /// A guard's action: to the ban store when there is one (`crate::store`); a ban into the
+    /// XDP blocklist, with its end, where XDP is attached (XDP lets it lapse by itself at that
+    /// end; userspace drops it anyway, [`Daemon::admits`]); an unban out of it.
     fn apply(&mut self, action: GuardAction) {
+        if let (Some(s), Some(g)) = (self.store.as_mut(), &self.guard) {
+            s.on_action(g, &action);
+        }
         let Some(t) = self.trunk.as_mut().filter(|t| t.has_xdp()) else { return };
         let (addr, len, until) = match &action {
             GuardAction::Ban { addr, prefix_len, until, .. } => (*addr, *prefix_len, Some(*until)),
@@ -516,6 +539,13 @@ fn no_guard() -> String {
 
 fn no_trunk() -> String {
     "no trunk.allowlist configured".to_string()
+}
+
+async fn recv_store(store: &mut Option<crate::store::Link>) -> Option<crate::store::Incoming> {
+    match store {
+        Some(s) => s.incoming.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -218,6 +218,9 @@ pub enum AddError {
     Duration { secs: u64, max: u64 },
 }
 
+/// How much later than the ban held a shared copy of it must end to extend it.
+pub const SHARED_SLACK: Duration = Duration::from_secs(3);
+
 /// Longest operator ban.
 pub const MAX_MANUAL_BAN: Duration = Duration::from_secs(365 * 86_400);
 
@@ -620,6 +623,55 @@ impl Guard {
     /// The state file for the ban table (see [`persist`]); `wall` is the wall clock at `now`.
     pub fn render_bans(&self, now: Instant, wall: SystemTime) -> String {
         persist::render(&self.bans.list(), now, wall)
+    }
+
+    /// One ban as a one-ban state file ([`persist`]): what the daemon shares with the other
+    /// appliances through the store. None when `prefix` is not banned.
+    pub fn render_ban(&self, prefix: &Prefix, now: Instant, wall: SystemTime) -> Option<String> {
+        self.bans.get(prefix).map(|b| persist::render(&[b], now, wall))
+    }
+
+    /// A ban another appliance shared (a one-ban state file, [`Guard::render_ban`]): applied
+    /// as a restored ban (queued as a [`BanAction::Ban`] for XDP), unless it is over, the
+    /// prefix is exempt here (the exemption check stays local), or the table already holds it
+    /// as long. Returns the prefix when the table changed.
+    pub fn insert_shared(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        record: &[u8],
+        exempt: &dyn Exempt,
+    ) -> Result<Option<Prefix>, PersistError> {
+        let [r] = persist::parse(record)?.try_into().map_err(|v: Vec<persist::Restored>| PersistError {
+            line: 0,
+            kind: PersistErrorKind::Syntax(format!("{} bans in a shared record, 1 expected", v.len())),
+        })?;
+        // The record's times are whole seconds, and each conversion floors one: a ban already
+        // held until within SHARED_SLACK of it is the same ban (announced twice, e.g. queued and
+        // republished after an outage).
+        let before = self.bans.get(&r.prefix).map(|b| b.until);
+        let until = persist::from_unix(r.until, now, wall);
+        if let (Some(held), Some(until)) = (before, until)
+            && held + SHARED_SLACK >= until
+        {
+            return Ok(None);
+        }
+        if self.restore(now, wall, record, exempt)? == 0 || self.bans.get(&r.prefix).map(|b| b.until) == before {
+            return Ok(None);
+        }
+        self.dirty = true;
+        Ok(Some(r.prefix))
+    }
+
+    /// Another appliance's operator lifted the ban on `prefix` at Unix time `deleted_at` (a
+    /// tombstone found on resynchronisation, missed while away): lifted here too when this
+    /// table's ban of it began before (a ban made since is a new one and stays).
+    pub fn lift_deleted(&mut self, now: Instant, wall: SystemTime, prefix: Prefix, deleted_at: u64) -> Option<BanView> {
+        let since = self.bans.get(&prefix).map(|b| persist::to_unix(b.since, now, wall))?;
+        if since > deleted_at {
+            return None;
+        }
+        self.delete(now, prefix)
     }
 
     /// Restores the bans of a state file (each queued as a [`BanAction::Ban`] again, for XDP);

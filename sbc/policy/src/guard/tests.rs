@@ -577,3 +577,46 @@ fn a_user_keyed_jail_bans_a_distributed_guess_at_one_account() {
     assert_eq!(banned.len(), 4);
     assert_eq!(g.config().rate(MethodClass::Invite).unwrap().over, Over::Reject);
 }
+
+#[test]
+fn a_shared_ban_is_applied_once_unless_exempt_here_and_a_bad_record_is_refused() {
+    let wall = UNIX_EPOCH + secs(1_767_225_000);
+    let (mut a, t0) = guard_with(|_| {});
+    a.add(t0, p("198.51.100.66/32"), secs(600), "brute force", &NoExempt).unwrap();
+    a.add(t0, p("203.0.113.10/32"), secs(600), "spoofed?", &NoExempt).unwrap();
+    let record = a.render_ban(&p("198.51.100.66/32"), t0, wall).unwrap();
+    let listed = a.render_ban(&p("203.0.113.10/32"), t0, wall).unwrap();
+    assert!(a.render_ban(&p("198.51.100.67/32"), t0, wall).is_none());
+
+    let (mut b, t1) = guard_with(|_| {});
+    let _ = actions(&mut b);
+    assert_eq!(b.insert_shared(t1, wall, record.as_bytes(), &NoExempt).unwrap(), Some(p("198.51.100.66/32")));
+    let (prefix, until, _) = ban_of(&actions(&mut b)).expect("queued for XDP");
+    assert_eq!((prefix, until), (p("198.51.100.66/32"), t1 + secs(600)));
+    assert!(b.take_dirty(), "written to the state file too");
+    // Announced again (queued, then republished after an outage): nothing changes.
+    assert_eq!(b.insert_shared(t1 + secs(1), wall + secs(1), record.as_bytes(), &NoExempt).unwrap(), None);
+    assert!(actions(&mut b).is_empty());
+    // The exemption check is local: a provider listed here is never banned by another appliance.
+    let here = |ip: IpAddr| ip == IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10));
+    assert_eq!(b.insert_shared(t1, wall, listed.as_bytes(), &here).unwrap(), None);
+    assert!(b.show(t1, ip("203.0.113.10")).is_none());
+    // Two bans, or a truncated one, in a record: refused.
+    let both = a.render_bans(t0, wall);
+    assert!(b.insert_shared(t1, wall, both.as_bytes(), &NoExempt).is_err());
+    assert!(b.insert_shared(t1, wall, &record.as_bytes()[..record.len() - 3], &NoExempt).is_err());
+}
+
+#[test]
+fn a_deletion_missed_while_away_lifts_only_a_ban_older_than_it() {
+    let wall = UNIX_EPOCH + secs(1_767_225_000);
+    let (mut g, t0) = guard_with(|_| {});
+    g.add(t0, p("198.51.100.66/32"), secs(600), "", &NoExempt).unwrap();
+    let _ = actions(&mut g);
+    // Deleted elsewhere 5 s before this ban began: a new ban, kept.
+    assert!(g.lift_deleted(t0, wall, p("198.51.100.66/32"), 1_767_224_995).is_none());
+    // Deleted after it began: lifted, and the unban queued for XDP.
+    assert!(g.lift_deleted(t0 + secs(10), wall + secs(10), p("198.51.100.66/32"), 1_767_225_005).is_some());
+    assert!(matches!(actions(&mut g).as_slice(), [BanAction::Unban { reason: UnbanReason::Deleted, .. }]));
+    assert!(g.lift_deleted(t0, wall, p("198.51.100.67/32"), 1_767_225_005).is_none(), "not banned");
+}

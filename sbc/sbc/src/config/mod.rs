@@ -111,6 +111,24 @@ pub struct RawGuard {
     pub trunk: guard_config::RawTrunk,
     pub scanner: guard_config::RawScanner,
     pub jail: Vec<guard_config::RawJail>,
+    pub store: RawStore,
+}
+
+/// `[guard.store]`: bans shared by every appliance through Redis (`crate::store`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    /// `redis://host:port/db`; "" works alone.
+    pub redis: String,
+    pub prefix: String,
+    /// "" = the host name and the process id.
+    pub node: String,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore { redis: String::new(), prefix: "sbc".into(), node: String::new() }
+    }
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sbc";
@@ -131,6 +149,7 @@ impl Default for RawGuard {
             trunk: g.trunk,
             scanner: g.scanner,
             jail: g.jail,
+            store: RawStore::default(),
         }
     }
 }
@@ -395,6 +414,8 @@ pub struct Guard {
     pub config: sbc_policy::guard::Config,
     /// None: bans are kept in memory only.
     pub state_dir: Option<std::path::PathBuf>,
+    /// None: no store, the appliance works alone.
+    pub store: Option<crate::store::Config>,
 }
 
 /// Where the STUN Binding server answers, and its bounds.
@@ -721,9 +742,12 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
     if !state_dir.is_empty() && !state_dir.starts_with('/') {
         errs.error("guard.state_dir", format!("{state_dir:?} must be an absolute path (or \"\" for none)"));
     }
-    let guard = guard
-        .filter(|_| raw.guard.enabled)
-        .map(|config| Guard { config, state_dir: (!state_dir.is_empty()).then(|| state_dir.into()) });
+    let store = store(&raw.guard.store, &mut errs);
+    let guard = guard.filter(|_| raw.guard.enabled).map(|config| Guard {
+        config,
+        state_dir: (!state_dir.is_empty()).then(|| state_dir.into()),
+        store,
+    });
     if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
         errs.error("log.level", format!("{:?} is not a tracing filter", raw.log.level));
     }
@@ -916,6 +940,40 @@ fn trunk(raw: &RawTrunk, ext: &Listen, errs: &mut Checks<'_>) -> Trunk {
         None => ext.udp.iter().map(|a| (*a, false)).chain(ext.tcp.iter().map(|a| (*a, true))).collect(),
     };
     Trunk { allowlist: raw.allowlist.as_ref().map(Into::into), interface: raw.interface.clone(), xdp_mode, protected }
+}
+
+/// `[guard.store]`: None without `redis`.
+fn store(raw: &RawStore, errs: &mut Checks<'_>) -> Option<crate::store::Config> {
+    let name_ok = |s: &str| {
+        !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-:".contains(&b))
+    };
+    if !name_ok(&raw.prefix) {
+        errs.error("guard.store.prefix", format!("{:?}: 1 to 64 of A-Z a-z 0-9 _ . - :", raw.prefix));
+    }
+    if !raw.node.is_empty() && !name_ok(&raw.node) {
+        errs.error("guard.store.node", format!("{:?}: 1 to 64 of A-Z a-z 0-9 _ . - :", raw.node));
+    }
+    if raw.redis.is_empty() {
+        return None;
+    }
+    // No `rediss://`: the client is built without TLS (a store is reached on a trusted network).
+    let schemes = ["redis://", "unix://", "redis+unix://"];
+    if !schemes.iter().any(|s| raw.redis.starts_with(s)) || redis::Client::open(raw.redis.as_str()).is_err() {
+        errs.error(
+            "guard.store.redis",
+            "not a redis:// (or unix://) URL; TLS (rediss://) is not supported".to_string(),
+        );
+        return None;
+    }
+    let node = if raw.node.is_empty() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host: String =
+            host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || "_.-".contains(*c)).take(40).collect();
+        format!("{}-{}", if host.is_empty() { "sbc" } else { &host }, std::process::id())
+    } else {
+        raw.node.clone()
+    };
+    Some(crate::store::Config { url: raw.redis.clone(), prefix: raw.prefix.clone(), node })
 }
 
 /// OS-seeded randomness from std (RandomState is keyed from the OS at first use).
@@ -1144,6 +1202,24 @@ max_message_bytes = 70000
         }
         let none = parse(&format!("{MINIMAL}[guard]\nstate_dir = \"\"\n")).unwrap();
         assert_eq!(none.guard.unwrap().state_dir, None);
+    }
+
+    #[test]
+    fn the_store_is_off_by_default_and_its_errors_carry_paths_without_the_url() {
+        assert_eq!(parse(MINIMAL).unwrap().guard.unwrap().store, None);
+        let on = parse(&format!("{MINIMAL}[guard.store]\nredis = \"redis://10.0.0.5:6379/0\"\n")).unwrap();
+        let store = on.guard.unwrap().store.expect("configured");
+        assert_eq!((store.url.as_str(), store.prefix.as_str()), ("redis://10.0.0.5:6379/0", "sbc"));
+        assert!(store.node.ends_with(&format!("-{}", std::process::id())), "{}", store.node);
+        let named = parse(&format!("{MINIMAL}[guard.store]\nredis = \"unix:///run/redis.sock\"\nnode = \"edge-1\"\n"));
+        assert_eq!(named.unwrap().guard.unwrap().store.unwrap().node, "edge-1");
+        let got = lines(&format!(
+            "{MINIMAL}[guard.store]\nredis = \"rediss://:secret@10.0.0.5\"\nprefix = \"a b\"\nnode = \"x y\"\n"
+        ));
+        for want in ["guard.store.redis", "guard.store.prefix", "guard.store.node"] {
+            assert!(got.iter().any(|l| l.contains(want)), "missing {want:?} in {got:#?}");
+        }
+        assert!(!got.iter().any(|l| l.contains("secret")), "{got:#?}");
     }
 
     /// The rendered problems, one string each.
