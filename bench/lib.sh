@@ -2,7 +2,8 @@
 # started, tracked by PID so that cleanup stops exactly those (never by name).
 #   pids+=("$!")          after starting a background process
 #   forget_pid PID        once the bench stopped it itself
-#   stop_pids             in the EXIT trap: TERM every tracked PID, KILL what is left after 5 s
+#   stop_pids             TERM every tracked PID, KILL what is left after 5 s, forget them all
+#                         (the EXIT trap; a bench between its phases)
 
 log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -23,5 +24,5 @@ stop_pids() {
     kill -KILL "$p" 2>/dev/null || true
     wait "$p" 2>/dev/null || true
   done
-  return 0
+  pids=()
 }

@@ -53,8 +53,8 @@ LOAD=${LOAD:-$target_dir/release/examples/rtp_load}
 RESULTS=${RESULTS:-$root/bench/RESULTS.md}
 NS=hb-media-$$
 
-log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=../lib.sh
+source "$root/bench/lib.sh"
 
 [[ $(id -u) == 0 ]] || die "needs root (a network namespace)"
 for t in rtpengine sipp python3 taskset nsenter ip awk; do
@@ -67,35 +67,18 @@ ncpu=$(nproc)
 ((SERVER_CPU < ncpu && GEN_CPU < ncpu)) || die "SERVER_CPU/GEN_CPU must be below $ncpu"
 
 work=$(mktemp -d /tmp/hb-media-bench.XXXXXX)
-pids=()
 ns_made=0
 
 cleanup() {
-  local rc=$? p
+  local rc=$?
   set +e
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null
-    wait "$p" 2>/dev/null
-  done
+  stop_pids
   [[ $ns_made == 1 ]] && ip netns del "$NS" 2>/dev/null
   if [[ ${KEEP:-0} == 1 || $rc != 0 ]]; then log "logs kept in $work"; else rm -rf "$work"; fi
   exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-stop_pids() { # stops every process started so far (by PID)
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-  pids=()
-}
 
 in_ns() { nsenter --net="/var/run/netns/$NS" -- "$@"; }
 # Background processes are started with exec (nice, taskset and nsenter exec too), so that the

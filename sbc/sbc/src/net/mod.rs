@@ -46,22 +46,46 @@ pub enum Input {
 /// A connection is named by its side and the peer's address.
 pub type ConnKey = (Side, SocketAddr);
 
-fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+/// A UDP socket bound to `addr` (an IPv6 one is v6-only), `setup` applied before the bind: the
+/// one place the SIP, STUN and media sockets are made.
+fn bind_udp(addr: SocketAddr, setup: impl FnOnce(&Socket) -> io::Result<()>) -> io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_address(true)?;
-    // Absorb bursts: SIP over UDP loses calls when the receive queue overflows.
-    let _ = s.set_recv_buffer_size(4 << 20);
-    let _ = s.set_send_buffer_size(4 << 20);
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
-        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv6RecvErr, &true)?;
-    } else {
+    }
+    setup(&s)?;
+    s.bind(&addr.into())?;
+    Ok(s)
+}
+
+/// Receive and send queues of 4 MiB (capped by net.core.rmem_max/wmem_max): bursts are absorbed
+/// instead of dropped (SIP over UDP loses calls when the receive queue overflows).
+fn large_buffers(s: &Socket) {
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+}
+
+/// The std address of a nix socket address (IPv4 or IPv6), from `recvmmsg`.
+fn std_addr(a: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
+    use std::net::{SocketAddrV4, SocketAddrV6};
+    a.as_sockaddr_in()
+        .map(|v4| SocketAddr::from(SocketAddrV4::from(*v4)))
+        .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::from(SocketAddrV6::from(*v6))))
+}
+
+fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let s = bind_udp(addr, |s| {
+        s.set_reuse_address(true)?;
+        large_buffers(s);
         // Linux reports ICMP errors on an unconnected UDP socket only with IP_RECVERR; they
         // are then read from the socket's error queue (see `udp_errors`).
-        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv4RecvErr, &true)?;
-    }
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
+        if addr.is_ipv6() {
+            nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::Ipv6RecvErr, &true)?;
+        } else {
+            nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::Ipv4RecvErr, &true)?;
+        }
+        s.set_nonblocking(true)
+    })?;
     UdpSocket::from_std(s.into())
 }
 

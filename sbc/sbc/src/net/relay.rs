@@ -18,7 +18,7 @@
 //! endpoints are both latched is what it would install.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,7 +28,6 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
 use sbc_media::session::{PerSide, PortPool, Sessions, Verdict};
-use socket2::{Domain, Protocol, Socket, Type};
 
 /// Datagrams read from one socket per round (one `recvmmsg`).
 const PER_SOCKET: usize = 16;
@@ -169,19 +168,7 @@ fn raise_fd_limit(sockets: u64) -> io::Result<()> {
 }
 
 fn relay_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    Ok(s.into())
-}
-
-fn to_socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
-    a.as_sockaddr_in()
-        .map(|v4| SocketAddr::from(SocketAddrV4::from(*v4)))
-        .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::from(SocketAddrV6::from(*v6))))
+    Ok(super::bind_udp(addr, |s| s.set_nonblocking(true))?.into())
 }
 
 /// One datagram of a round: where it arrived, from whom, its length and buffer slot.
@@ -252,7 +239,7 @@ fn worker(
                     counters.truncated.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                if let Some(src) = m.address.as_ref().and_then(to_socket_addr) {
+                if let Some(src) = m.address.as_ref().and_then(super::std_addr) {
                     rx.push(Rx { port, src, len: m.bytes, slot });
                 }
             }

@@ -11,7 +11,7 @@
 //! Both hand every message to the shared [`StunService`] (rate limit, Binding server, counters).
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrLike, SockaddrStorage, recvmmsg, sendmmsg};
 use sbc_media::stun::{self, StreamFrame};
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -97,22 +96,12 @@ pub fn start(
 }
 
 fn reuseport_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_port(true)?;
-    let _ = s.set_recv_buffer_size(4 << 20);
-    let _ = s.set_send_buffer_size(4 << 20);
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.set_read_timeout(Some(RX_TIMEOUT))?;
-    s.bind(&addr.into())?;
+    let s = super::bind_udp(addr, |s| {
+        s.set_reuse_port(true)?;
+        super::large_buffers(s);
+        s.set_read_timeout(Some(RX_TIMEOUT))
+    })?;
     Ok(s.into())
-}
-
-fn to_socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
-    a.as_sockaddr_in()
-        .map(|v4| SocketAddr::from(SocketAddrV4::from(*v4)))
-        .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::from(SocketAddrV6::from(*v6))))
 }
 
 /// One worker: read a batch, answer it, send the answers; until asked to stop.
@@ -133,7 +122,7 @@ fn udp_worker(sock: &UdpSocket, service: &StunService, stop: &std::sync::atomic:
             match recvmmsg(fd, &mut rx_hdrs, iovs.iter_mut(), MsgFlags::MSG_WAITFORONE, None) {
                 Ok(msgs) => {
                     for m in msgs {
-                        if let Some(src) = m.address.as_ref().and_then(to_socket_addr) {
+                        if let Some(src) = m.address.as_ref().and_then(super::std_addr) {
                             got.push((m.bytes, src));
                         }
                     }
