@@ -13,8 +13,8 @@ use anyhow::{Context, Result, ensure};
 use sbc_lab::calls::{capture_both, sipp_ok, spawn_sipp};
 use sbc_lab::pcap::{self, L4, Packet};
 use sbc_lab::{
-    CORE, CORE_PORT, EXT_PEER, Lab, SBC_EXT, SBC_INT, core_secrets, lab_lock, leaks, privileged, sbc_cli, scenario,
-    stat,
+    CORE, CORE_PORT, EXT_PEER, Lab, Proc, SBC_EXT, SBC_INT, core_secrets, lab_lock, leaks, privileged, sbc_cli,
+    scenario, stat,
 };
 
 /// The relay's range in these labs (50 pairs: 25 calls of one m-line).
@@ -100,6 +100,28 @@ fn wait_stat(lab: &Lab, name: &str, want: u64) -> Result<String> {
     }
 }
 
+/// The core's sipp (`scenario`, UDP, on the core's SIP port) for `calls` calls; `extra` adds
+/// e.g. `-rtp_echo -mp PORT`.
+fn spawn_callee(lab: &Lab, scenario_file: &str, calls: usize, extra: &[&str]) -> Result<Proc> {
+    let (sf, port, n) =
+        (scenario(scenario_file).to_string_lossy().into_owned(), CORE_PORT.to_string(), calls.to_string());
+    let mut args = vec!["-sf", &sf, "-t", "u1", "-i", CORE, "-p", &port, "-m", &n];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-timeout", "60s"]);
+    spawn_sipp(lab, &lab.core, "callee", &args)
+}
+
+/// The outside caller's sipp (`scenario`, UDP from 5062) calling user 1000 at the SBC's external
+/// address `calls` times; `extra` adds rate, duration and media port options.
+fn spawn_caller(lab: &Lab, scenario_file: &str, calls: usize, extra: &[&str]) -> Result<Proc> {
+    let (sf, n, target) =
+        (scenario(scenario_file).to_string_lossy().into_owned(), calls.to_string(), format!("{SBC_EXT}:5060"));
+    let mut args = vec!["-sf", &sf, "-t", "u1", "-i", EXT_PEER, "-p", "5062", "-s", "1000", &target, "-m", &n];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-timeout", "60s"]);
+    spawn_sipp(lab, &lab.ext, "caller", &args)
+}
+
 #[test]
 fn rtp_crosses_the_relay_both_ways_and_each_side_sees_only_the_sbc_in_sdp() -> Result<()> {
     if !privileged("media_calls") {
@@ -110,61 +132,10 @@ fn rtp_crosses_the_relay_both_ways_and_each_side_sees_only_the_sbc_in_sdp() -> R
     std::fs::copy(SAMPLE, lab.dir.join("g711a.pcap")).context("sipp's sample pcap (package sip-tester)")?;
     let _sbc = lab.start_sbc(&media_config())?;
     const CALLS: usize = 3;
-    let n = CALLS.to_string();
-    let core_port = CORE_PORT.to_string();
-    let sbc_target = format!("{SBC_EXT}:5060");
     let (res, cap) = capture_both(&lab, || -> Result<()> {
-        let uas = spawn_sipp(
-            &lab,
-            &lab.core,
-            "callee",
-            &[
-                "-sf",
-                &scenario("uas.xml").to_string_lossy(),
-                "-t",
-                "u1",
-                "-i",
-                CORE,
-                "-p",
-                &core_port,
-                "-m",
-                &n,
-                "-rtp_echo",
-                "-mp",
-                CORE_MEDIA,
-                "-timeout",
-                "60s",
-            ],
-        )?;
+        let uas = spawn_callee(&lab, "uas.xml", CALLS, &["-rtp_echo", "-mp", CORE_MEDIA])?;
         std::thread::sleep(Duration::from_millis(300));
-        let uac = spawn_sipp(
-            &lab,
-            &lab.ext,
-            "caller",
-            &[
-                "-sf",
-                &scenario("uac-rtp.xml").to_string_lossy(),
-                "-t",
-                "u1",
-                "-i",
-                EXT_PEER,
-                "-p",
-                "5062",
-                "-s",
-                "1000",
-                &sbc_target,
-                "-m",
-                &n,
-                "-r",
-                "2",
-                "-d",
-                "8500",
-                "-mp",
-                CALLER_MEDIA,
-                "-timeout",
-                "60s",
-            ],
-        )?;
+        let uac = spawn_caller(&lab, "uac-rtp.xml", CALLS, &["-r", "2", "-d", "8500", "-mp", CALLER_MEDIA])?;
         // While the calls run: every call holds two pairs (one per side).
         let during = wait_stat(&lab, "media.port_pairs_in_use", 2 * CALLS as u64)?;
         ensure!(stat(&during, "media.sessions") == CALLS as u64, "{during}");
@@ -232,52 +203,9 @@ fn a_cancelled_call_gives_its_ports_back() -> Result<()> {
     let _g = lab_lock();
     let lab = Lab::new("sbm2", "media_cancel")?;
     let _sbc = lab.start_sbc(&media_config())?;
-    let core_port = CORE_PORT.to_string();
-    let sbc_target = format!("{SBC_EXT}:5060");
-    let uas = spawn_sipp(
-        &lab,
-        &lab.core,
-        "callee",
-        &[
-            "-sf",
-            &scenario("uas-cancel.xml").to_string_lossy(),
-            "-t",
-            "u1",
-            "-i",
-            CORE,
-            "-p",
-            &core_port,
-            "-m",
-            "1",
-            "-timeout",
-            "30s",
-        ],
-    )?;
+    let uas = spawn_callee(&lab, "uas-cancel.xml", 1, &[])?;
     std::thread::sleep(Duration::from_millis(300));
-    let uac = spawn_sipp(
-        &lab,
-        &lab.ext,
-        "caller",
-        &[
-            "-sf",
-            &scenario("uac-cancel.xml").to_string_lossy(),
-            "-t",
-            "u1",
-            "-i",
-            EXT_PEER,
-            "-p",
-            "5062",
-            "-s",
-            "1000",
-            &sbc_target,
-            "-m",
-            "1",
-            "-mp",
-            CALLER_MEDIA,
-            "-timeout",
-            "30s",
-        ],
-    )?;
+    let uac = spawn_caller(&lab, "uac-cancel.xml", 1, &["-mp", CALLER_MEDIA])?;
     // Ringing: the offer holds two pairs.
     wait_stat(&lab, "media.port_pairs_in_use", 2)?;
     sipp_ok(uac, Duration::from_secs(30), 1)?;
@@ -323,8 +251,6 @@ fn a_reinvite_moving_the_phones_port_keeps_the_relay_ports_and_moves_the_audio()
     let _g = lab_lock();
     let lab = Lab::new("sbm3", "media_reinvite")?;
     let _sbc = lab.start_sbc(&media_config())?;
-    let core_port = CORE_PORT.to_string();
-    let sbc_target = format!("{SBC_EXT}:5060");
     let peer = ip(EXT_PEER);
     // The phone's two media sockets: the offer names 7000, the re-offer 7002.
     let old = lab.ext.enter(|| UdpSocket::bind(SocketAddr::new(peer, 7000)))??;
@@ -333,55 +259,9 @@ fn a_reinvite_moving_the_phones_port_keeps_the_relay_ports_and_moves_the_audio()
     // alternate sides, the first faces outside); checked on the capture below.
     let relay = SocketAddr::new(ip(SBC_EXT), LOW);
     let (res, cap) = capture_both(&lab, || -> Result<(usize, usize, usize)> {
-        let uas = spawn_sipp(
-            &lab,
-            &lab.core,
-            "callee",
-            &[
-                "-sf",
-                &scenario("uas-reinvite.xml").to_string_lossy(),
-                "-t",
-                "u1",
-                "-i",
-                CORE,
-                "-p",
-                &core_port,
-                "-m",
-                "1",
-                "-rtp_echo",
-                "-mp",
-                CORE_MEDIA,
-                "-timeout",
-                "30s",
-            ],
-        )?;
+        let uas = spawn_callee(&lab, "uas-reinvite.xml", 1, &["-rtp_echo", "-mp", CORE_MEDIA])?;
         std::thread::sleep(Duration::from_millis(300));
-        let uac = spawn_sipp(
-            &lab,
-            &lab.ext,
-            "caller",
-            &[
-                "-sf",
-                &scenario("uac-reinvite-port.xml").to_string_lossy(),
-                "-t",
-                "u1",
-                "-i",
-                EXT_PEER,
-                "-p",
-                "5062",
-                "-s",
-                "1000",
-                &sbc_target,
-                "-m",
-                "1",
-                "-d",
-                "2500",
-                "-mp",
-                "9000",
-                "-timeout",
-                "30s",
-            ],
-        )?;
+        let uac = spawn_caller(&lab, "uac-reinvite-port.xml", 1, &["-d", "2500", "-mp", "9000"])?;
         wait_stat(&lab, "media.answers", 1)?;
         let before = send_and_count_echoes(&old, relay, 40, 0x1111)?;
         wait_stat(&lab, "media.answers", 2)?;
