@@ -8,8 +8,7 @@
 #
 # Usage: rootfs/build.sh   (as root: mmdebstrap in root mode and chroot; no loop device, no mount)
 # Environment: OUT (target/image), SBC_BIN (target/release/sbc), SUITE (this machine's Debian
-# release), KERNEL (linux-image-cloud-amd64), SLOT_MB (768), ESP_MB (256), DATA_MB (256),
-# BREAK=1 builds a deliberately broken update (the daemon never answers: test of the rollback).
+# release), KERNEL (linux-image-cloud-amd64), SLOT_MB (768), ESP_MB (256), DATA_MB (256).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 here=$PWD
@@ -50,7 +49,7 @@ mkdir -p "$work" "$out"
 root=$work/root
 
 step "mmdebstrap $suite minbase + $kernel, systemd, nftables (Debian packages only)"
-packages=systemd,systemd-sysv,udev,netbase,"$kernel",initramfs-tools,zstd,kmod,nftables,iproute2,procps,systemd-boot-efi
+packages=systemd,systemd-sysv,udev,netbase,"$kernel",initramfs-tools,zstd,kmod,nftables,iproute2,procps,systemd-boot
 mmdebstrap --mode=root --variant=minbase --format=directory --quiet \
   --aptopt='APT::Install-Recommends "false"' \
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
@@ -71,13 +70,6 @@ chroot "$root" useradd --system --user-group --no-create-home --home-dir /var/li
 sbc_version=$("$sbc_bin" --version 2>/dev/null | awk '{print $2}' || true)
 build_id="${sbc_version:-0}-$(date -u +%Y%m%d%H%M%S)"
 printf 'SBC_BUILD=%s\n' "$build_id" >"$root/etc/sbc/build"
-if [ "${BREAK:-0}" = 1 ]; then
-  # A deliberately broken release: the daemon starts and never answers (its listen port is
-  # one nobody sends to), so the health gate fails and the slot is rolled back from.
-  sed -i 's/0\.0\.0\.0:5060/127.0.0.9:5999/' "$root/etc/sbc/sbc.toml"
-  sed -i 's|-c /var/lib/sbc/sbc.toml|-c /etc/sbc/sbc.toml|' "$root/usr/lib/systemd/system/sbc.service"
-  echo "SBC_BROKEN=1" >>"$root/etc/sbc/build"
-fi
 systemctl --root="$root" enable sbc.service sbc-health-gate.service sbc-selfcheck.service nftables.service \
   systemd-networkd.service >/dev/null 2>&1
 systemctl --root="$root" mask systemd-networkd-wait-online.service apt-daily.timer \
