@@ -18,7 +18,7 @@
 # entry also forwards the journal to the serial console (OUT/test/*.console.log); the checks read
 # that console (selfcheck, health gate and sbc-update write to it on every slot).
 #
-# Usage: rootfs/test-appliance.sh   (after rootfs/build.sh)
+# Usage: rootfs/test-appliance.sh   (after rootfs/build.sh; the copies are removed after a pass)
 # Environment: OUT (target/image), BOOT_DEADLINE (s, 600 per phase), ONLY (boot|update|rollback)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,7 +81,7 @@ prepare() {
 # Boot the prepared copy; $1: an update file attached as the second disk (or "").
 boot() {
   local update=$1 extra_disk=()
-  [ -n "$update" ] && extra_disk=(-drive file="$update",format=raw,if=virtio,readonly=on)
+  [ -n "$update" ] && extra_disk=(-drive "file=$update,format=raw,if=virtio,readonly=on")
   port=$(free_port) || die "no free host port"
   : >"$console"
   qemu-system-x86_64 -accel tcg -machine q35 -cpu max -smp 2 -m 1024 \
@@ -214,4 +214,6 @@ case "${ONLY:-all}" in
   all) run_boot; run_update; run_rollback ;;
   *) die "ONLY=boot|update|rollback" ;;
 esac
+# The disk copies are 2 GiB (sparse) each: kept when a run fails, removed when all passed.
+rm -f "$work"/*.img "$work"/*.vars.fd
 say "PASS (${ONLY:-all}) in $((SECONDS - t0))s"
