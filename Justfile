@@ -66,6 +66,19 @@ bench-media:
     cargo build --release -p sbc --bin sbc --example rtp_load
     flock /tmp/sbc-lab.lock bash bench/media/run.sh
 
+# The appliance image (rootfs/, Debian packages only, as root): a GPT disk with an ESP (systemd-boot),
+# root slots A and B and a persistent data partition, into target/image/sbc.img; the update file
+# for `sbc-update` into target/image/root.img. Prints each step.
+image:
+    for t in mmdebstrap mkfs.vfat mcopy sfdisk qemu-system-x86_64; do command -v $t >/dev/null || { apt-get install -y --no-install-recommends mmdebstrap dosfstools mtools fdisk qemu-system-x86 ovmf; break; }; done
+    cargo build --release -p sbc
+    bash rootfs/build.sh
+
+# Build the image, boot it in qemu (TCG), and require a 200 to SIP OPTIONS and a STUN Binding
+# answer from the host through forwarded ports; prints the boot-to-service time.
+test-appliance: image
+    bash rootfs/test-appliance.sh
+
 # Fuzz the framer, the header index, the engine and the STUN server (cargo-fuzz, nightly), SECONDS
 # each, seeded with the RFC 4475 and RFC 5118 vectors (STUN: the RFC 5769 ones). A crash becomes a
 # file in tests/vectors/fuzz/.

@@ -15,6 +15,7 @@ mod store;
 mod stun;
 mod trunk;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -151,7 +152,9 @@ fn main() -> ExitCode {
             };
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
-            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            // Colours only on a terminal: under systemd, stderr is the journal.
+            let ansi = std::io::stderr().is_terminal();
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
             match run::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
