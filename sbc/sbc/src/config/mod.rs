@@ -606,6 +606,31 @@ fn side(
     )
 }
 
+/// TCP listen addresses of the two sides that cannot both be bound: the same port on the same
+/// address, or on any address of the family where either is unspecified (a listening
+/// `0.0.0.0:5060` outside takes `127.0.0.2:5060` inside too: Linux refuses the second listener
+/// even with SO_REUSEADDR, and the daemon would fail to start). UDP sockets with SO_REUSEADDR may
+/// share a port this way (the more specific address gets its datagrams), and the same address
+/// twice is already refused by the bind itself.
+fn overlapping_listens(ext: &Listen, int: &Listen, errs: &mut Checks<'_>) {
+    let clash = |a: &SocketAddr, b: &SocketAddr| {
+        a.port() == b.port()
+            && a.is_ipv4() == b.is_ipv4()
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    for (proto, ext, int) in [("tcp", &ext.tcp, &int.tcp)] {
+        for (i, b) in int.iter().enumerate() {
+            if let Some(a) = ext.iter().find(|a| clash(a, b)) {
+                errs.error_from(
+                    format!("internal.{proto}[{i}]"),
+                    &[&format!("external.{proto}")],
+                    format!("{b} overlaps the external side's {a} (one port, one socket)"),
+                );
+            }
+        }
+    }
+}
+
 fn range(errs: &mut Checks<'_>, path: &str, v: u64, lo: u64, hi: u64) {
     if v < lo || v > hi {
         errs.error(path, format!("{v} out of range {lo}..={hi}"));
@@ -618,6 +643,7 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
     let mut errs = Checks { found: Vec::new(), refused };
     let (external, ext_listen) = side("external", &raw.external, (true, NatMode::On), &mut errs);
     let (internal, int_listen) = side("internal", &raw.internal, (false, NatMode::Off), &mut errs);
+    overlapping_listens(&ext_listen, &int_listen, &mut errs);
     if raw.core.is_empty() {
         errs.error("core", "at least one [[core]] target is required");
     }
@@ -1102,6 +1128,24 @@ max_message_bytes = 70000
         let e = parse(&format!("{any}[media]\nenabled=true\n")).unwrap_err().to_string();
         assert!(e.contains("media.external_ip: required"), "{e}");
         assert!(parse(&format!("{any}[media]\nenabled=true\nexternal_ip=\"2001:db8::1\"\n")).is_ok());
+    }
+
+    #[test]
+    fn a_side_listening_on_the_other_sides_port_is_refused() {
+        let e = parse(
+            "[external]\nudp=[\"0.0.0.0:5060\"]\ntcp=[\"0.0.0.0:5060\"]\nadvertise=\"sbc.example.com\"\n\
+             [internal]\nudp=[\"127.0.0.2:5060\"]\ntcp=[\"127.0.0.2:5060\"]\n[[core]]\naddress=\"127.0.0.3:5080\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("internal.tcp[0]: 127.0.0.2:5060 overlaps the external side's 0.0.0.0:5060"), "{e}");
+        assert!(!e.contains("internal.udp"), "UDP with SO_REUSEADDR may share the port: {e}");
+        // The other family does not clash (IPv6 sockets are v6-only).
+        let other_family = parse(
+            "[external]\ntcp=[\"[::]:5060\"]\nadvertise=\"sbc.example.com\"\n[internal]\ntcp=[\"127.0.0.2:5060\"]\n\
+                 [[core]]\naddress=\"127.0.0.3:5080\"\ntransport=\"tcp\"\n",
+        );
+        assert!(other_family.is_ok(), "{:?}", other_family.err().map(|e| e.to_string()));
     }
 
     #[test]
