@@ -150,7 +150,7 @@ impl Registrations {
     /// A REGISTER passing through to the registrar. A new binding takes the flow at once
     /// (pending the registrar's answer until `pending`); a known one keeps its flow and Contact
     /// until the registrar accepts the change ([`Registrations::confirm`]).
-    pub fn register(&mut self, now: Instant, r: Registering<'_>, pending: Instant) -> Result<(), Full> {
+    pub fn register(&mut self, r: Registering<'_>, pending: Instant) -> Result<(), Full> {
         if let Some(b) = self.bindings.get_mut(r.token) {
             if b.flow != r.flow || b.contact != r.contact {
                 b.pending = Some((r.flow, r.contact));
@@ -164,7 +164,6 @@ impl Registrations {
         if self.bindings.len() >= self.cfg.max {
             return Err(Full);
         }
-        let _ = now;
         self.bindings.insert(
             r.token.to_owned(),
             Binding {
@@ -225,7 +224,7 @@ impl Registrations {
         flow: &Flow,
         call_id: &[u8],
         cseq: u32,
-        contacts: &[(String, Vec<u8>)],
+        contacts: &[(&str, &[u8])],
         requested: u32,
     ) -> Option<u32> {
         let phone = self.cfg.phone_expiry?;
@@ -235,7 +234,7 @@ impl Registrations {
         let grant = u32::try_from(phone.as_secs()).unwrap_or(u32::MAX).min(requested);
         let next_refresh = now + Duration::from_secs(u64::from(grant)) + CORE_MARGIN;
         let ok = contacts.iter().all(|(token, contact)| {
-            self.bindings.get(token).is_some_and(|b| {
+            self.bindings.get(*token).is_some_and(|b| {
                 b.confirmed
                     && b.nat.is_some()
                     && b.pending.is_none()
@@ -251,7 +250,7 @@ impl Registrations {
             return None;
         }
         for (token, _) in contacts {
-            if let Some(b) = self.bindings.get_mut(token) {
+            if let Some(b) = self.bindings.get_mut(*token) {
                 b.cseq = cseq;
                 b.expires = now + Duration::from_secs(u64::from(grant)) + GRACE;
             }
@@ -380,10 +379,10 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Registrations::new(cfg());
         let f = flow("198.51.100.20:40000");
-        r.register(t0, reg("r1", f, 1), t0 + Duration::from_secs(32)).unwrap();
+        r.register(reg("r1", f, 1), t0 + Duration::from_secs(32)).unwrap();
         let (granted, _) = r.confirm(t0, "r1", 3600).unwrap();
         assert_eq!(granted, 60);
-        let contacts = [("r1".to_string(), b"sip:alice@192.168.1.2".to_vec())];
+        let contacts: [(&str, &[u8]); 1] = [("r1", b"sip:alice@192.168.1.2")];
         let mut absorbed = 0;
         let mut cseq = 2;
         let mut now = t0;
@@ -409,15 +408,15 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Registrations::new(cfg());
         let f = flow("198.51.100.20:40000");
-        r.register(t0, reg("r1", f, 5), t0).unwrap();
+        r.register(reg("r1", f, 5), t0).unwrap();
         r.confirm(t0, "r1", 3600).unwrap();
-        let c = [("r1".to_string(), b"sip:alice@192.168.1.2".to_vec())];
+        let c: [(&str, &[u8]); 1] = [("r1", b"sip:alice@192.168.1.2")];
         let now = t0 + Duration::from_secs(50);
         assert_eq!(r.absorb(now, &flow("198.51.100.20:40001"), b"cid", 6, &c, 3600), None);
         assert_eq!(r.absorb(now, &f, b"other", 6, &c, 3600), None);
         assert_eq!(r.absorb(now, &f, b"cid", 4, &c, 3600), None);
         assert_eq!(r.absorb(now, &f, b"cid", 6, &c, 0), None, "an unREGISTER goes to the registrar");
-        let other = [("r1".to_string(), b"sip:alice@192.168.1.3".to_vec())];
+        let other: [(&str, &[u8]); 1] = [("r1", b"sip:alice@192.168.1.3")];
         assert_eq!(r.absorb(now, &f, b"cid", 6, &other, 3600), None);
         assert_eq!(r.absorb(now, &f, b"cid", 6, &c, 3600), Some(60));
     }
@@ -428,13 +427,13 @@ mod tests {
         let mut r = Registrations::new(cfg());
         let old = flow("198.51.100.20:40000");
         let new = flow("198.51.100.20:40999");
-        r.register(t0, reg("r1", old, 1), t0).unwrap();
+        r.register(reg("r1", old, 1), t0).unwrap();
         r.confirm(t0, "r1", 3600).unwrap();
-        r.register(t0, reg("r1", new, 2), t0).unwrap();
+        r.register(reg("r1", new, 2), t0).unwrap();
         assert_eq!(r.get("r1").unwrap().flow, old, "not before the registrar's answer");
         r.refused(&["r1".to_string()]);
         assert_eq!(r.get("r1").unwrap().flow, old, "a refused REGISTER changes nothing");
-        r.register(t0, reg("r1", new, 3), t0).unwrap();
+        r.register(reg("r1", new, 3), t0).unwrap();
         r.confirm(t0, "r1", 3600).unwrap();
         assert_eq!(r.get("r1").unwrap().flow, new);
         assert_eq!(r.len(), 1, "replaced, not accumulated");
@@ -444,7 +443,7 @@ mod tests {
     fn unanswered_pings_end_the_binding_and_an_answer_resets_the_count() {
         let t0 = Instant::now();
         let mut r = Registrations::new(cfg());
-        r.register(t0, reg("r1", flow("198.51.100.20:40000"), 1), t0).unwrap();
+        r.register(reg("r1", flow("198.51.100.20:40000"), 1), t0).unwrap();
         r.confirm(t0, "r1", 3600).unwrap();
         assert_eq!(r.next_ping(t0 + Duration::from_secs(14)), None);
         let (tok, f, _) = r.next_ping(t0 + Duration::from_secs(15)).unwrap();
@@ -466,10 +465,9 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Registrations::new(cfg());
         for i in 0..10 {
-            r.register(t0, reg(&format!("r{i}"), flow("198.51.100.20:40000"), 1), t0 + Duration::from_secs(32))
-                .unwrap();
+            r.register(reg(&format!("r{i}"), flow("198.51.100.20:40000"), 1), t0 + Duration::from_secs(32)).unwrap();
         }
-        assert_eq!(r.register(t0, reg("r10", flow("198.51.100.20:40000"), 1), t0), Err(Full));
+        assert_eq!(r.register(reg("r10", flow("198.51.100.20:40000"), 1), t0), Err(Full));
         r.expire(t0 + Duration::from_secs(33));
         assert!(r.is_empty());
     }
@@ -480,7 +478,7 @@ mod tests {
         let mut r = Registrations::new(cfg());
         let mut x = reg("r1", flow("198.51.100.7:5060"), 1);
         x.nat = None;
-        r.register(t0, x, t0).unwrap();
+        r.register(x, t0).unwrap();
         assert_eq!(r.confirm(t0, "r1", 3600).unwrap().0, 3600);
         assert_eq!(r.next_ping_at(), None);
     }

@@ -41,8 +41,17 @@ impl Engine {
             }
             Admit::Drop => return self.drop_msg(flow, "refused by guard".into()),
         }
-        if req.method == Method::Register && self.absorb_register(now, flow, req) {
-            return;
+        // A REGISTER's Contacts, parsed once: for the registration cache's own answer, else for
+        // forwarding (where a malformed list gets its 400 from the server transaction).
+        let mut register = None;
+        if req.method == Method::Register {
+            let list = self.register_contact_list(req);
+            if let Ok(l) = &list
+                && self.absorb_register(now, flow, req, l)
+            {
+                return;
+            }
+            register = Some(list);
         }
         if req.method == Method::Options && req.to_tag.is_none() && self.addressed_to_sbc(req, flow) {
             // RFC 3261 §11.2: an OPTIONS naming the SBC itself (a keepalive, a health check) is
@@ -89,7 +98,7 @@ impl Engine {
             credentials: has_credentials(&req.msg),
         };
         self.txns.insert_server(key.clone(), st);
-        if let Err((code, reason)) = self.forward_request(now, flow, req, route, key.clone()) {
+        if let Err((code, reason)) = self.forward_request(now, flow, req, route, key.clone(), register) {
             self.answer_server(now, &key, code, reason);
         }
     }
@@ -168,7 +177,8 @@ impl Engine {
         Some(Flow { side: Side::Internal, transport: c.target.transport, local, remote: c.target.addr })
     }
 
-    /// Builds and sends the forwarded request on a new client transaction.
+    /// Builds and sends the forwarded request on a new client transaction. `register`: a
+    /// REGISTER's parsed Contacts (None for any other method).
     pub(super) fn forward_request(
         &mut self,
         now: Instant,
@@ -176,6 +186,7 @@ impl Engine {
         req: &Checked<'_>,
         route: Route,
         server: ServerKey,
+        register: Option<Result<RegisterContacts, Refusal>>,
     ) -> Result<(), (u16, &'static str)> {
         let mut ctx = ForwardCtx { call_id_native: flow.side, ..ForwardCtx::default() };
         let mut restore_to_host = None;
@@ -232,8 +243,8 @@ impl Engine {
                     .and_then(|h| self.topology.hidden_hostport(&req.msg.unfolded(h)).map(<[u8]>::to_vec));
             }
         }
-        let contact = if req.method == Method::Register {
-            let (value, tokens) = self.register_contacts(now, flow, to_flow, req)?;
+        let contact = if let Some(list) = register {
+            let (value, tokens) = self.register_contacts(now, flow, to_flow, req, list?)?;
             ctx.registration = tokens;
             self.stats.registers_forwarded += 1;
             value
@@ -341,16 +352,18 @@ impl Engine {
 
     /// RFC 5626-style edge registration: a refresh from a UA behind NAT that the registration
     /// cache may answer itself (see [`crate::registration`]) gets its 200 here.
-    pub(super) fn absorb_register(&mut self, now: Instant, flow: Flow, req: &Checked<'_>) -> bool {
-        if self.cfg.nat.register_expiry.is_none() || self.regs.is_empty() {
-            return false;
-        }
-        let Ok(list) = self.register_contact_list(req) else { return false };
-        if list.star {
+    pub(super) fn absorb_register(
+        &mut self,
+        now: Instant,
+        flow: Flow,
+        req: &Checked<'_>,
+        list: &RegisterContacts,
+    ) -> bool {
+        if self.cfg.nat.register_expiry.is_none() || self.regs.is_empty() || list.star {
             return false;
         }
         let requested = list.contacts.iter().map(|c| c.expires).min().unwrap_or(0);
-        let keys: Vec<(String, Vec<u8>)> = list.contacts.iter().map(|c| (c.token.clone(), c.uri.clone())).collect();
+        let keys: Vec<(&str, &[u8])> = list.contacts.iter().map(|c| (c.token.as_str(), c.uri.as_slice())).collect();
         let Some(grant) = self.regs.absorb(now, &flow, &req.call_id, req.cseq, &keys, requested) else {
             return false;
         };
@@ -373,8 +386,8 @@ impl Engine {
         flow: Flow,
         to: Flow,
         req: &Checked<'_>,
+        list: RegisterContacts,
     ) -> Result<(Option<Vec<u8>>, Vec<String>), Refusal> {
-        let list = self.register_contact_list(req)?;
         let mut out: Vec<Vec<u8>> = Vec::new();
         if list.star {
             out.push(b"*".to_vec());
@@ -399,7 +412,7 @@ impl Engine {
                 call_id: &req.call_id,
                 cseq: req.cseq,
             };
-            if self.regs.register(now, reg, pending).is_err() {
+            if self.regs.register(reg, pending).is_err() {
                 self.events.push_back(Event::Overload { what: "registrations" });
                 return Err((503, "Service Unavailable"));
             }
