@@ -26,3 +26,28 @@ stop_pids() {
   done
   pids=()
 }
+
+# A bench in one network namespace of its own, on its loopback ($NS, named by the caller):
+# `loopback_bench PREFIX` makes the scratch directory $work (/tmp/PREFIX.XXXXXX; kept on failure
+# or with KEEP=1) and the namespace with lo up, and arms the EXIT trap that stops every tracked
+# PID and deletes both. `in_ns CMD...` runs a command inside.
+loopback_bench() {
+  work=$(mktemp -d "/tmp/$1.XXXXXX")
+  ns_made=0
+  trap loopback_cleanup EXIT
+  trap 'exit 130' INT TERM
+  ns_made=1
+  ip netns add "$NS"
+  ip -n "$NS" link set lo up
+}
+
+loopback_cleanup() {
+  local rc=$?
+  set +e
+  stop_pids
+  [[ $ns_made == 1 ]] && ip netns del "$NS" 2>/dev/null
+  if [[ ${KEEP:-0} == 1 || $rc != 0 ]]; then log "logs kept in $work"; else rm -rf "$work"; fi
+  exit "$rc"
+}
+
+in_ns() { nsenter --net="/var/run/netns/$NS" -- "$@"; }

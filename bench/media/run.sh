@@ -66,27 +66,9 @@ done
 ncpu=$(nproc)
 ((SERVER_CPU < ncpu && GEN_CPU < ncpu)) || die "SERVER_CPU/GEN_CPU must be below $ncpu"
 
-work=$(mktemp -d /tmp/hb-media-bench.XXXXXX)
-ns_made=0
-
-cleanup() {
-  local rc=$?
-  set +e
-  stop_pids
-  [[ $ns_made == 1 ]] && ip netns del "$NS" 2>/dev/null
-  if [[ ${KEEP:-0} == 1 || $rc != 0 ]]; then log "logs kept in $work"; else rm -rf "$work"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-in_ns() { nsenter --net="/var/run/netns/$NS" -- "$@"; }
+loopback_bench hb-media-bench
 # Background processes are started with exec (nice, taskset and nsenter exec too), so that the
 # PID recorded is the process itself: its CPU time is read and it is stopped by that PID.
-
-ns_made=1
-ip netns add "$NS"
-ip -n "$NS" link set lo up
 
 # The generator's ends, and the sipp field files naming them (one line per call).
 { echo SEQUENTIAL; for ((i = 0; i < CALLS; i++)); do echo "$((20000 + 2 * i));127.0.0.5;"; done; } >"$work/a.csv"

@@ -73,25 +73,7 @@ done
 ncpu=$(nproc)
 ((SERVER_CPU < ncpu && GEN_CPU < ncpu)) || die "SERVER_CPU/GEN_CPU must be below $ncpu"
 
-work=$(mktemp -d /tmp/hb-stun-bench.XXXXXX)
-ns_made=0
-
-cleanup() {
-  local rc=$?
-  set +e
-  stop_pids
-  [[ $ns_made == 1 ]] && ip netns del "$NS" 2>/dev/null
-  if [[ ${KEEP:-0} == 1 || $rc != 0 ]]; then log "logs kept in $work"; else rm -rf "$work"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-in_ns() { nsenter --net="/var/run/netns/$NS" -- "$@"; }
-
-ns_made=1
-ip netns add "$NS"
-ip -n "$NS" link set lo up
+loopback_bench hb-stun-bench
 
 cat >"$work/sbc.toml" <<EOF
 [external]
