@@ -163,6 +163,11 @@ run_boot() {
   say "PASS boot: boot to service ${boot_to_service}s; user sbc with exactly its 4 capabilities"
 }
 
+# The boot entries on the stopped disk's ESP (systemd-boot's boot counting renames them), one line.
+esp_entries() {
+  mdir -b -i "$disk@@1M" ::loader/entries/ | sed 's|.*/||' | sort | tr '\n' ' '
+}
+
 run_update() {
   say "== 2. good update: sbc-update writes slot B, B is tried once, passes the gate, is blessed"
   prepare update "systemd.wants=sbc-update@dev-vdb.service"
@@ -177,7 +182,7 @@ run_update() {
   update_time=$((SECONDS - boot_t0))
   stop_qemu
   local entries
-  entries=$(mdir -b -i "$disk@@1M" ::loader/entries/ | sed 's|.*/||' | sort | tr '\n' ' ')
+  entries=$(esp_entries)
   say "ESP entries after: $entries"
   case " $entries" in *" sbc-b.conf "*) ;; *) die "slot B's entry was not blessed (no sbc-b.conf)" ;; esac
   say "PASS update: slot B booted, passed the gate, blessed, answers: ${update_time}s from qemu's start"
@@ -201,7 +206,7 @@ run_rollback() {
   grep -a -q "already failed its trial" "$console" || die "the second sbc-update of the broken build was not refused"
   stop_qemu
   local entries
-  entries=$(mdir -b -i "$disk@@1M" ::loader/entries/ | sed 's|.*/||' | sort | tr '\n' ' ')
+  entries=$(esp_entries)
   say "ESP entries after: $entries"
   case " $entries" in *" sbc-b+0-1.conf "*) ;; *) die "slot B's entry is not marked bad (sbc-b+0-1.conf)" ;; esac
   say "PASS rollback: back on slot A, answering, ${rollback_time}s from the reboot into B (the broken update refused when offered again)"
