@@ -111,6 +111,9 @@ pub struct Config {
     pub timers: Timers,
     /// Seed of the branch/tag generator (the daemon passes OS randomness).
     pub seed: u64,
+    /// Which shard this engine is (its number goes into our branches, tokens and masks; see
+    /// [`super::steer`]); one shard by default.
+    pub shard: crate::topology::Shard,
 }
 
 impl Config {
@@ -152,6 +155,7 @@ impl Config {
             dialog_idle: Duration::from_secs(3600),
             timers: Timers::default(),
             seed: 7,
+            shard: crate::topology::Shard::default(),
         }
     }
 }

@@ -25,6 +25,9 @@ mod request;
 mod response;
 mod seams;
 #[cfg(test)]
+mod shard_tests;
+pub mod steer;
+#[cfg(test)]
 mod tests;
 mod timer;
 
@@ -51,6 +54,7 @@ use crate::transaction::{
 pub use crate::dialog::DialogEnd;
 pub use crate::flow::{Flow, Side, Transmit};
 pub use crate::nat::NatMode;
+pub use crate::topology::Shard;
 pub use config::{Config, CoreTarget, NatConfig, SideConfig};
 pub use seams::{Admit, AllowAll, BodyCrossing, BodyRole, Final, Guard, GuardAction, MediaHook};
 pub use timer::Timer;
@@ -196,6 +200,7 @@ impl Engine {
             .collect();
         let topology = Topology::new(Settings {
             secret: &cfg.secret,
+            shard: cfg.shard.index,
             external: SideView { advertise: cfg.external.advertise.clone(), hide: cfg.external.hide },
             internal: SideView { advertise: cfg.internal.advertise.clone(), hide: cfg.internal.hide },
             external_addrs: &external_addrs,
@@ -453,8 +458,10 @@ impl Engine {
     fn random_hex(&mut self) -> String {
         format!("{:016x}", self.random())
     }
+    /// A branch naming this shard (see [`crate::topology::shard`]), so responses find it.
     fn new_branch(&mut self) -> String {
-        format!("z9hG4bK{:016x}", self.random())
+        let r = self.random();
+        crate::topology::shard::branch(self.cfg.shard.index, r)
     }
 
     fn schedule(&mut self, at: Instant, timer: Timer) {

@@ -89,6 +89,8 @@ pub struct Requester<'a> {
 #[derive(Debug, Clone)]
 pub struct Settings<'a> {
     pub secret: &'a [u8],
+    /// The engine shard whose identifiers (masks, tokens) this topology writes.
+    pub shard: u8,
     pub external: SideView,
     pub internal: SideView,
     /// The SBC's own external addresses (identities naming them are left alone).
@@ -106,7 +108,7 @@ impl Topology {
         let internal_hosts = host_set(&s.internal.advertise, s.internal_addrs, &[]);
         let own_external = host_set(&s.external.advertise, s.external_addrs, &[]);
         Topology {
-            masker: Masker::new(s.secret),
+            masker: Masker::for_shard(s.secret, s.shard),
             external: s.external,
             internal: s.internal,
             public_hosts,

@@ -16,16 +16,20 @@ use siphasher::sip::SipHasher24;
 use crate::sip::values;
 
 mod hide;
+pub mod shard;
 pub use hide::{Forward, Requester, Settings, SideView, Topology, hostport, sbc_uri, via_line};
+pub use shard::Shard;
 
-const PREFIX: &[u8] = b"sbcm";
+const PREFIX: &[u8] = shard::MASK_PREFIX;
 const IV_LEN: usize = 8;
 
-/// The keyed masker, one per process (keys from config, or random at start).
+/// The keyed masker, one per engine shard (keys from config, or random at start: the same for
+/// every shard, which differ only in the shard number they write, see [`shard`]).
 #[derive(Clone)]
 pub struct Masker {
     k_iv: [u8; 16],
     k_stream: [u8; 16],
+    shard: u8,
 }
 
 impl std::fmt::Debug for Masker {
@@ -67,8 +71,13 @@ fn unhex(s: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl Masker {
-    /// Derives both keys from one secret.
+    /// Derives both keys from one secret (shard 0).
     pub fn new(secret: &[u8]) -> Masker {
+        Masker::for_shard(secret, 0)
+    }
+
+    /// Derives both keys from one secret; what it masks and the tokens it makes name `shard`.
+    pub fn for_shard(secret: &[u8], shard: u8) -> Masker {
         let mut k_iv = [0u8; 16];
         let mut k_stream = [0u8; 16];
         let zero = [0u8; 16];
@@ -76,7 +85,7 @@ impl Masker {
         k_iv[8..].copy_from_slice(&prf(&zero, &[b"iv-b", secret]).to_le_bytes());
         k_stream[..8].copy_from_slice(&prf(&zero, &[b"st-a", secret]).to_le_bytes());
         k_stream[8..].copy_from_slice(&prf(&zero, &[b"st-b", secret]).to_le_bytes());
-        Masker { k_iv, k_stream }
+        Masker { k_iv, k_stream, shard }
     }
 
     fn xor_stream(&self, iv: &[u8], data: &mut [u8]) {
@@ -92,8 +101,9 @@ impl Masker {
         let iv = prf(&self.k_iv, &[value]).to_le_bytes();
         let mut body = value.to_vec();
         self.xor_stream(&iv, &mut body);
-        let mut out = Vec::with_capacity(PREFIX.len() + 2 * (IV_LEN + value.len()));
+        let mut out = Vec::with_capacity(PREFIX.len() + 2 * (1 + IV_LEN + value.len()));
         out.extend_from_slice(PREFIX);
+        hex_into(&mut out, &[self.shard]);
         hex_into(&mut out, &iv);
         hex_into(&mut out, &body);
         out
@@ -101,7 +111,8 @@ impl Masker {
 
     /// The original value if `masked` is one of ours.
     pub fn unmask(&self, masked: &[u8]) -> Option<Vec<u8>> {
-        let rest = masked.strip_prefix(PREFIX)?;
+        // The shard digits say who masked it, for steering; any shard unmasks it.
+        let rest = masked.strip_prefix(PREFIX)?.get(2..)?;
         let iv = unhex(rest.get(..2 * IV_LEN)?)?;
         let mut body = unhex(rest.get(2 * IV_LEN..)?)?;
         self.xor_stream(&iv, &mut body);
@@ -119,10 +130,11 @@ impl Masker {
 
     /// Whether `s` has the shape of a [`Masker::token`] of `kind` (not whether we made it).
     pub fn is_token(kind: u8, s: &[u8]) -> bool {
-        s.len() == 17 && s.first() == Some(&kind) && s.iter().skip(1).all(u8::is_ascii_hexdigit)
+        shard::is_token(kind, s)
     }
 
-    /// A token for our Contact user part: opaque, keyed, stable for the same input.
+    /// A token for our Contact user part: opaque, keyed, stable for the same input on the same
+    /// shard; kind, shard (two hex digits), hash.
     pub fn token(&self, kind: u8, parts: &[&[u8]]) -> String {
         let mut h = SipHasher24::new_with_key(&self.k_iv);
         h.write_u8(kind);
@@ -130,7 +142,7 @@ impl Masker {
             h.write(p);
             h.write_u8(0xff);
         }
-        format!("{}{:016x}", char::from(kind), h.finish())
+        format!("{}{:02x}{:016x}", char::from(kind), self.shard, h.finish())
     }
 }
 

@@ -814,6 +814,7 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
             t4: Duration::from_millis(t.t4_ms),
         },
         seed: random_u64(),
+        shard: sbc_proto::engine::Shard::default(),
     };
     Ok(Validated {
         engine,
