@@ -43,8 +43,14 @@ fn no_leaks(cap: &Captured, min_secrets: usize) -> Result<LeakReport> {
     Ok(report)
 }
 
+/// No OPTIONS probing, and two engine shards: every lab here runs with its messages steered
+/// across shards (`engine.workers`), the call tests with four.
 fn no_probe() -> &'static str {
-    "[probe]\ninterval_ms = 0\n"
+    "[probe]\ninterval_ms = 0\n[engine]\nworkers = 2\n"
+}
+
+fn no_probe_4_shards() -> &'static str {
+    "[probe]\ninterval_ms = 0\n[engine]\nworkers = 4\n"
 }
 
 #[test]
@@ -54,7 +60,7 @@ fn calls_from_outside_reach_the_core_and_nothing_of_the_core_leaks() -> Result<(
     }
     let _g = lab_lock();
     let lab = Lab::new("sbl1", "calls_from_outside")?;
-    let _sbc = lab.start_sbc(no_probe())?;
+    let _sbc = lab.start_sbc(no_probe_4_shards())?;
     let packets =
         with_captures(&lab, 200, &[CORE_UA], || run_calls(&lab, &Calls::inbound("uas-nosdp.xml", "uac.xml", 200, 40)))?;
     eprintln!("200 calls external → core over UDP; {packets} external packets checked for leaks");
@@ -123,7 +129,7 @@ fn bye_from_either_side_and_reinvite_cross_the_sbc() -> Result<()> {
     }
     let _g = lab_lock();
     let lab = Lab::new("sbl3", "bye_and_reinvite")?;
-    let _sbc = lab.start_sbc(no_probe())?;
+    let _sbc = lab.start_sbc(no_probe_4_shards())?;
     with_captures(&lab, 100, &[CORE_HOST, CORE_UA], || {
         // The core (callee) hangs up.
         run_calls(&lab, &Calls::inbound("uas-bye-nosdp.xml", "uac-waitbye.xml", 20, 10))?;
@@ -144,7 +150,7 @@ fn register_then_call(prefix: &str, test: &str, transport: &str) -> Result<()> {
     let lab = Lab::new(prefix, test)?;
     let _k = start_kamailio(&lab)?;
     // Probing on: Kamailio answers OPTIONS (it is up before the SBC starts), so the core is up.
-    let _sbc = lab.start_sbc("[probe]\ninterval_ms = 1000\ntimeout_ms = 1000\n")?;
+    let _sbc = lab.start_sbc("[probe]\ninterval_ms = 1000\ntimeout_ms = 1000\n[engine]\nworkers = 2\n")?;
     with_captures(&lab, 5, &[CORE_HOST, CORE_UA], || {
         let phone = spawn_phone(&lab, transport, "alice")?;
         std::thread::sleep(Duration::from_millis(1500));

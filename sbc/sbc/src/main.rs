@@ -11,6 +11,7 @@ mod logsum;
 mod media;
 mod net;
 mod run;
+mod shard;
 mod store;
 mod stun;
 mod trunk;

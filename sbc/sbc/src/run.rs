@@ -1,12 +1,14 @@
-//! The daemon: one task owning the sans-IO engine, the sockets ([`Net`]), the trunk filter and
-//! the admin channel. [`Daemon::run`] only waits for the next event and hands it to one method
-//! per source — socket input ([`Daemon::on_input`]), admin command ([`Daemon::on_admin`]),
-//! signal ([`Daemon::on_signal`]), engine timer ([`Daemon::on_timer`]), log tick
-//! ([`Daemon::on_log_tick`]) — then [`Daemon::flush`] puts what the engine produced on the wire
-//! and into the logs.
+//! The daemon: one task (on a current-thread runtime) owning the sockets ([`Net`]), the trunk
+//! filter, the admin channel and the ban store, and `workers` engine shards on threads of their
+//! own ([`crate::shard`]). [`Daemon::run`] only waits for the next event and hands it to one
+//! method per source — socket input ([`Daemon::on_input`]: filtered, then steered to its
+//! shard), admin command ([`Daemon::on_admin`]), signal ([`Daemon::on_signal`]), what a shard
+//! hands back ([`Daemon::on_shard`]: TCP transmits, guard actions), log tick
+//! ([`Daemon::on_log_tick`]) — then [`Daemon::flush`] hands the steered batches to the shards.
+//! Each shard runs its own timers and drains its own engine (UDP straight onto the sockets).
 //!
-//! The engine's output side (transmits, events, the next timeout) and its guard are touched
-//! only in the block marked "the engine's output and guard": a change of that API lands there.
+//! Guard actions from the engines and the engines' guard are touched only in the block marked
+//! "the engine's output and guard": a change of that API lands there.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use sbc_media::stun;
 use sbc_policy::Prefix;
-use sbc_proto::engine::{Engine, Event, Flow, GuardAction, Output, Side, Transmit};
+use sbc_proto::engine::{Engine, Event, Flow, GuardAction, Shard, Side, Transmit};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
@@ -25,6 +27,7 @@ use crate::guard::{self, EdgeGuard, GuardState, StateFile};
 use crate::logsum;
 use crate::net::stun::{StunWorkers, TcpBounds};
 use crate::net::{Input, Net, StreamSettings};
+use crate::shard::{FromShard, ShardInput, Shards};
 use crate::stun::{Outcome, StunService};
 use crate::trunk::Trunk;
 
@@ -80,7 +83,10 @@ impl Signals {
 }
 
 pub struct Daemon {
-    engine: Engine,
+    /// The engine shards; `sbc stats` reads [`Shards::snapshot`].
+    shards: Shards,
+    /// What the shards hand back (TCP transmits, guard actions).
+    from_shards: mpsc::Receiver<FromShard>,
     net: Net,
     /// The provider allowlist (XDP and userspace); `None` without `trunk.allowlist`.
     trunk: Option<Trunk>,
@@ -90,8 +96,6 @@ pub struct Daemon {
     admin: mpsc::Receiver<admin::Request>,
     signals: Signals,
     log_tick: tokio::time::Interval,
-    /// When the engine next wants [`Daemon::on_timer`]; refreshed by every [`Daemon::flush`].
-    deadline: Option<Instant>,
     /// STUN on the SIP UDP ports, and the dedicated STUN ports' workers.
     stun: Stun,
     /// The media relay's sessions (`[media] enabled`), shared with the engine's media hook,
@@ -134,7 +138,6 @@ impl Daemon {
             tx,
         )
         .context("binding listen addresses")?;
-        let engine = Engine::new(cfg.engine.clone(), Instant::now());
         let trunk = Trunk::start(&cfg.trunk).map_err(|e| anyhow::anyhow!("trunk allowlist: {e}"))?;
         let (admin_tx, admin) = mpsc::channel::<admin::Request>(16);
         if let Err(e) = admin::serve(&cfg.admin_socket, admin_tx) {
@@ -176,15 +179,41 @@ impl Daemon {
             Some(s) => Some(crate::store::Link::start(s).context("guard.store")?),
             None => None,
         };
-        let mut daemon = Daemon {
-            engine,
+        // The shards: one engine each, told its number, sharing the guard's state, the trunk
+        // allowlist and the media sessions.
+        let n = cfg.workers.max(1);
+        let now = Instant::now();
+        let mut engines = Vec::with_capacity(n);
+        for i in 0..n {
+            let shard = Shard::new(i, n).ok_or_else(|| anyhow::anyhow!("workers: {n} shards are too many"))?;
+            let config = sbc_proto::engine::Config {
+                shard,
+                seed: cfg.engine.seed.wrapping_add((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                ..cfg.engine.clone()
+            };
+            let mut engine = Engine::new(config, now);
+            install_guard(&mut engine, trunk.as_ref(), guard.as_ref());
+            if let Some((m, _)) = &media {
+                engine.set_media_hook(Box::new(crate::media::MediaAnchor::new(m.clone())));
+            }
+            engines.push(engine);
+        }
+        let (shard_tx, from_shards) = mpsc::channel::<FromShard>(4096);
+        let udp_out = (0..n)
+            .map(|_| net.udp_out())
+            .collect::<Result<Vec<_>, _>>()
+            .context("UDP sockets for the engine shards")?;
+        let shards = Shards::start(engines, udp_out, shard_tx, guard.clone(), cfg.engine.limits.max_headers)
+            .context("starting the engine shards")?;
+        let daemon = Daemon {
+            shards,
+            from_shards,
             net,
             trunk,
             inputs,
             admin,
             signals,
             log_tick,
-            deadline: None,
             stun,
             media,
             guard,
@@ -192,11 +221,8 @@ impl Daemon {
             guard_dropped: 0,
             store,
         };
-        daemon.install_guard();
-        if let Some((m, _)) = &daemon.media {
-            daemon.engine.set_media_hook(Box::new(crate::media::MediaAnchor::new(m.clone())));
-        }
         tracing::info!(
+            workers = n,
             external_udp = ?cfg.external.udp, external_tcp = ?cfg.external.tcp,
             internal_udp = ?cfg.internal.udp, internal_tcp = ?cfg.internal.tcp,
             cores = ?cfg.engine.cores.iter().map(|c| c.addr).collect::<Vec<_>>(),
@@ -209,27 +235,46 @@ impl Daemon {
 
     /// Waits for the next event, dispatches it, flushes; until a stop signal.
     pub async fn run(mut self) {
-        self.flush();
         loop {
-            let deadline = self.deadline.map(tokio::time::Instant::from_std);
             // Stops first, then admin commands (an operator waits), then bans from the store
-            // (rare and bounded; a flood of packets must not delay them), then packets, then
-            // timers.
+            // (rare and bounded; a flood of packets must not delay them), then what the shards
+            // hand back (their queue toward us must not fill), then packets.
             tokio::select! {
                 biased;
                 signal = self.signals.recv() => if self.on_signal(signal).is_break() { break },
                 Some(req) = self.admin.recv() => self.on_admin(req),
                 Some(msg) = recv_store(&mut self.store) => self.on_store(msg),
+                Some(out) = self.from_shards.recv() => self.on_shard(out),
                 input = self.inputs.recv() => match input {
                     Some(input) => self.on_inputs(input),
                     None => break,
                 },
-                _ = sleep_until(deadline) => self.on_timer(Instant::now()),
                 _ = self.log_tick.tick() => self.on_log_tick(),
             }
             self.flush();
         }
         self.log_stop();
+    }
+
+    /// Hands the steered inputs to their shards.
+    fn flush(&mut self) {
+        self.shards.flush();
+    }
+
+    /// What a shard hands back: a transmit for the connections (or a UDP socket that was
+    /// full), or a guard action.
+    fn on_shard(&mut self, out: FromShard) {
+        match out {
+            FromShard::Transmit(t) => self.net.send(t),
+            FromShard::Guard(action) => self.apply(action),
+        }
+        for _ in 0..BATCH {
+            match self.from_shards.try_recv() {
+                Ok(FromShard::Transmit(t)) => self.net.send(t),
+                Ok(FromShard::Guard(action)) => self.apply(action),
+                Err(_) => break,
+            }
+        }
     }
 
     /// `input`, and up to [`BATCH`] more already queued, on one clock reading: one flush
@@ -256,19 +301,19 @@ impl Daemon {
                 if flow.side == Side::External && self.stun.on_sip_udp && stun::is_stun(&data) {
                     self.on_stun(now, flow, &data);
                 } else {
-                    self.engine.handle_datagram(now, flow, &data);
+                    self.shards.push(ShardInput::Datagram { flow, data });
                 }
             }
             Input::Stream { flow, data } => {
                 if self.admits(&flow) {
-                    self.engine.handle_stream_message(now, flow, &data);
+                    self.shards.push(ShardInput::Stream { flow, data });
                 }
             }
             Input::TransportError { flow, error } => {
                 logsum::note("transport error", Some(flow.remote.ip()), || {
                     format!("transport error toward {} ({}): {error}", flow.remote, flow.side.as_str())
                 });
-                self.engine.handle_transport_error(now, flow);
+                self.shards.push(ShardInput::TransportError { flow, error });
             }
             Input::Opened { key, id, tx } => self.net.opened(key, id, tx),
             Input::Closed { key, id } => self.net.closed(key, id),
@@ -386,11 +431,6 @@ impl Daemon {
         Ok(msg)
     }
 
-    /// The engine's timers are due.
-    fn on_timer(&mut self, now: Instant) {
-        self.engine.handle_timeout(now);
-    }
-
     /// An announcement from the ban store (a ban or unban made elsewhere, or a reconnection).
     fn on_store(&mut self, msg: crate::store::Incoming) {
         if let (Some(s), Some(g)) = (self.store.as_mut(), &self.guard) {
@@ -404,10 +444,12 @@ impl Daemon {
         self.save_bans();
     }
 
-    /// The `sbc stats` text.
+    /// The `sbc stats` text: the engine's counters summed over the shards
+    /// ([`Shards::snapshot`]), then every other part's.
     fn stats_text(&self) -> String {
-        let st = self.engine.stats();
-        let (s, c, d, r) = self.engine.sizes();
+        let snap = self.shards.snapshot();
+        let st = &snap.stats;
+        let (s, c, d, r) = (snap.server_transactions, snap.client_transactions, snap.dialogs, snap.registrations);
         let mut out = format!(
             "sip.requests_in {}\nsip.responses_in {}\nsip.requests_forwarded {}\nsip.responses_forwarded {}\n\
              sip.local_replies {}\nsip.rejected {}\nsip.dropped {}\nsip.retransmissions_absorbed {}\n\
@@ -430,12 +472,19 @@ impl Daemon {
         out.push_str(&format!(
             "nat.registrations {}\nnat.registers_forwarded {}\nnat.registers_absorbed {}\nnat.pings_sent {}\n\
              nat.pings_unanswered {}\nnat.registrations_lost {}\n",
-            self.engine.nat_registrations(),
+            snap.nat_registrations,
             st.registers_forwarded,
             st.registers_absorbed,
             st.nat_pings_sent,
             st.nat_pings_unanswered,
             st.registrations_lost,
+        ));
+        out.push_str(&format!(
+            "sip.workers {}\nsip.shard_inputs {}\nsip.shard_largest_batch {}\nsip.shard_queue_full {}\n",
+            self.shards.count(),
+            snap.inputs,
+            snap.largest_batch,
+            self.shards.queue_full(),
         ));
         out.push_str(&self.stun.service.stats_text());
         if let Some((m, relay)) = &self.media {
@@ -457,8 +506,9 @@ impl Daemon {
 
     fn log_stop(&mut self) {
         self.save_bans();
-        let (s, c, d, r) = self.engine.sizes();
-        let st = self.engine.stats();
+        let snap = self.shards.snapshot();
+        let (s, c, d, r) = (snap.server_transactions, snap.client_transactions, snap.dialogs, snap.registrations);
+        let st = &snap.stats;
         tracing::info!(
             server_txns = s,
             client_txns = c,
@@ -474,31 +524,8 @@ impl Daemon {
     }
 }
 
-/// The engine's output and guard: the only places that drain the engine or replace its guard.
+/// The engines' guard actions and guard: the only places that act on them or install it.
 impl Daemon {
-    /// Drains what the engine produced: transmits onto the sockets, events into the logs, and
-    /// when it next wants [`Daemon::on_timer`]. Called after every event, so `deadline` is
-    /// always current when [`Daemon::run`] waits.
-    fn flush(&mut self) {
-        self.deadline = None;
-        while let Some(out) = self.engine.poll_output() {
-            match out {
-                Output::Transmit(t) => self.net.send(t),
-                Output::Event(ev) => {
-                    if let (Event::DialogEnded { dialog, .. }, Some(g)) = (&ev, &self.guard) {
-                        guard::lock(g).dialog_ended(dialog);
-                    }
-                    log_event(ev)
-                }
-                Output::Guard(action) => self.apply(action),
-                Output::Timeout(at) => {
-                    self.deadline = Some(at);
-                    break;
-                }
-            }
-        }
-    }
-
     /// A guard's action: to the ban store when there is one (`crate::store`); a ban into the
     /// XDP blocklist, with its end, where XDP is attached (XDP lets it lapse by itself at that
     /// end; userspace drops it anyway, [`Daemon::admits`]); an unban out of it.
@@ -521,15 +548,15 @@ impl Daemon {
             tracing::error!(%prefix, ban, error = %e, "XDP blocklist not updated (userspace still enforces the ban)");
         }
     }
+}
 
-    /// Hands the engine its guard, once, at start: the trunk allowlist's check and the policy
-    /// guard, both reading the running allowlist through a slot a reload swaps, so their state
-    /// is never thrown away.
-    fn install_guard(&mut self) {
-        let trunk = self.trunk.as_ref().map(Trunk::guard);
-        if trunk.is_some() || self.guard.is_some() {
-            self.engine.set_guard(Box::new(EdgeGuard { trunk, state: self.guard.clone() }));
-        }
+/// Hands an engine its guard, once, at start: the trunk allowlist's check and the policy
+/// guard, both reading the running allowlist through a slot a reload swaps, so their state is
+/// never thrown away; every shard's engine gets the same shared state.
+fn install_guard(engine: &mut Engine, trunk: Option<&Trunk>, guard: Option<&guard::Shared>) {
+    let trunk = trunk.map(Trunk::guard);
+    if trunk.is_some() || guard.is_some() {
+        engine.set_guard(Box::new(EdgeGuard { trunk, state: guard.cloned() }));
     }
 }
 
@@ -548,14 +575,8 @@ async fn recv_store(store: &mut Option<crate::store::Link>) -> Option<crate::sto
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-fn log_event(ev: Event) {
+/// Logs an engine event (called on the shard threads).
+pub fn log_event(ev: Event) {
     match ev {
         Event::CoreUp { addr } => tracing::info!(%addr, "core is up"),
         Event::CoreDown { addr } => tracing::warn!(%addr, "core is down"),

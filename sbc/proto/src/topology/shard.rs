@@ -31,7 +31,7 @@ impl Default for Shard {
 impl Shard {
     /// Shard `index` of `count`; None when `count` is 0, over [`MAX_SHARDS`], or `index` is not below it.
     pub fn new(index: usize, count: usize) -> Option<Shard> {
-        (count >= 1 && count <= MAX_SHARDS && index < count).then(|| Shard { index: index as u8, count: count as u8 })
+        ((1..=MAX_SHARDS).contains(&count) && index < count).then_some(Shard { index: index as u8, count: count as u8 })
     }
 }
 

@@ -28,6 +28,8 @@ pub const DEFAULT: &str = include_str!("../../../../config/sbc.toml");
 #[serde(deny_unknown_fields)]
 pub struct Raw {
     #[serde(default)]
+    pub engine: RawEngine,
+    #[serde(default)]
     pub external: RawSide,
     #[serde(default)]
     pub internal: RawSide,
@@ -55,6 +57,14 @@ pub struct Raw {
     pub media: RawMedia,
     #[serde(default)]
     pub guard: RawGuard,
+}
+
+/// The SIP engine's threads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEngine {
+    /// SIP engine threads (shards); 0: one per core.
+    pub workers: u64,
 }
 
 /// Media anchoring: SDP rewritten onto the SBC's relay (RFC 3264), sessions with latching.
@@ -404,6 +414,8 @@ pub struct Validated {
     pub media: Option<sbc_media::session::Config>,
     /// Relay worker threads (`media.workers`, 0 resolved to the cores).
     pub media_workers: usize,
+    /// SIP engine shards, each on its own thread (`workers`, 0 resolved to the cores).
+    pub workers: usize,
     /// None: `guard.enabled = false`.
     pub guard: Option<Guard>,
 }
@@ -641,6 +653,7 @@ fn range(errs: &mut Checks<'_>, path: &str, v: u64, lo: u64, hi: u64) {
 /// stage refused (see [`Checks`]).
 fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, String)>> {
     let mut errs = Checks { found: Vec::new(), refused };
+    range(&mut errs, "engine.workers", raw.engine.workers, 0, sbc_proto::topology::shard::MAX_SHARDS as u64);
     let (external, ext_listen) = side("external", &raw.external, (true, NatMode::On), &mut errs);
     let (internal, int_listen) = side("internal", &raw.internal, (false, NatMode::Off), &mut errs);
     overlapping_listens(&ext_listen, &int_listen, &mut errs);
@@ -829,6 +842,12 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
         media,
         media_workers: match raw.media.workers {
             0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => usize::try_from(n).unwrap_or(1),
+        },
+        workers: match raw.engine.workers {
+            0 => std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get)
+                .min(sbc_proto::topology::shard::MAX_SHARDS),
             n => usize::try_from(n).unwrap_or(1),
         },
         guard,
@@ -1073,6 +1092,17 @@ max_message_bytes = 70000
         let e = parse(&format!("{base}[stun]\nudp=[\"127.0.0.1:5060\", \"nonsense\"]\n")).unwrap_err().to_string();
         assert!(e.contains("stun.udp[0]") && e.contains("already a SIP listen address"), "{e}");
         assert!(e.contains("stun.udp[1]"), "{e}");
+    }
+
+    #[test]
+    fn engine_workers_default_to_the_cores_and_are_ranged() {
+        let base = "[external]\nudp=[\"127.0.0.1:5060\"]\n[internal]\nudp=[\"127.0.0.2:5060\"]\n\
+                    [[core]]\naddress=\"127.0.0.3:5080\"\n";
+        assert_eq!(parse(&format!("{base}[engine]\nworkers = 3\n")).unwrap().workers, 3);
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        assert_eq!(parse(base).unwrap().workers, cores.min(64));
+        let e = lines(&format!("{base}[engine]\nworkers = 65\n"));
+        assert!(e.iter().any(|l| l.contains("engine.workers: 65 out of range 0..=64")), "{e:?}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -20,6 +21,7 @@ use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
+pub mod batch;
 mod conn;
 pub mod relay;
 pub mod stun;
@@ -94,7 +96,6 @@ fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
 /// `WouldBlock` when the queue is empty.
 fn recv_udp_error(sock: &UdpSocket) -> io::Result<Option<(SocketAddr, io::ErrorKind)>> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
-    use std::os::fd::AsRawFd;
     let mut buf = [0u8; 512];
     let mut iov = [io::IoSliceMut::new(&mut buf)];
     let mut cmsg = nix::cmsg_space!(nix::libc::sock_extended_err, nix::libc::sockaddr_in6);
@@ -183,7 +184,8 @@ impl Net {
                 let local = sock.local_addr()?;
                 net.udp.insert(local, sock.clone());
                 tokio::spawn(udp_errors(*side, local, sock.clone(), net.tx.clone()));
-                tokio::spawn(udp_reader(*side, local, sock, net.tx.clone()));
+                let size = settings.limits.max_message_bytes + 1;
+                tokio::spawn(udp_reader(*side, local, sock, net.tx.clone(), size));
             }
             for (i, addr) in tcp.iter().enumerate() {
                 let l = tcp_listener(*addr).map_err(|e| annotate(e, "tcp", *addr))?;
@@ -206,6 +208,17 @@ impl Net {
 
     pub fn connections(&self) -> usize {
         self.conns.len()
+    }
+
+    /// The UDP sockets for sending from another thread (an engine shard): the same sockets
+    /// (duplicated descriptors), so peers see the same source address and port.
+    pub fn udp_out(&self) -> io::Result<UdpOut> {
+        let mut socks = Vec::new();
+        for (local, s) in &self.udp {
+            let dup: std::net::UdpSocket = socket2::SockRef::from(s.as_ref()).try_clone()?.into();
+            socks.push((*local, dup));
+        }
+        Ok(UdpOut { socks, batch: batch::SendBatch::new(BATCH), by_socket: Vec::new() })
     }
 
     pub fn opened(&mut self, key: ConnKey, id: u64, tx: mpsc::Sender<Vec<u8>>) {
@@ -313,6 +326,67 @@ impl Net {
     }
 }
 
+/// Datagrams read, and sent, per system call on the SIP UDP sockets.
+const BATCH: usize = 64;
+
+/// The SIP UDP sockets as one engine shard sends on them (non-blocking, shared descriptors),
+/// in batches: one `sendmmsg` per socket for what one drain of the engine produced.
+#[derive(Debug)]
+pub struct UdpOut {
+    socks: Vec<(SocketAddr, std::net::UdpSocket)>,
+    batch: batch::SendBatch,
+    /// Per socket, the indexes of the transmits of the batch being sent (reused).
+    by_socket: Vec<Vec<usize>>,
+}
+
+impl UdpOut {
+    /// The socket of `t.flow.local`, else the first of the peer's family.
+    fn socket_of(&self, t: &Transmit) -> Option<usize> {
+        self.socks
+            .iter()
+            .position(|(a, _)| *a == t.flow.local)
+            .or_else(|| self.socks.iter().position(|(a, _)| a.is_ipv4() == t.flow.remote.is_ipv4()))
+    }
+
+    /// Sends every UDP transmit of `out`, one `sendmmsg` per socket (in order per socket). What
+    /// a full send queue refused is left in `out`, for the daemon's task to send when the
+    /// socket drains; everything else is taken (sent, or lost as UDP loses it, and logged).
+    pub fn send_all(&mut self, out: &mut Vec<Transmit>) {
+        self.by_socket.resize_with(self.socks.len(), Vec::new);
+        for v in &mut self.by_socket {
+            v.clear();
+        }
+        for (i, t) in out.iter().enumerate() {
+            match self.socket_of(t).and_then(|s| self.by_socket.get_mut(s)) {
+                Some(v) => v.push(i),
+                None => tracing::warn!(local = %t.flow.local, "no UDP socket for this flow; message dropped"),
+            }
+        }
+        let mut refused = Vec::new();
+        for ((_, sock), idx) in self.socks.iter().zip(&self.by_socket) {
+            if idx.is_empty() {
+                continue;
+            }
+            let datagrams: Vec<(&[u8], SocketAddr)> =
+                idx.iter().filter_map(|&i| out.get(i)).map(|t| (t.data.as_slice(), t.flow.remote)).collect();
+            if let batch::Sent::From(k) = self.batch.send(sock.as_raw_fd(), &datagrams, false) {
+                refused.extend(idx.iter().skip(k).copied());
+            }
+        }
+        if refused.is_empty() {
+            out.clear();
+        } else {
+            refused.sort_unstable();
+            let mut i = 0;
+            out.retain(|_| {
+                let keep = refused.binary_search(&i).is_ok();
+                i += 1;
+                keep
+            });
+        }
+    }
+}
+
 fn annotate(e: io::Error, what: &str, addr: SocketAddr) -> io::Error {
     io::Error::new(e.kind(), format!("cannot bind {what} {addr}: {e}"))
 }
@@ -348,15 +422,20 @@ async fn udp_errors(side: Side, local: SocketAddr, sock: Arc<UdpSocket>, tx: mps
     }
 }
 
-async fn udp_reader(side: Side, local: SocketAddr, sock: Arc<UdpSocket>, tx: mpsc::Sender<Input>) {
-    let mut buf = vec![0u8; 65536];
+/// Reads a SIP UDP socket in batches: one wake-up and one `recvmmsg` for whatever is queued
+/// (up to [`BATCH`] datagrams of up to `size` bytes: one more than the largest message taken,
+/// so a longer one is refused as too long).
+async fn udp_reader(side: Side, local: SocketAddr, sock: Arc<UdpSocket>, tx: mpsc::Sender<Input>, size: usize) {
+    let mut rx = batch::RecvBatch::new(BATCH, size);
+    let fd = sock.as_raw_fd();
     loop {
-        match sock.recv_from(&mut buf).await {
-            Ok((n, remote)) => {
-                let flow = Flow { side, transport: Transport::Udp, local, remote };
-                let data = buf.get(..n).unwrap_or_default().to_vec();
-                if tx.send(Input::Datagram { flow, data }).await.is_err() {
-                    return;
+        match sock.async_io(Interest::READABLE, || rx.recv(fd, false)).await {
+            Ok(_) => {
+                for (data, remote) in rx.datagrams() {
+                    let flow = Flow { side, transport: Transport::Udp, local, remote };
+                    if tx.send(Input::Datagram { flow, data: data.to_vec() }).await.is_err() {
+                        return;
+                    }
                 }
             }
             Err(e) => tracing::debug!(%local, error = %e, "UDP receive error"),

@@ -3,25 +3,25 @@
 //!   `SO_REUSEPORT` (the kernel spreads sources over them by a hash of the 4-tuple), each reading
 //!   a batch with one `recvmmsg` (blocking until one datagram, then whatever else is queued),
 //!   answering the batch with the rate limiter locked once, and sending every answer with one
-//!   `sendmmsg`. nix's safe wrappers (already our syscall crate) keep `unsafe` out of the daemon.
+//!   `sendmmsg` ([`super::batch`], shared with the SIP UDP sockets).
 //! - TCP (`[stun] tcp`): one thread with its own single-threaded runtime; RFC 8489 §6.2.2
 //!   framing (`sbc_media::stun::frame_stream`): messages bounded in size, connections in number,
 //!   a message must complete within the idle time, and a stream that is not STUN is closed.
 //!
 //! Both hand every message to the shared [`StunService`] (rate limit, Binding server, counters).
 
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrLike, SockaddrStorage, recvmmsg, sendmmsg};
 use sbc_media::stun::{self, StreamFrame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::batch::{RecvBatch, SendBatch};
 use crate::logsum;
 use crate::stun::{Outcome, StunService};
 
@@ -107,51 +107,31 @@ fn reuseport_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 /// One worker: read a batch, answer it, send the answers; until asked to stop.
 fn udp_worker(sock: &UdpSocket, service: &StunService, stop: &std::sync::atomic::AtomicBool) {
     let fd = sock.as_raw_fd();
-    let mut rx_bufs = vec![[0u8; RX_BYTES]; BATCH];
-    let mut rx_hdrs = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-    let mut tx_hdrs = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-    // (length, source) of each datagram of the batch.
-    let mut got: Vec<(usize, SocketAddr)> = Vec::with_capacity(BATCH);
-    let mut replies: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
-    let mut dests: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
+    let mut rx = RecvBatch::new(BATCH, RX_BYTES);
+    let mut tx = SendBatch::new(BATCH);
+    let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(BATCH);
     while !stop.load(Ordering::Relaxed) {
-        got.clear();
-        {
-            let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
-                rx_bufs.iter_mut().map(|b| [IoSliceMut::new(b.as_mut_slice())]).collect();
-            match recvmmsg(fd, &mut rx_hdrs, iovs.iter_mut(), MsgFlags::MSG_WAITFORONE, None) {
-                Ok(msgs) => {
-                    for m in msgs {
-                        if let Some(src) = m.address.as_ref().and_then(super::std_addr) {
-                            got.push((m.bytes, src));
-                        }
-                    }
-                }
-                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    tracing::debug!(error = %e, "STUN recvmmsg");
-                    std::thread::sleep(Duration::from_millis(1));
-                    continue;
-                }
+        match rx.recv(fd, true) {
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "STUN recvmmsg");
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
             }
         }
         let now = Instant::now();
         replies.clear();
-        dests.clear();
         let mut limited_from = None;
         {
             let mut limiter = service.lock();
-            for (&(len, src), buf) in got.iter().zip(rx_bufs.iter()) {
-                let data = buf.get(..len).unwrap_or_default();
+            for (data, src) in rx.datagrams() {
                 if !stun::is_stun(data) {
                     service.not_stun();
                     continue;
                 }
                 match service.handle(&mut limiter, now, data, src) {
-                    Outcome::Reply(bytes) => {
-                        replies.push(bytes);
-                        dests.push(Some(SockaddrStorage::from(src)));
-                    }
+                    Outcome::Reply(bytes) => replies.push((bytes, src)),
                     Outcome::Limited => limited_from = Some(src),
                     Outcome::Ignored(_) => {}
                 }
@@ -162,28 +142,7 @@ fn udp_worker(sock: &UdpSocket, service: &StunService, stop: &std::sync::atomic:
                 format!("STUN requests from {src} over the per-source rate: dropped")
             });
         }
-        send_all(fd, &mut tx_hdrs, &replies, &dests);
-    }
-}
-
-/// Sends every reply with `sendmmsg`, going on after a datagram the kernel refuses.
-fn send_all(fd: i32, hdrs: &mut MultiHeaders<SockaddrStorage>, replies: &[Vec<u8>], dests: &[Option<SockaddrStorage>]) {
-    let mut from = 0;
-    while from < replies.len() {
-        let (Some(rest), Some(to)) = (replies.get(from..), dests.get(from..)) else { return };
-        let iovs: Vec<[IoSlice<'_>; 1]> = rest.iter().map(|r| [IoSlice::new(r)]).collect();
-        match sendmmsg(fd, hdrs, iovs.iter(), to, [], MsgFlags::empty()) {
-            Ok(sent) => {
-                let n = sent.count();
-                // Zero sent: the first one failed without an error; skip it.
-                from += n.max(1);
-            }
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => {
-                tracing::debug!(error = %e, to = ?to.first().and_then(|d| d.as_ref()).map(|d| d.len()), "STUN sendmmsg");
-                from += 1;
-            }
-        }
+        tx.send(fd, &replies, true);
     }
 }
 

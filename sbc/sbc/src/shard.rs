@@ -1,0 +1,314 @@
+//! The SIP engine shards: `workers` threads, each owning one sans-IO [`Engine`] (its
+//! transactions, dialogs, registrations and timers) and sending its own UDP. The daemon's task
+//! ([`crate::run`]) reads the sockets, filters (trunk allowlist, bans, STUN), and hands each
+//! message to the shard [`steer::shard_of`] names — no table, no lock: the owner's number is in
+//! the identifiers the SBC handed out (see `sbc_proto::topology::shard`). A transport error
+//! goes to every shard (any of them may have transactions on that flow).
+//!
+//! A shard's loop ([`run_shard`]) is: wait for a batch of inputs or its next timer, hand them to
+//! the engine on one clock reading, run due timers (also under load: a busy shard never waits
+//! long enough to time out), then drain the engine: UDP onto the sockets from this thread, TCP
+//! transmits and guard actions back to the daemon's task (it owns the connections, XDP and the
+//! ban store), events into the logs. Then it publishes its [`Snapshot`], which is what
+//! `sbc stats` (and any metrics reader) sums: [`Shards::snapshot`].
+//!
+//! The daemon never blocks on a shard (a full queue drops the batch, counted as
+//! `sip.shard_queue_full`); a shard blocks on the daemon only when the daemon's queue is full.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use sbc_proto::engine::{Engine, Event, Flow, GuardAction, Output, Stats, Transmit, steer};
+use sbc_proto::sip::uri::Transport;
+use tokio::sync::mpsc;
+
+use crate::guard;
+use crate::net::UdpOut;
+
+/// Batches of inputs queued per shard before the daemon drops (and counts) further ones.
+const QUEUE_BATCHES: usize = 1024;
+
+/// What the daemon hands a shard.
+#[derive(Debug)]
+pub enum ShardInput {
+    Datagram { flow: Flow, data: Vec<u8> },
+    Stream { flow: Flow, data: Vec<u8> },
+    TransportError { flow: Flow, error: std::io::ErrorKind },
+}
+
+/// What a shard hands back to the daemon's task.
+#[derive(Debug)]
+pub enum FromShard {
+    /// A TCP transmit, or a UDP one the socket refused for now (sent by the daemon's task).
+    Transmit(Transmit),
+    Guard(GuardAction),
+}
+
+/// One shard's counters and state sizes, published after every batch; summed over shards by
+/// [`Shards::snapshot`].
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub stats: Stats,
+    pub server_transactions: usize,
+    pub client_transactions: usize,
+    pub dialogs: usize,
+    pub registrations: usize,
+    pub nat_registrations: usize,
+    /// Inputs handed to the engine, and the largest batch one wake-up took.
+    pub inputs: u64,
+    pub largest_batch: usize,
+}
+
+impl Snapshot {
+    fn of(e: &Engine, inputs: u64, largest_batch: usize) -> Snapshot {
+        let (s, c, d, r) = e.sizes();
+        Snapshot {
+            stats: e.stats(),
+            server_transactions: s,
+            client_transactions: c,
+            dialogs: d,
+            registrations: r,
+            nat_registrations: e.nat_registrations(),
+            inputs,
+            largest_batch,
+        }
+    }
+
+    fn add(&mut self, o: &Snapshot) {
+        let (a, b) = (&mut self.stats, &o.stats);
+        a.requests_in += b.requests_in;
+        a.responses_in += b.responses_in;
+        a.requests_forwarded += b.requests_forwarded;
+        a.responses_forwarded += b.responses_forwarded;
+        a.local_replies += b.local_replies;
+        a.retransmissions_absorbed += b.retransmissions_absorbed;
+        a.retransmissions_sent += b.retransmissions_sent;
+        a.dropped += b.dropped;
+        a.rejected += b.rejected;
+        a.unacked_dialogs_ended += b.unacked_dialogs_ended;
+        a.transport_errors += b.transport_errors;
+        a.registers_forwarded += b.registers_forwarded;
+        a.registers_absorbed += b.registers_absorbed;
+        a.nat_pings_sent += b.nat_pings_sent;
+        a.nat_pings_unanswered += b.nat_pings_unanswered;
+        a.registrations_lost += b.registrations_lost;
+        self.server_transactions += o.server_transactions;
+        self.client_transactions += o.client_transactions;
+        self.dialogs += o.dialogs;
+        self.registrations += o.registrations;
+        self.nat_registrations += o.nat_registrations;
+        self.inputs += o.inputs;
+        self.largest_batch = self.largest_batch.max(o.largest_batch);
+    }
+}
+
+/// The daemon's side of the shards: steering, per-shard batches, the published snapshots.
+pub struct Shards {
+    queues: Vec<SyncSender<Vec<ShardInput>>>,
+    snapshots: Vec<Arc<Mutex<Snapshot>>>,
+    /// Inputs steered since the last [`Shards::flush`], per shard.
+    pending: Vec<Vec<ShardInput>>,
+    max_headers: usize,
+    /// Batches dropped because a shard's queue was full, and the inputs in them.
+    queue_full: u64,
+    /// Round-robin for messages with no owner (not SIP): any shard answers or drops them.
+    next: usize,
+}
+
+impl Shards {
+    /// Starts one thread per engine (`engines[i]` must be shard i of `engines.len()`).
+    /// `udp[i]`: shard i's own handle on the UDP sockets.
+    pub fn start(
+        engines: Vec<Engine>,
+        udp: Vec<UdpOut>,
+        to_daemon: mpsc::Sender<FromShard>,
+        guard: Option<guard::Shared>,
+        max_headers: usize,
+    ) -> std::io::Result<Shards> {
+        let n = engines.len();
+        let mut queues = Vec::with_capacity(n);
+        let mut snapshots = Vec::with_capacity(n);
+        for (i, (engine, udp)) in engines.into_iter().zip(udp).enumerate() {
+            let (tx, rx) = sync_channel(QUEUE_BATCHES);
+            let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+            let shard = Shard {
+                engine,
+                udp,
+                udp_out: Vec::new(),
+                to_daemon: to_daemon.clone(),
+                guard: guard.clone(),
+                snapshot: snapshot.clone(),
+                inputs: 0,
+                largest_batch: 0,
+            };
+            std::thread::Builder::new().name(format!("sip-{i}")).spawn(move || run_shard(shard, &rx))?;
+            queues.push(tx);
+            snapshots.push(snapshot);
+        }
+        Ok(Shards {
+            queues,
+            snapshots,
+            pending: (0..n).map(|_| Vec::new()).collect(),
+            max_headers,
+            queue_full: 0,
+            next: 0,
+        })
+    }
+
+    pub fn count(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Steers one input to its shard's pending batch (a transport error to every shard).
+    pub fn push(&mut self, input: ShardInput) {
+        let n = self.queues.len();
+        let shard = match &input {
+            ShardInput::Datagram { data, .. } | ShardInput::Stream { data, .. } => {
+                steer::shard_of(data, n, self.max_headers).unwrap_or_else(|| {
+                    self.next = (self.next + 1) % n;
+                    self.next
+                })
+            }
+            ShardInput::TransportError { flow, error } => {
+                for p in self.pending.iter_mut().skip(1) {
+                    p.push(ShardInput::TransportError { flow: *flow, error: *error });
+                }
+                0
+            }
+        };
+        if let Some(p) = self.pending.get_mut(shard) {
+            p.push(input);
+        }
+    }
+
+    /// Hands every pending batch to its shard without waiting; a full queue drops the batch.
+    pub fn flush(&mut self) {
+        for (q, p) in self.queues.iter().zip(self.pending.iter_mut()) {
+            if p.is_empty() {
+                continue;
+            }
+            match q.try_send(std::mem::take(p)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(batch)) => {
+                    self.queue_full += batch.len() as u64;
+                    crate::logsum::note("shard queue full", None, || {
+                        "a SIP engine shard's queue is full: messages dropped".into()
+                    });
+                }
+                Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+    }
+
+    /// The sum of every shard's last published snapshot: one place for `sbc stats` and metrics.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut sum = Snapshot::default();
+        for s in &self.snapshots {
+            sum.add(&s.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        sum
+    }
+
+    /// Inputs dropped because a shard's queue was full.
+    pub fn queue_full(&self) -> u64 {
+        self.queue_full
+    }
+}
+
+/// One shard thread's state.
+struct Shard {
+    engine: Engine,
+    udp: UdpOut,
+    /// The UDP transmits of one drain, sent together (reused).
+    udp_out: Vec<Transmit>,
+    to_daemon: mpsc::Sender<FromShard>,
+    guard: Option<guard::Shared>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    inputs: u64,
+    largest_batch: usize,
+}
+
+/// The shard's loop (see the module doc); ends when the daemon drops its queue.
+fn run_shard(mut s: Shard, rx: &Receiver<Vec<ShardInput>>) {
+    let mut deadline = s.drain();
+    loop {
+        let got = match deadline {
+            Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let now = Instant::now();
+        match got {
+            Ok(batch) => {
+                s.largest_batch = s.largest_batch.max(batch.len());
+                s.handle(now, batch);
+                // Whatever else is queued, on the same clock reading (bounded: one queue's worth).
+                for _ in 0..QUEUE_BATCHES {
+                    match rx.try_recv() {
+                        Ok(batch) => s.handle(now, batch),
+                        Err(_) => break,
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        // The loop is alive here (a watchdog seam): timers that are due run even when inputs
+        // never let the wait time out.
+        if deadline.is_some_and(|at| at <= now) {
+            s.engine.handle_timeout(now);
+        }
+        deadline = s.drain();
+        let snap = Snapshot::of(&s.engine, s.inputs, s.largest_batch);
+        *s.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = snap;
+    }
+}
+
+impl Shard {
+    fn handle(&mut self, now: Instant, batch: Vec<ShardInput>) {
+        self.inputs += batch.len() as u64;
+        for input in batch {
+            match input {
+                ShardInput::Datagram { flow, data } => self.engine.handle_datagram(now, flow, &data),
+                ShardInput::Stream { flow, data } => self.engine.handle_stream_message(now, flow, &data),
+                ShardInput::TransportError { flow, .. } => self.engine.handle_transport_error(now, flow),
+            }
+        }
+    }
+
+    /// Drains the engine's output (UDP sent in batches at the end); returns when it next
+    /// wants its timers.
+    fn drain(&mut self) -> Option<Instant> {
+        let deadline = self.drain_engine();
+        if !self.udp_out.is_empty() {
+            self.udp.send_all(&mut self.udp_out);
+            // What a full send queue refused: the daemon's task waits for the socket.
+            for t in self.udp_out.drain(..) {
+                let _ = self.to_daemon.blocking_send(FromShard::Transmit(t));
+            }
+        }
+        deadline
+    }
+
+    fn drain_engine(&mut self) -> Option<Instant> {
+        while let Some(out) = self.engine.poll_output() {
+            match out {
+                Output::Transmit(t) if t.flow.transport == Transport::Udp => self.udp_out.push(t),
+                Output::Transmit(t) => {
+                    let _ = self.to_daemon.blocking_send(FromShard::Transmit(t));
+                }
+                Output::Event(ev) => {
+                    if let (Event::DialogEnded { dialog, .. }, Some(g)) = (&ev, &self.guard) {
+                        guard::lock(g).dialog_ended(dialog);
+                    }
+                    crate::run::log_event(ev);
+                }
+                Output::Guard(action) => {
+                    let _ = self.to_daemon.blocking_send(FromShard::Guard(action));
+                }
+                Output::Timeout(at) => return Some(at),
+            }
+        }
+        None
+    }
+}
