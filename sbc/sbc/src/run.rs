@@ -186,9 +186,14 @@ impl Daemon {
         let mut engines = Vec::with_capacity(n);
         for i in 0..n {
             let shard = Shard::new(i, n).ok_or_else(|| anyhow::anyhow!("workers: {n} shards are too many"))?;
+            // The configured bounds are the SBC's: each shard holds its share (rounded up).
+            let share = |max: usize| max.div_ceil(n).max(1);
             let config = sbc_proto::engine::Config {
                 shard,
                 seed: cfg.engine.seed.wrapping_add((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                max_transactions: share(cfg.engine.max_transactions),
+                max_dialogs: share(cfg.engine.max_dialogs),
+                max_registrations: share(cfg.engine.max_registrations),
                 ..cfg.engine.clone()
             };
             let mut engine = Engine::new(config, now);

@@ -322,6 +322,47 @@ fn transaction_limit_answers_503_with_retry_after() {
     assert_eq!(header(&out[0].1, "Retry-After"), Some("5"));
 }
 
+/// Issue 16: answered transactions linger 64·T1 to absorb retransmissions; at a high call
+/// rate they far outnumber the requests in progress. They must neither refuse new requests
+/// (the limit is on work in progress) nor grow past the limit (the oldest end early).
+#[test]
+fn lingering_answered_transactions_neither_refuse_new_requests_nor_grow_past_the_limit() {
+    let now = Instant::now();
+    let mut cfg = config(&[CORE_A], None);
+    cfg.max_transactions = 10;
+    let mut e = Engine::new(cfg, now);
+    let message = |i: usize| {
+        format!(
+            "MESSAGE sip:1000@203.0.113.1 SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKm{i}\r\n\
+             From: <sip:alice@198.51.100.7>;tag=m{i}\r\nTo: <sip:1000@203.0.113.1>\r\nCall-ID: m{i}@ua\r\n\
+             CSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    // 50 requests, each answered by the core: every one is forwarded and answered.
+    for i in 0..50 {
+        e.handle_datagram(now, ext(Transport::Udp), message(i).as_bytes());
+        let out = drain(&mut e);
+        assert_eq!(out.len(), 1, "request {i} forwarded, not refused: {out:#?}");
+        assert_eq!(out[0].0, core(CORE_A));
+        e.handle_datagram(now, core(CORE_A), respond(&out[0].1, 200, "OK", Some("c"), "").as_bytes());
+        let out = drain(&mut e);
+        assert_eq!(first_line(&out[0].1), "SIP/2.0 200 OK");
+        assert!(e.sizes().0 <= 11, "server transactions bounded: {}", e.sizes().0);
+    }
+    // The newest answered one still absorbs its retransmission (answered again, not forwarded).
+    e.handle_datagram(now, ext(Transport::Udp), message(49).as_bytes());
+    let out = drain(&mut e);
+    assert_eq!((out.len(), out[0].0.side), (1, Side::External));
+    assert_eq!(first_line(&out[0].1), "SIP/2.0 200 OK");
+    // Requests in progress are what the limit refuses: 10 unanswered, the 11th gets 503.
+    for i in 100..110 {
+        e.handle_datagram(now, ext(Transport::Udp), message(i).as_bytes());
+        assert_eq!(drain(&mut e)[0].0, core(CORE_A));
+    }
+    e.handle_datagram(now, ext(Transport::Udp), message(110).as_bytes());
+    assert_eq!(first_line(&drain(&mut e)[0].1), "SIP/2.0 503 Service Unavailable");
+}
+
 #[test]
 fn refer_to_is_pointed_at_the_sbc_and_its_replaces_is_unmasked() {
     let now = Instant::now();

@@ -74,6 +74,13 @@ pub enum ServerState {
     Accepted,
 }
 
+impl ServerState {
+    /// Still waiting for a final response: work in progress, not only an echo of one.
+    pub fn is_pending(self) -> bool {
+        self == ServerState::Proceeding
+    }
+}
+
 #[derive(Debug)]
 pub struct ServerTxn {
     pub flow: Flow,
@@ -217,6 +224,13 @@ pub struct Transactions {
     client: HashMap<String, ClientTxn>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerKey)>>,
     seq: u64,
+    /// Server transactions still waiting for their final response (the work in progress that
+    /// `max_transactions` bounds).
+    pending_server: usize,
+    /// Server transactions that got their final response and linger only to absorb
+    /// retransmissions (Timer J, L, H: 64·T1 over UDP), oldest first, with the `expires` they
+    /// had on entering: what [`Transactions::evict_lingering`] may end early.
+    lingering: VecDeque<(Instant, ServerKey)>,
     /// Requests and responses this layer retransmitted / absorbed (for the engine's stats).
     pub retransmissions_sent: u64,
     pub retransmissions_absorbed: u64,
@@ -231,6 +245,8 @@ impl Transactions {
             client: HashMap::new(),
             timers: BinaryHeap::new(),
             seq: 0,
+            pending_server: 0,
+            lingering: VecDeque::new(),
             retransmissions_sent: 0,
             retransmissions_absorbed: 0,
         }
@@ -238,6 +254,26 @@ impl Transactions {
 
     pub fn server_len(&self) -> usize {
         self.server.len()
+    }
+    /// Server transactions without a final response yet.
+    pub fn pending_server(&self) -> usize {
+        self.pending_server
+    }
+    /// Ends the oldest lingering server transactions (answered, kept only to absorb
+    /// retransmissions) until at most `max` linger: at a high call rate they outnumber the
+    /// calls in progress 64·T1 to one, and must not refuse new work nor grow without bound.
+    /// A retransmission of an evicted one's request is then treated as new (the far end
+    /// answers it again, or the dialog layer absorbs it). Returns how many were ended.
+    pub fn evict_lingering(&mut self, max: usize) -> usize {
+        let mut ended = 0;
+        while self.lingering.len() > max {
+            let Some((at, key)) = self.lingering.pop_front() else { break };
+            if self.server.get(&key).is_some_and(|st| st.expires == at && !st.state.is_pending()) {
+                self.server.remove(&key);
+                ended += 1;
+            }
+        }
+        ended
     }
     pub fn client_len(&self) -> usize {
         self.client.len()
@@ -308,6 +344,14 @@ impl Transactions {
     /// A new server transaction, forgotten at `st.expires` unless a response moves it on.
     pub fn insert_server(&mut self, key: ServerKey, st: ServerTxn) {
         let at = st.expires;
+        if st.state.is_pending() {
+            self.pending_server += 1;
+        }
+        if let Some(old) = self.server.get(&key)
+            && old.state.is_pending()
+        {
+            self.pending_server -= 1;
+        }
         self.server.insert(key.clone(), st);
         self.schedule(at, TimerKey::Server(key));
     }
@@ -325,6 +369,9 @@ impl Transactions {
             return;
         }
         let udp = st.flow.transport == Transport::Udp;
+        if st.state.is_pending() {
+            self.pending_server -= 1;
+        }
         let (state, linger, retransmit) = match (st.method, code) {
             (Method::Invite, 200..=299) => (ServerState::Accepted, t.t64(), None),
             (Method::Invite, _) => (ServerState::Completed, t.t64(), udp.then(|| (t.t1, now + t.t1))),
@@ -333,6 +380,7 @@ impl Transactions {
         st.state = state;
         st.retransmit = retransmit;
         st.expires = now + linger;
+        self.lingering.push_back((now + linger, key.clone()));
         if let Some((_, at)) = retransmit {
             self.schedule(at, TimerKey::Server(key.clone()));
         }
@@ -548,7 +596,15 @@ impl Transactions {
         let t = self.t;
         let Some(st) = self.server.get_mut(&key) else { return };
         if st.expires <= now {
+            if st.state.is_pending() {
+                self.pending_server -= 1;
+            }
             self.server.remove(&key);
+            // Its entry in `lingering` (if any) no longer matches and is skipped; drop the
+            // stale ones at the front so the queue stays as long as what lingers.
+            while self.lingering.front().is_some_and(|(at, k)| self.server.get(k).is_none_or(|s| s.expires != *at)) {
+                self.lingering.pop_front();
+            }
             return;
         }
         if st.state == ServerState::Completed
