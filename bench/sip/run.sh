@@ -15,6 +15,7 @@
 #
 # Environment (defaults in brackets):
 #   SBC [target/release/sbc]  PEERS ["sbc kamailio"]  CALL_MS [1000] call length (sipp -d)
+#   WORKERS [0] the SBC's [engine] workers (0: one per core)
 #   CPU_RATE [200] CPU_SECS [15]               phase (a)
 #   STEPS ["200 400 800 1200 1600 2000 2400 3200 4000 4800"] STEP_SECS [10]   phase (b)
 #   KAM_CHILDREN [4] Kamailio UDP workers      KAM_MEM [fm] Kamailio memory manager (-x)
@@ -124,6 +125,24 @@ cpu_wait_ms() {
     echo "$total"
 }
 
+# Where datagrams were lost during a step (so a loss with CPU to spare has a name):
+# the kernel's UDP receive-buffer drops, machine-wide (/proc/net/snmp RcvbufErrors: every
+# socket, the load generators' too), and those of the SBC's own sockets (ss skmem d: drops
+# since the socket was made).
+udp_rcvbuf_errors() { awk '/^Udp:/ && $2 ~ /^[0-9]+$/ {print $6}' /proc/net/snmp; }
+sbc_socket_drops() {
+    ss -Huamn 2>/dev/null | awk -v a="$SBC_EXT_IP:$SBC_PORT" -v b="$SBC_INT_IP:$SBC_PORT" '
+        $4 == a || $4 == b { want = 1; next }
+        want && match($0, /,d[0-9]+\)/) { d += substr($0, RSTART + 2, RLENGTH - 3); want = 0 }
+        END { print d + 0 }'
+}
+# The SBC's own view after a step: state sizes, retransmissions, shard queue drops.
+sbc_counters() {
+    "$SBC" stats --socket "$work/sbc/admin.sock" 2>/dev/null | awk '
+        /^(state\.(server_transactions|client_transactions|dialogs)|sip\.(retransmissions_sent|retransmissions_absorbed|shard_queue_full|shard_largest_batch|workers)) / {
+            sub(/^(state|sip)\./, ""); printf "%s=%s ", $1, $2 }'
+}
+
 # --- peers -------------------------------------------------------------------------------
 
 peer_main=""   # the PID started (and stopped) for the peer under test
@@ -147,6 +166,10 @@ address = "$UAS_IP:$UAS_PORT"
 transport = "udp"
 [probe]
 interval_ms = 0   # 0 disables OPTIONS probing (the sipp UAS doesn't answer OPTIONS)
+[engine]
+workers = ${WORKERS:-0}
+[admin]
+socket = "$dir/admin.sock"
 [guard]
 enabled = false   # one sipp source at thousands of calls/s: the per-source limits would refuse it (Kamailio has none here)
 [log]
@@ -250,9 +273,14 @@ measure_peer() {
         mapfile -t procs < <(peer_pids)
         before=$(cpu_ticks "${procs[@]}")
         wait_before=$(cpu_wait_ms "${procs[@]}")
+        rcvbuf_before=$(udp_rcvbuf_errors) sock_before=$(sbc_socket_drops)
         run_uac "$peer-step-$rate" "$rate" "$calls"
         after=$(cpu_ticks "${procs[@]}")
         wait_after=$(cpu_wait_ms "${procs[@]}")
+        drops="UDP receive-buffer drops: machine $(($(udp_rcvbuf_errors) - rcvbuf_before))"
+        if [[ $peer == sbc ]]; then
+            drops+=", SBC sockets $(($(sbc_socket_drops) - sock_before)); SBC: $(sbc_counters)"
+        fi
         busy=$(awk -v t="$((after - before))" -v hz="$hz" -v e="$elapsed" \
             'BEGIN {printf "%.0f", t / hz / e * 100}')
         starved=$(awk -v w="$((wait_after - wait_before))" -v e="$elapsed" 'BEGIN {printf "%.0f", w / 10 / e}')
@@ -260,7 +288,7 @@ measure_peer() {
         # the rate counts as reached if the calls were over within the step + call length + 2 s
         budget=$(awk -v s="$STEP_SECS" -v d="$CALL_MS" 'BEGIN {printf "%.2f", s * 1.05 + d / 1000 + 2}')
         reached=$(awk -v e="$elapsed" -v b="$budget" 'BEGIN {print (e <= b) ? "yes" : "no"}')
-        log "$peer: (b) $rate/s: $ok/$calls ok ($fail_pct% failed), ${elapsed}s (budget ${budget}s), peer CPU ${busy}%, waiting for a CPU ${starved}%"
+        log "$peer: (b) $rate/s: $ok/$calls ok ($fail_pct% failed), ${elapsed}s (budget ${budget}s), peer CPU ${busy}%, waiting for a CPU ${starved}%; $drops"
         line+="$rate/s: ${fail_pct}% failed, ${elapsed} s, peer CPU ${busy}%, waiting for a CPU ${starved}%; "
         if [[ $reached == yes ]] && awk -v f="$fail_pct" 'BEGIN {exit !(f < 1)}'; then
             max=$rate
