@@ -128,14 +128,16 @@ cpu_wait_ms() {
 # Where datagrams were lost during a step (so a loss with CPU to spare has a name):
 # the kernel's UDP receive-buffer drops, machine-wide (/proc/net/snmp RcvbufErrors: every
 # socket, the load generators' too), and those of the SBC's own sockets (ss skmem d: drops
-# since the socket was made).
+# since the socket was made), and the sipp UAS's (started afresh for each step).
 udp_rcvbuf_errors() { awk '/^Udp:/ && $2 ~ /^[0-9]+$/ {print $6}' /proc/net/snmp; }
-sbc_socket_drops() {
-    ss -Huamn 2>/dev/null | awk -v a="$SBC_EXT_IP:$SBC_PORT" -v b="$SBC_INT_IP:$SBC_PORT" '
-        $4 == a || $4 == b { want = 1; next }
+socket_drops() { # the drops of the UDP sockets bound to the given ip:port
+    ss -Huamn 2>/dev/null | awk -v want_list="$*" '
+        BEGIN { n = split(want_list, w, " "); for (i = 1; i <= n; i++) want_addr[w[i]] = 1 }
+        ($4 in want_addr) { want = 1; next }
         want && match($0, /,d[0-9]+\)/) { d += substr($0, RSTART + 2, RLENGTH - 3); want = 0 }
         END { print d + 0 }'
 }
+sbc_socket_drops() { socket_drops "$SBC_EXT_IP:$SBC_PORT" "$SBC_INT_IP:$SBC_PORT"; }
 # The SBC's own view after a step: state sizes, retransmissions, shard queue drops.
 sbc_counters() {
     "$SBC" stats --socket "$work/sbc/admin.sock" 2>/dev/null | awk '
@@ -277,7 +279,7 @@ measure_peer() {
         run_uac "$peer-step-$rate" "$rate" "$calls"
         after=$(cpu_ticks "${procs[@]}")
         wait_after=$(cpu_wait_ms "${procs[@]}")
-        drops="UDP receive-buffer drops: machine $(($(udp_rcvbuf_errors) - rcvbuf_before))"
+        drops="UDP receive-buffer drops: machine $(($(udp_rcvbuf_errors) - rcvbuf_before)), sipp UAS $(socket_drops "$UAS_IP:$UAS_PORT")"
         if [[ $peer == sbc ]]; then
             drops+=", SBC sockets $(($(sbc_socket_drops) - sock_before)); SBC: $(sbc_counters)"
         fi
@@ -348,7 +350,7 @@ cmd="bench/sip/run.sh"
 if [[ ! -s "$RESULTS" ]]; then
     printf '# Benchmark results\n\nSide-by-side runs, appended by the bench scripts (newest last).\n' >"$RESULTS"
 fi
-env_used="PEERS=\"$PEERS\" CPU_RATE=$CPU_RATE CPU_SECS=$CPU_SECS CALL_MS=$CALL_MS STEP_SECS=$STEP_SECS STEPS=\"$STEPS\" KAM_CHILDREN=$KAM_CHILDREN KAM_MEM=$KAM_MEM KAM_SHM=$KAM_SHM"
+env_used="PEERS=\"$PEERS\" WORKERS=${WORKERS:-0} CPU_RATE=$CPU_RATE CPU_SECS=$CPU_SECS CALL_MS=$CALL_MS STEP_SECS=$STEP_SECS STEPS=\"$STEPS\" KAM_CHILDREN=$KAM_CHILDREN KAM_MEM=$KAM_MEM KAM_SHM=$KAM_SHM"
 {
     echo
     echo "## $(date -u '+%Y-%m-%d %H:%M UTC') — SIP proxy: SBC vs Kamailio (topoh)"

@@ -15,6 +15,7 @@
 //! The daemon never blocks on a shard (a full queue drops the batch, counted as
 //! `sip.shard_queue_full`); a shard blocks on the daemon only when the daemon's queue is full.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -26,8 +27,11 @@ use tokio::sync::mpsc;
 use crate::guard;
 use crate::net::UdpOut;
 
-/// Batches of inputs queued per shard before the daemon drops (and counts) further ones.
-const QUEUE_BATCHES: usize = 1024;
+/// Inputs queued per shard before the daemon drops (and counts) further ones: more than the
+/// SIP sockets' 4 MiB receive buffers hold, so a shard that is briefly off its CPU loses
+/// nothing the kernel would have kept. Counted in messages, not batches (a lightly loaded
+/// daemon hands over batches of one).
+const QUEUE_INPUTS: usize = 16384;
 
 /// What the daemon hands a shard.
 #[derive(Debug)]
@@ -106,6 +110,8 @@ impl Snapshot {
 /// The daemon's side of the shards: steering, per-shard batches, the published snapshots.
 pub struct Shards {
     queues: Vec<SyncSender<Vec<ShardInput>>>,
+    /// Inputs queued toward each shard and not yet taken by it.
+    queued: Vec<Arc<AtomicUsize>>,
     snapshots: Vec<Arc<Mutex<Snapshot>>>,
     /// Inputs steered since the last [`Shards::flush`], per shard.
     pending: Vec<Vec<ShardInput>>,
@@ -129,9 +135,11 @@ impl Shards {
         let n = engines.len();
         let mut queues = Vec::with_capacity(n);
         let mut snapshots = Vec::with_capacity(n);
+        let mut queued = Vec::with_capacity(n);
         for (i, (engine, udp)) in engines.into_iter().zip(udp).enumerate() {
-            let (tx, rx) = sync_channel(QUEUE_BATCHES);
+            let (tx, rx) = sync_channel(QUEUE_INPUTS);
             let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+            let count = Arc::new(AtomicUsize::new(0));
             let shard = Shard {
                 engine,
                 udp,
@@ -139,15 +147,18 @@ impl Shards {
                 to_daemon: to_daemon.clone(),
                 guard: guard.clone(),
                 snapshot: snapshot.clone(),
+                queued: count.clone(),
                 inputs: 0,
                 largest_batch: 0,
             };
             std::thread::Builder::new().name(format!("sip-{i}")).spawn(move || run_shard(shard, &rx))?;
             queues.push(tx);
             snapshots.push(snapshot);
+            queued.push(count);
         }
         Ok(Shards {
             queues,
+            queued,
             snapshots,
             pending: (0..n).map(|_| Vec::new()).collect(),
             max_headers,
@@ -184,11 +195,18 @@ impl Shards {
 
     /// Hands every pending batch to its shard without waiting; a full queue drops the batch.
     pub fn flush(&mut self) {
-        for (q, p) in self.queues.iter().zip(self.pending.iter_mut()) {
+        for ((q, count), p) in self.queues.iter().zip(&self.queued).zip(self.pending.iter_mut()) {
             if p.is_empty() {
                 continue;
             }
-            match q.try_send(std::mem::take(p)) {
+            let len = p.len();
+            // Counted before the send (the shard may take the batch at once and count it out).
+            let full = count.fetch_add(len, Ordering::AcqRel) + len > QUEUE_INPUTS;
+            let sent = if full { Err(TrySendError::Full(std::mem::take(p))) } else { q.try_send(std::mem::take(p)) };
+            if sent.is_err() {
+                count.fetch_sub(len, Ordering::AcqRel);
+            }
+            match sent {
                 Ok(()) => {}
                 Err(TrySendError::Full(batch)) => {
                     self.queue_full += batch.len() as u64;
@@ -225,6 +243,8 @@ struct Shard {
     to_daemon: mpsc::Sender<FromShard>,
     guard: Option<guard::Shared>,
     snapshot: Arc<Mutex<Snapshot>>,
+    /// Inputs the daemon queued toward this shard and it has not taken yet.
+    queued: Arc<AtomicUsize>,
     inputs: u64,
     largest_batch: usize,
 }
@@ -243,7 +263,7 @@ fn run_shard(mut s: Shard, rx: &Receiver<Vec<ShardInput>>) {
                 s.largest_batch = s.largest_batch.max(batch.len());
                 s.handle(now, batch);
                 // Whatever else is queued, on the same clock reading (bounded: one queue's worth).
-                for _ in 0..QUEUE_BATCHES {
+                for _ in 0..QUEUE_INPUTS {
                     match rx.try_recv() {
                         Ok(batch) => s.handle(now, batch),
                         Err(_) => break,
@@ -267,6 +287,7 @@ fn run_shard(mut s: Shard, rx: &Receiver<Vec<ShardInput>>) {
 impl Shard {
     fn handle(&mut self, now: Instant, batch: Vec<ShardInput>) {
         self.inputs += batch.len() as u64;
+        self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
         for input in batch {
             match input {
                 ShardInput::Datagram { flow, data } => self.engine.handle_datagram(now, flow, &data),
