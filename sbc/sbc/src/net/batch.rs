@@ -22,7 +22,9 @@ impl RecvBatch {
     /// `n` slots of `size` bytes: a longer datagram is cut to `size` (make it one more than the
     /// largest message taken, so a cut one is refused as too long, never read as shorter).
     pub fn new(n: usize, size: usize) -> RecvBatch {
-        RecvBatch { bufs: vec![vec![0u8; size]; n.max(1)], got: Vec::with_capacity(n.max(1)) }
+        // Each slot allocated on its own (zeroed pages the kernel maps on first write), so
+        // large slots cost memory only where datagrams that large arrive.
+        RecvBatch { bufs: (0..n.max(1)).map(|_| vec![0u8; size]).collect(), got: Vec::with_capacity(n.max(1)) }
     }
 
     /// Reads what is queued on `fd`, up to the batch size. `wait`: block until one datagram

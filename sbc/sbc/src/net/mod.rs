@@ -184,8 +184,7 @@ impl Net {
                 let local = sock.local_addr()?;
                 net.udp.insert(local, sock.clone());
                 tokio::spawn(udp_errors(*side, local, sock.clone(), net.tx.clone()));
-                let size = settings.limits.max_message_bytes + 1;
-                tokio::spawn(udp_reader(*side, local, sock, net.tx.clone(), size));
+                tokio::spawn(udp_reader(*side, local, sock, net.tx.clone()));
             }
             for (i, addr) in tcp.iter().enumerate() {
                 let l = tcp_listener(*addr).map_err(|e| annotate(e, "tcp", *addr))?;
@@ -423,10 +422,11 @@ async fn udp_errors(side: Side, local: SocketAddr, sock: Arc<UdpSocket>, tx: mps
 }
 
 /// Reads a SIP UDP socket in batches: one wake-up and one `recvmmsg` for whatever is queued
-/// (up to [`BATCH`] datagrams of up to `size` bytes: one more than the largest message taken,
-/// so a longer one is refused as too long).
-async fn udp_reader(side: Side, local: SocketAddr, sock: Arc<UdpSocket>, tx: mpsc::Sender<Input>, size: usize) {
-    let mut rx = batch::RecvBatch::new(BATCH, size);
+/// (up to [`BATCH`] datagrams). Slots take the largest UDP datagram, so what arrives is what
+/// was sent: the SIP framer refuses an oversized message by its own limit, and a large STUN
+/// datagram on the port is still recognised as STUN (RFC 7983) and ignored as such.
+async fn udp_reader(side: Side, local: SocketAddr, sock: Arc<UdpSocket>, tx: mpsc::Sender<Input>) {
+    let mut rx = batch::RecvBatch::new(BATCH, 65536);
     let fd = sock.as_raw_fd();
     loop {
         match sock.async_io(Interest::READABLE, || rx.recv(fd, false)).await {
