@@ -148,7 +148,8 @@ impl<'m, 'a> Splice<'m, 'a> {
         }
         out.extend_from_slice(&self.tail);
         out.extend_from_slice(b"Content-Length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
+        let mut digits = [0u8; 10];
+        out.extend_from_slice(values::decimal(u32::try_from(body.len()).unwrap_or(u32::MAX), &mut digits));
         out.extend_from_slice(b"\r\n\r\n");
         out.extend_from_slice(body);
         out

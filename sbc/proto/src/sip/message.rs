@@ -101,7 +101,11 @@ impl HeaderName {
             (b"session-expires", HeaderName::SessionExpires),
             (b"path", HeaderName::Path),
         ];
-        TABLE.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map_or(HeaderName::Other, |(_, h)| *h)
+        // Lengths first: most names are ruled out without looking at a byte.
+        TABLE
+            .iter()
+            .find(|(n, _)| n.len() == name.len() && n.eq_ignore_ascii_case(name))
+            .map_or(HeaderName::Other, |(_, h)| *h)
     }
 
     /// The canonical spelling used when the proxy writes a header of its own.
@@ -149,6 +153,9 @@ pub struct Header {
     pub value_span: Span,
     /// The whole line(s) including the terminating CRLF, for splicing.
     pub line_span: Span,
+    /// The value needs [`unfold`] (a fold, a tab, two spaces in a row): decided once while
+    /// indexing, so [`Message::unfolded`] of the common, plain value is a borrow and no scan.
+    pub folded: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,11 +269,13 @@ impl<'a> Message<'a> {
                 return Err(IndexError::TooManyHeaders { max: max_headers });
             }
             let value = trim(buf, this.start + colon + 1..this.end);
+            let folded = needs_unfold(buf.get(value.clone()).unwrap_or_default());
             headers.push(Header {
                 name: HeaderName::from_bytes(name_bytes),
                 name_span: span(name),
                 value_span: span(value),
                 line_span: span(this.start..line_end),
+                folded,
             });
         }
         Ok(Message {
@@ -334,7 +343,8 @@ impl<'a> Message<'a> {
     }
     /// Value with folding collapsed to single spaces (RFC 3261 §7.3.1).
     pub fn unfolded(&self, h: &Header) -> Cow<'a, [u8]> {
-        unfold(self.slice(&h.value_span))
+        let v = self.slice(&h.value_span);
+        if h.folded { unfold(v) } else { Cow::Borrowed(v) }
     }
     pub fn other(&self, name: &str) -> Option<&'a [u8]> {
         self.headers
@@ -351,7 +361,7 @@ impl<'a> Message<'a> {
 
 /// Collapses LWS (CRLF followed by whitespace, runs of SP/HTAB) into one SP.
 pub fn unfold(v: &[u8]) -> Cow<'_, [u8]> {
-    if !v.iter().any(|&b| b == b'\r' || b == b'\n' || b == b'\t') && !v.windows(2).any(|w| w == b"  ") {
+    if !needs_unfold(v) {
         return Cow::Borrowed(v);
     }
     let mut out = Vec::with_capacity(v.len());
@@ -370,10 +380,41 @@ pub fn unfold(v: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
+/// Whether [`unfold`] would change `v`: a CR, LF or HTAB, or two spaces in a row. One pass
+/// over the bytes; the common, unfolded value costs no allocation.
+fn needs_unfold(v: &[u8]) -> bool {
+    let mut prev_space = false;
+    for &b in v {
+        match b {
+            b'\r' | b'\n' | b'\t' => return true,
+            b' ' if prev_space => return true,
+            b' ' => prev_space = true,
+            _ => prev_space = false,
+        }
+    }
+    false
+}
+
 /// RFC 3261 §25.1 token characters.
 pub fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+    TOKEN_CHARS.get(usize::from(b)).copied().unwrap_or(false)
 }
+
+/// [`is_token_char`] as a table: it is asked for every byte of every header name and parameter.
+// A u8 index into 256 entries, in a constant: it cannot panic (`get_mut` is not const).
+#[allow(clippy::indexing_slicing)]
+static TOKEN_CHARS: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0u8;
+    loop {
+        t[b as usize] = b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~');
+        if b == u8::MAX {
+            break t;
+        }
+        b += 1;
+    }
+};
 
 fn parse_start_line(line: &[u8]) -> Result<(Kind, [Span; 3]), IndexError> {
     // Split on single SPs; the third part (version / reason phrase) takes the rest.
@@ -424,6 +465,15 @@ mod tests {
         assert_eq!(&*msg.unfolded(&msg.headers[0]), b"one two");
         assert_eq!(msg.value(HeaderName::To), Some(&b"<sip:x@y>"[..]));
         assert!(msg.terminated);
+    }
+
+    #[test]
+    fn tabs_and_double_spaces_are_unfolded_plain_values_borrowed() {
+        let m = b"OPTIONS sip:a@b SIP/2.0\r\nSubject: a\tb  c\r\nTo: <sip:x@y> ;tag=1\r\n\r\n";
+        let msg = Message::index(m, 10).unwrap();
+        assert!(msg.headers[0].folded && !msg.headers[1].folded);
+        assert_eq!(&*msg.unfolded(&msg.headers[0]), b"a b c");
+        assert!(matches!(msg.unfolded(&msg.headers[1]), Cow::Borrowed(b"<sip:x@y> ;tag=1")));
     }
 
     #[test]

@@ -109,7 +109,8 @@ fn normalised_sent_by(via: &values::Via<'_>) -> Vec<u8> {
         None => via.host.to_ascii_lowercase(),
     };
     out.push(b':');
-    out.extend_from_slice(port.to_string().as_bytes());
+    let mut digits = [0u8; 10];
+    out.extend_from_slice(values::decimal(u32::from(port), &mut digits));
     out
 }
 

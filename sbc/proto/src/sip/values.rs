@@ -516,3 +516,32 @@ mod tests {
         assert_eq!(cseq(b"0009 INVITE").unwrap(), (9, &b"INVITE"[..]));
     }
 }
+
+/// `n` in decimal, written into `buf`: the digits without the formatting machinery (on every
+/// forwarded message's path: Content-Length, Max-Forwards, ports).
+pub fn decimal(n: u32, buf: &mut [u8; 10]) -> &[u8] {
+    let mut i = buf.len();
+    let mut n = n;
+    while let Some(d) = i.checked_sub(1).and_then(|j| buf.get_mut(j)) {
+        *d = b'0' + (n % 10) as u8;
+        i -= 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.get(i..).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod decimal_tests {
+    use super::decimal;
+
+    #[test]
+    fn decimal_writes_every_u32_as_display_does() {
+        for n in [0u32, 7, 10, 99, 100, 5060, 65535, 1_000_000, u32::MAX] {
+            let mut buf = [0u8; 10];
+            assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes(), "{n}");
+        }
+    }
+}

@@ -55,15 +55,23 @@ fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 fn unhex(s: &[u8]) -> Option<Vec<u8>> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    s.chunks(2)
-        .map(|c| {
-            let v = std::str::from_utf8(c).ok()?;
-            u8::from_str_radix(v, 16).ok()
-        })
-        .collect()
+    let mut out = Vec::with_capacity(s.len() / 2);
+    for c in s.chunks_exact(2) {
+        let [hi, lo] = c else { return None };
+        out.push(nibble(*hi)? << 4 | nibble(*lo)?);
+    }
+    Some(out)
 }
 
 impl Masker {
