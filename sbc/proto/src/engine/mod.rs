@@ -124,6 +124,17 @@ pub struct Stats {
     pub nat_pings_sent: u64,
     pub nat_pings_unanswered: u64,
     pub registrations_lost: u64,
+    /// New requests refused with 503 + Retry-After while the daemon said it was overloaded
+    /// ([`Engine::set_overload`]).
+    pub overload_shed: u64,
+}
+
+/// The daemon under pressure (its input queue, CPU or memory; see [`Engine::set_overload`]):
+/// new work is refused with 503 and this Retry-After (RFC 3261 §21.5.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overload {
+    /// Seconds a refused client should wait before trying again.
+    pub retry_after: u32,
 }
 
 #[derive(Debug)]
@@ -164,6 +175,7 @@ pub struct Engine {
     events: VecDeque<Event>,
     rng: u64,
     stats: Stats,
+    overload: Option<Overload>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -226,6 +238,7 @@ impl Engine {
             out: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            overload: None,
         };
         if e.cfg.probe_interval.is_some() {
             e.schedule(now, Timer::Probe);
@@ -242,6 +255,17 @@ impl Engine {
     }
     pub fn set_media_hook(&mut self, hook: Box<dyn MediaHook>) {
         self.media = Some(hook);
+    }
+    /// The daemon's word on pressure. While `Some`, requests that would start new work (an
+    /// INVITE, SUBSCRIBE, REGISTER, MESSAGE... outside a dialog) are answered 503 with its
+    /// Retry-After before any state is built; requests in a dialog, ACK, CANCEL, BYE, OPTIONS
+    /// to the SBC itself (health checks) and every response still pass: they end calls and
+    /// free state.
+    pub fn set_overload(&mut self, overload: Option<Overload>) {
+        self.overload = overload;
+    }
+    pub fn overload(&self) -> Option<Overload> {
+        self.overload
     }
     pub fn config(&self) -> &Config {
         &self.cfg
