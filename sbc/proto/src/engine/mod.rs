@@ -475,10 +475,15 @@ impl Engine {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     fn random_hex(&mut self) -> String {
-        format!("{:016x}", self.random())
+        let mut s = String::with_capacity(16);
+        values::push_hex16(&mut s, self.random());
+        s
     }
     fn new_branch(&mut self) -> String {
-        format!("z9hG4bK{:016x}", self.random())
+        let mut s = String::with_capacity(23);
+        s.push_str("z9hG4bK");
+        values::push_hex16(&mut s, self.random());
+        s
     }
 
     fn schedule(&mut self, at: Instant, timer: Timer) {

@@ -72,40 +72,37 @@ impl HeaderName {
                 _ => HeaderName::Other,
             };
         }
-        const TABLE: &[(&[u8], HeaderName)] = &[
-            (b"via", HeaderName::Via),
-            (b"from", HeaderName::From),
-            (b"to", HeaderName::To),
-            (b"call-id", HeaderName::CallId),
-            (b"cseq", HeaderName::CSeq),
-            (b"max-forwards", HeaderName::MaxForwards),
-            (b"contact", HeaderName::Contact),
-            (b"content-length", HeaderName::ContentLength),
-            (b"content-type", HeaderName::ContentType),
-            (b"content-encoding", HeaderName::ContentEncoding),
-            (b"route", HeaderName::Route),
-            (b"record-route", HeaderName::RecordRoute),
-            (b"require", HeaderName::Require),
-            (b"proxy-require", HeaderName::ProxyRequire),
-            (b"supported", HeaderName::Supported),
-            (b"unsupported", HeaderName::Unsupported),
-            (b"expires", HeaderName::Expires),
-            (b"user-agent", HeaderName::UserAgent),
-            (b"server", HeaderName::Server),
-            (b"refer-to", HeaderName::ReferTo),
-            (b"referred-by", HeaderName::ReferredBy),
-            (b"replaces", HeaderName::Replaces),
-            (b"event", HeaderName::Event),
-            (b"allow-events", HeaderName::AllowEvents),
-            (b"subject", HeaderName::Subject),
-            (b"session-expires", HeaderName::SessionExpires),
-            (b"path", HeaderName::Path),
-        ];
-        // Lengths first: most names are ruled out without looking at a byte.
-        TABLE
-            .iter()
-            .find(|(n, _)| n.len() == name.len() && n.eq_ignore_ascii_case(name))
-            .map_or(HeaderName::Other, |(_, h)| *h)
+        // Bucketed by length: at most five names to compare, most buckets one or two.
+        let candidates: &[(&[u8], HeaderName)] = match name.len() {
+            2 => &[(b"to", HeaderName::To)],
+            3 => &[(b"via", HeaderName::Via)],
+            4 => &[(b"from", HeaderName::From), (b"cseq", HeaderName::CSeq), (b"path", HeaderName::Path)],
+            5 => &[(b"route", HeaderName::Route), (b"event", HeaderName::Event)],
+            6 => &[(b"server", HeaderName::Server)],
+            7 => &[
+                (b"call-id", HeaderName::CallId),
+                (b"contact", HeaderName::Contact),
+                (b"require", HeaderName::Require),
+                (b"expires", HeaderName::Expires),
+                (b"subject", HeaderName::Subject),
+            ],
+            8 => &[(b"refer-to", HeaderName::ReferTo), (b"replaces", HeaderName::Replaces)],
+            9 => &[(b"supported", HeaderName::Supported)],
+            10 => &[(b"user-agent", HeaderName::UserAgent)],
+            11 => &[(b"unsupported", HeaderName::Unsupported), (b"referred-by", HeaderName::ReferredBy)],
+            12 => &[
+                (b"max-forwards", HeaderName::MaxForwards),
+                (b"record-route", HeaderName::RecordRoute),
+                (b"content-type", HeaderName::ContentType),
+                (b"allow-events", HeaderName::AllowEvents),
+            ],
+            13 => &[(b"proxy-require", HeaderName::ProxyRequire)],
+            14 => &[(b"content-length", HeaderName::ContentLength)],
+            15 => &[(b"session-expires", HeaderName::SessionExpires)],
+            16 => &[(b"content-encoding", HeaderName::ContentEncoding)],
+            _ => &[],
+        };
+        candidates.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map_or(HeaderName::Other, |(_, h)| *h)
     }
 
     /// The canonical spelling used when the proxy writes a header of its own.
@@ -203,7 +200,7 @@ pub(crate) fn is_ws(b: u8) -> bool {
 pub(crate) fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     let hay = buf.get(from..)?;
     let mut i = 0;
-    while let Some(pos) = hay.get(i..).and_then(|h| h.iter().position(|&b| b == b'\r')) {
+    while let Some(pos) = hay.get(i..).and_then(|h| memchr::memchr(b'\r', h)) {
         let at = i + pos;
         if hay.get(at + 1) == Some(&b'\n') {
             return Some(from + at);
@@ -255,7 +252,7 @@ impl<'a> Message<'a> {
             let line_end = (end + 2).min(buf.len());
             let this = pos..end;
             pos = line_end;
-            let Some(colon) = buf.get(this.clone()).and_then(|l| l.iter().position(|&b| b == b':')) else {
+            let Some(colon) = buf.get(this.clone()).and_then(|l| memchr::memchr(b':', l)) else {
                 bad_header_line.get_or_insert(line_no);
                 continue;
             };
@@ -383,16 +380,8 @@ pub fn unfold(v: &[u8]) -> Cow<'_, [u8]> {
 /// Whether [`unfold`] would change `v`: a CR, LF or HTAB, or two spaces in a row. One pass
 /// over the bytes; the common, unfolded value costs no allocation.
 fn needs_unfold(v: &[u8]) -> bool {
-    let mut prev_space = false;
-    for &b in v {
-        match b {
-            b'\r' | b'\n' | b'\t' => return true,
-            b' ' if prev_space => return true,
-            b' ' => prev_space = true,
-            _ => prev_space = false,
-        }
-    }
-    false
+    memchr::memchr3(b'\r', b'\n', b'\t', v).is_some()
+        || memchr::memchr_iter(b' ', v).any(|i| v.get(i + 1) == Some(&b' '))
 }
 
 /// RFC 3261 §25.1 token characters.
@@ -455,6 +444,40 @@ mod tests {
         assert_eq!(HeaderName::from_bytes(b"Call-Id"), HeaderName::CallId);
         assert_eq!(HeaderName::from_bytes(b"l"), HeaderName::ContentLength);
         assert_eq!(HeaderName::from_bytes(b"X-Foo"), HeaderName::Other);
+        // Every name the proxy knows comes back from its canonical spelling, in any case.
+        let all = [
+            HeaderName::Via,
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::CallId,
+            HeaderName::CSeq,
+            HeaderName::MaxForwards,
+            HeaderName::Contact,
+            HeaderName::ContentLength,
+            HeaderName::ContentType,
+            HeaderName::ContentEncoding,
+            HeaderName::Route,
+            HeaderName::RecordRoute,
+            HeaderName::Require,
+            HeaderName::ProxyRequire,
+            HeaderName::Supported,
+            HeaderName::Unsupported,
+            HeaderName::Expires,
+            HeaderName::UserAgent,
+            HeaderName::Server,
+            HeaderName::ReferTo,
+            HeaderName::ReferredBy,
+            HeaderName::Replaces,
+            HeaderName::Event,
+            HeaderName::AllowEvents,
+            HeaderName::Subject,
+            HeaderName::SessionExpires,
+            HeaderName::Path,
+        ];
+        for h in all {
+            assert_eq!(HeaderName::from_bytes(h.canonical().as_bytes()), h, "{h:?}");
+            assert_eq!(HeaderName::from_bytes(h.canonical().to_ascii_uppercase().as_bytes()), h, "{h:?}");
+        }
     }
 
     #[test]

@@ -57,6 +57,11 @@ fn skip_quoted(v: &[u8], mut i: usize) -> Result<usize, ValueError> {
 
 /// Splits a header value on top-level commas (outside quotes and angle brackets).
 pub fn split_commas(v: &[u8]) -> Result<Vec<Range<usize>>, ValueError> {
+    // The common case, one element: no comma and no quoted string to look into.
+    if memchr::memchr2(b',', b'"', v).is_none() {
+        let r = trim_range(v, 0..v.len());
+        return if r.is_empty() { Err(ValueError::EmptyElement) } else { Ok(vec![r]) };
+    }
     let mut out = Vec::new();
     let mut start = 0;
     let mut i = 0;
@@ -517,6 +522,15 @@ mod tests {
     }
 }
 
+/// Appends `n` as 16 lower-case hex digits (what `format!("{n:016x}")` writes), for the
+/// branches, tags and tokens the SBC makes on every call.
+pub fn push_hex16(out: &mut String, n: u64) {
+    for shift in (0..16).rev() {
+        let d = ((n >> (shift * 4)) & 0xf) as u8;
+        out.push(char::from(if d < 10 { b'0' + d } else { b'a' + d - 10 }));
+    }
+}
+
 /// `n` in decimal, written into `buf`: the digits without the formatting machinery (on every
 /// forwarded message's path: Content-Length, Max-Forwards, ports).
 pub fn decimal(n: u32, buf: &mut [u8; 10]) -> &[u8] {
@@ -536,6 +550,15 @@ pub fn decimal(n: u32, buf: &mut [u8; 10]) -> &[u8] {
 #[cfg(test)]
 mod decimal_tests {
     use super::decimal;
+
+    #[test]
+    fn push_hex16_writes_what_format_does() {
+        for n in [0u64, 1, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef] {
+            let mut s = String::new();
+            super::push_hex16(&mut s, n);
+            assert_eq!(s, format!("{n:016x}"));
+        }
+    }
 
     #[test]
     fn decimal_writes_every_u32_as_display_does() {

@@ -138,7 +138,10 @@ impl Masker {
             h.write(p);
             h.write_u8(0xff);
         }
-        format!("{}{:016x}", char::from(kind), h.finish())
+        let mut s = String::with_capacity(17);
+        s.push(char::from(kind));
+        values::push_hex16(&mut s, h.finish());
+        s
     }
 }
 
