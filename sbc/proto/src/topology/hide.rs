@@ -153,9 +153,12 @@ impl Topology {
     }
 
     /// [`Topology::advertise`] as a URI host (an IPv6 address in brackets).
-    fn advertise_host(&self, flow: Flow) -> Vec<u8> {
-        let adv = self.advertise(flow);
-        if adv.contains(':') && !adv.starts_with('[') { format!("[{adv}]") } else { adv.into_owned() }.into_bytes()
+    fn advertise_host(&self, flow: Flow) -> Cow<'_, [u8]> {
+        match self.advertise(flow) {
+            adv if adv.contains(':') && !adv.starts_with('[') => Cow::Owned(format!("[{adv}]").into_bytes()),
+            Cow::Borrowed(adv) => Cow::Borrowed(adv.as_bytes()),
+            Cow::Owned(adv) => Cow::Owned(adv.into_bytes()),
+        }
     }
 
     /// Our Contact toward a flow's side: the token, or no user part.
@@ -246,7 +249,7 @@ impl Topology {
         let requester = from;
         let replace_hosts = hide && to.side == Side::External;
         let adv = self.advertise_host(to);
-        let adv = adv.as_slice();
+        let adv = &*adv;
         for (i, h) in c.msg.headers.iter().enumerate() {
             if !matches!(h.name, HeaderName::From | HeaderName::To) {
                 continue;
@@ -363,7 +366,7 @@ impl Topology {
         } else if let Some(u) = rewrite_uri_host(msg.request_uri(), |host| foreign_family(host, to), &{
             // A Request-URI naming an address of the other family (the SBC's own, as phones
             // address it): the SBC's address on the receiving flow, port included.
-            let mut hp = self.advertise_host(to);
+            let mut hp = self.advertise_host(to).into_owned();
             hp.extend_from_slice(format!(":{}", to.local.port()).as_bytes());
             hp
         }) {
