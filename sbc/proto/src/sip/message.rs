@@ -102,7 +102,14 @@ impl HeaderName {
             16 => &[(b"content-encoding", HeaderName::ContentEncoding)],
             _ => &[],
         };
-        candidates.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map_or(HeaderName::Other, |(_, h)| *h)
+        if candidates.is_empty() {
+            return HeaderName::Other;
+        }
+        // Lower-cased once (a known name has at most 16 bytes), then plain comparisons.
+        let mut lower = [0u8; 16];
+        lower.iter_mut().zip(name).for_each(|(d, s)| *d = s.to_ascii_lowercase());
+        let lower = lower.get(..name.len()).unwrap_or_default();
+        candidates.iter().find(|(n, _)| *n == lower).map_or(HeaderName::Other, |(_, h)| *h)
     }
 
     /// The canonical spelling used when the proxy writes a header of its own.
