@@ -55,12 +55,50 @@ fn skip_quoted(v: &[u8], mut i: usize) -> Result<usize, ValueError> {
     }
 }
 
+/// The elements of a comma-separated header value: one (the common case, no allocation) or
+/// several.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Commas {
+    One(Range<usize>),
+    Many(Vec<Range<usize>>),
+}
+
+impl Commas {
+    pub fn len(&self) -> usize {
+        match self {
+            Commas::One(_) => 1,
+            Commas::Many(v) => v.len(),
+        }
+    }
+    /// Never: a value has at least one element (an empty one is an error).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn first(&self) -> Option<&Range<usize>> {
+        match self {
+            Commas::One(r) => Some(r),
+            Commas::Many(v) => v.first(),
+        }
+    }
+}
+
+impl IntoIterator for Commas {
+    type Item = Range<usize>;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<Range<usize>>, std::vec::IntoIter<Range<usize>>>;
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            Commas::One(r) => Some(r).into_iter().chain(Vec::new()),
+            Commas::Many(v) => None.into_iter().chain(v),
+        }
+    }
+}
+
 /// Splits a header value on top-level commas (outside quotes and angle brackets).
-pub fn split_commas(v: &[u8]) -> Result<Vec<Range<usize>>, ValueError> {
+pub fn split_commas(v: &[u8]) -> Result<Commas, ValueError> {
     // The common case, one element: no comma and no quoted string to look into.
     if memchr::memchr2(b',', b'"', v).is_none() {
         let r = trim_range(v, 0..v.len());
-        return if r.is_empty() { Err(ValueError::EmptyElement) } else { Ok(vec![r]) };
+        return if r.is_empty() { Err(ValueError::EmptyElement) } else { Ok(Commas::One(r)) };
     }
     let mut out = Vec::new();
     let mut start = 0;
@@ -86,7 +124,7 @@ pub fn split_commas(v: &[u8]) -> Result<Vec<Range<usize>>, ValueError> {
     if out.iter().any(|r| r.is_empty()) {
         return Err(ValueError::EmptyElement);
     }
-    Ok(out)
+    Ok(Commas::Many(out))
 }
 
 pub fn trim_range(v: &[u8], mut r: Range<usize>) -> Range<usize> {
@@ -430,7 +468,7 @@ mod tests {
         // The comma makes two list elements; the first has no URI brackets.
         let v = b"Bell, Alexander <sip:a.g.bell@example.com>;tag=43";
         let parts = split_commas(v).unwrap();
-        assert!(name_addr(&v[parts[0].clone()]).is_err() || parts.len() != 1);
+        assert!(name_addr(&v[parts.first().unwrap().clone()]).is_err() || parts.len() != 1);
     }
 
     #[test]
