@@ -70,7 +70,7 @@ impl Commas {
             Commas::Many(v) => v.len(),
         }
     }
-    /// Never: a value has at least one element (an empty one is an error).
+    /// Only for [`Commas::default`]: a split value has at least one element.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -79,6 +79,13 @@ impl Commas {
             Commas::One(r) => Some(r),
             Commas::Many(v) => v.first(),
         }
+    }
+}
+
+/// No elements (what a value that failed to split is taken as, e.g. `unwrap_or_default()`).
+impl Default for Commas {
+    fn default() -> Self {
+        Commas::Many(Vec::new())
     }
 }
 
