@@ -8,6 +8,7 @@ pub mod dialog;
 pub mod engine;
 pub mod flow;
 pub mod nat;
+pub mod own_keys;
 pub mod registration;
 pub mod sip;
 pub mod topology;

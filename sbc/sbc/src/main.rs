@@ -10,6 +10,7 @@ mod guard;
 mod logsum;
 mod media;
 mod net;
+mod pressure;
 mod run;
 mod shard;
 mod store;

@@ -109,6 +109,8 @@ pub struct Daemon {
     guard_dropped: u64,
     /// Bans shared with the other appliances (`[guard.store]`); None: this one works alone.
     store: Option<crate::store::Link>,
+    /// Overload protection: tells the engine when to answer new work 503.
+    pressure: crate::pressure::Pressure,
 }
 
 /// STUN on the external side: on the SIP UDP ports (demultiplexed, RFC 7983) here, on the
@@ -126,7 +128,7 @@ impl Daemon {
     /// and registers the signal handlers. Runs inside the tokio runtime: the socket tasks are
     /// spawned here.
     pub fn start(cfg: &Validated) -> anyhow::Result<Daemon> {
-        let (tx, inputs) = mpsc::channel::<Input>(4096);
+        let (tx, inputs) = mpsc::channel::<Input>(crate::pressure::INPUT_QUEUE);
         let settings =
             StreamSettings { limits: cfg.engine.limits, idle: cfg.tcp_idle, max_connections: cfg.max_tcp_connections };
         let net = Net::bind(
@@ -225,6 +227,7 @@ impl Daemon {
             state_file,
             guard_dropped: 0,
             store,
+            pressure: crate::pressure::Pressure::new(cfg.overload.clone(), Instant::now()),
         };
         tracing::info!(
             workers = n,
@@ -286,6 +289,9 @@ impl Daemon {
     /// serves the batch.
     fn on_inputs(&mut self, input: Input) {
         let now = Instant::now();
+        if let Some(o) = self.pressure.observe(now, self.inputs.len() + self.shards.queued()) {
+            self.shards.set_overload(o);
+        }
         self.on_input(now, input);
         for _ in 0..BATCH {
             match self.inputs.try_recv() {
@@ -491,6 +497,7 @@ impl Daemon {
             snap.largest_batch,
             self.shards.queue_full(),
         ));
+        out.push_str(&self.pressure.stats_text(st.overload_shed));
         out.push_str(&self.stun.service.stats_text());
         if let Some((m, relay)) = &self.media {
             out.push_str(&crate::media::stats_text(m));

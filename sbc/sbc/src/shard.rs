@@ -15,12 +15,12 @@
 //! The daemon never blocks on a shard (a full queue drops the batch, counted as
 //! `sip.shard_queue_full`); a shard blocks on the daemon only when the daemon's queue is full.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use sbc_proto::engine::{Engine, Event, Flow, GuardAction, Output, Stats, Transmit, steer};
+use sbc_proto::engine::{Engine, Event, Flow, GuardAction, Output, Overload, Stats, Transmit, steer};
 use sbc_proto::sip::uri::Transport;
 use tokio::sync::mpsc;
 
@@ -80,23 +80,7 @@ impl Snapshot {
     }
 
     fn add(&mut self, o: &Snapshot) {
-        let (a, b) = (&mut self.stats, &o.stats);
-        a.requests_in += b.requests_in;
-        a.responses_in += b.responses_in;
-        a.requests_forwarded += b.requests_forwarded;
-        a.responses_forwarded += b.responses_forwarded;
-        a.local_replies += b.local_replies;
-        a.retransmissions_absorbed += b.retransmissions_absorbed;
-        a.retransmissions_sent += b.retransmissions_sent;
-        a.dropped += b.dropped;
-        a.rejected += b.rejected;
-        a.unacked_dialogs_ended += b.unacked_dialogs_ended;
-        a.transport_errors += b.transport_errors;
-        a.registers_forwarded += b.registers_forwarded;
-        a.registers_absorbed += b.registers_absorbed;
-        a.nat_pings_sent += b.nat_pings_sent;
-        a.nat_pings_unanswered += b.nat_pings_unanswered;
-        a.registrations_lost += b.registrations_lost;
+        self.stats.add(&o.stats);
         self.server_transactions += o.server_transactions;
         self.client_transactions += o.client_transactions;
         self.dialogs += o.dialogs;
@@ -120,6 +104,9 @@ pub struct Shards {
     queue_full: u64,
     /// Round-robin for messages with no owner (not SIP): any shard answers or drops them.
     next: usize,
+    /// The overload every shard applies to its engine before its next batch (see
+    /// [`Shards::set_overload`]).
+    overload: Arc<AtomicU32>,
 }
 
 impl Shards {
@@ -136,6 +123,7 @@ impl Shards {
         let mut queues = Vec::with_capacity(n);
         let mut snapshots = Vec::with_capacity(n);
         let mut queued = Vec::with_capacity(n);
+        let overload = Arc::new(AtomicU32::new(NO_OVERLOAD));
         for (i, (engine, udp)) in engines.into_iter().zip(udp).enumerate() {
             let (tx, rx) = sync_channel(QUEUE_INPUTS);
             let snapshot = Arc::new(Mutex::new(Snapshot::default()));
@@ -150,6 +138,8 @@ impl Shards {
                 queued: count.clone(),
                 inputs: 0,
                 largest_batch: 0,
+                overload: overload.clone(),
+                applied: NO_OVERLOAD,
             };
             std::thread::Builder::new().name(format!("sip-{i}")).spawn(move || run_shard(shard, &rx))?;
             queues.push(tx);
@@ -164,6 +154,7 @@ impl Shards {
             max_headers,
             queue_full: 0,
             next: 0,
+            overload,
         })
     }
 
@@ -228,6 +219,17 @@ impl Shards {
         sum
     }
 
+    /// Inputs handed to the shards and not yet taken by them (the overload gate's queue depth).
+    pub fn queued(&self) -> usize {
+        self.queued.iter().map(|c| c.load(Ordering::Acquire)).sum()
+    }
+
+    /// Tells every shard's engine the daemon is (or is no longer) under pressure; each applies
+    /// it before its next batch.
+    pub fn set_overload(&self, o: Option<Overload>) {
+        self.overload.store(o.map_or(NO_OVERLOAD, |o| o.retry_after), Ordering::Release);
+    }
+
     /// Inputs dropped because a shard's queue was full.
     pub fn queue_full(&self) -> u64 {
         self.queue_full
@@ -247,7 +249,13 @@ struct Shard {
     queued: Arc<AtomicUsize>,
     inputs: u64,
     largest_batch: usize,
+    /// The daemon's overload word, and the value last applied to this engine.
+    overload: Arc<AtomicU32>,
+    applied: u32,
 }
+
+/// The overload word when there is none (a Retry-After is never this large).
+const NO_OVERLOAD: u32 = u32::MAX;
 
 /// The shard's loop (see the module doc); ends when the daemon drops its queue.
 fn run_shard(mut s: Shard, rx: &Receiver<Vec<ShardInput>>) {
@@ -286,6 +294,11 @@ fn run_shard(mut s: Shard, rx: &Receiver<Vec<ShardInput>>) {
 
 impl Shard {
     fn handle(&mut self, now: Instant, batch: Vec<ShardInput>) {
+        let o = self.overload.load(Ordering::Acquire);
+        if o != self.applied {
+            self.applied = o;
+            self.engine.set_overload((o != NO_OVERLOAD).then_some(Overload { retry_after: o }));
+        }
         self.inputs += batch.len() as u64;
         self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
         for input in batch {

@@ -11,6 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use crate::flow::{Flow, Side};
+use crate::own_keys::OwnKeyMap;
 
 /// Why a dialog ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +29,8 @@ pub enum DialogEnd {
 /// Every dialog and registration binding the SBC holds.
 #[derive(Debug, Default)]
 pub struct Dialogs {
-    dialogs: HashMap<String, Dialog>,
+    /// Keyed by our own tokens: [`OwnKeyMap`].
+    dialogs: OwnKeyMap<String, Dialog>,
     /// (side, Call-ID as that side sees it) → dialog token.
     by_call_id: HashMap<(Side, Vec<u8>), String>,
     ended: VecDeque<(String, DialogEnd)>,

@@ -128,6 +128,60 @@ pub struct Stats {
     pub nat_pings_sent: u64,
     pub nat_pings_unanswered: u64,
     pub registrations_lost: u64,
+    /// New requests refused with 503 + Retry-After while the daemon said it was overloaded
+    /// ([`Engine::set_overload`]).
+    pub overload_shed: u64,
+}
+
+impl Stats {
+    /// Adds `o`'s counters to these (the daemon sums its shards' engines). The destructuring
+    /// names every field, so a new counter cannot be left out of the sum.
+    pub fn add(&mut self, o: &Stats) {
+        let Stats {
+            requests_in,
+            responses_in,
+            requests_forwarded,
+            responses_forwarded,
+            local_replies,
+            retransmissions_absorbed,
+            retransmissions_sent,
+            dropped,
+            rejected,
+            unacked_dialogs_ended,
+            transport_errors,
+            registers_forwarded,
+            registers_absorbed,
+            nat_pings_sent,
+            nat_pings_unanswered,
+            registrations_lost,
+            overload_shed,
+        } = o;
+        self.requests_in += requests_in;
+        self.responses_in += responses_in;
+        self.requests_forwarded += requests_forwarded;
+        self.responses_forwarded += responses_forwarded;
+        self.local_replies += local_replies;
+        self.retransmissions_absorbed += retransmissions_absorbed;
+        self.retransmissions_sent += retransmissions_sent;
+        self.dropped += dropped;
+        self.rejected += rejected;
+        self.unacked_dialogs_ended += unacked_dialogs_ended;
+        self.transport_errors += transport_errors;
+        self.registers_forwarded += registers_forwarded;
+        self.registers_absorbed += registers_absorbed;
+        self.nat_pings_sent += nat_pings_sent;
+        self.nat_pings_unanswered += nat_pings_unanswered;
+        self.registrations_lost += registrations_lost;
+        self.overload_shed += overload_shed;
+    }
+}
+
+/// The daemon under pressure (its input queue, CPU or memory; see [`Engine::set_overload`]):
+/// new work is refused with 503 and this Retry-After (RFC 3261 §21.5.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overload {
+    /// Seconds a refused client should wait before trying again.
+    pub retry_after: u32,
 }
 
 #[derive(Debug)]
@@ -168,6 +222,7 @@ pub struct Engine {
     events: VecDeque<Event>,
     rng: u64,
     stats: Stats,
+    overload: Option<Overload>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -231,6 +286,7 @@ impl Engine {
             out: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            overload: None,
         };
         if e.cfg.probe_interval.is_some() {
             e.schedule(now, Timer::Probe);
@@ -247,6 +303,17 @@ impl Engine {
     }
     pub fn set_media_hook(&mut self, hook: Box<dyn MediaHook>) {
         self.media = Some(hook);
+    }
+    /// The daemon's word on pressure. While `Some`, requests that would start new work (an
+    /// INVITE, SUBSCRIBE, REGISTER, MESSAGE... outside a dialog) are answered 503 with its
+    /// Retry-After before any state is built; requests in a dialog, ACK, CANCEL, BYE, OPTIONS
+    /// to the SBC itself (health checks) and every response still pass: they end calls and
+    /// free state.
+    pub fn set_overload(&mut self, overload: Option<Overload>) {
+        self.overload = overload;
+    }
+    pub fn overload(&self) -> Option<Overload> {
+        self.overload
     }
     pub fn config(&self) -> &Config {
         &self.cfg
@@ -456,7 +523,9 @@ impl Engine {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     fn random_hex(&mut self) -> String {
-        format!("{:016x}", self.random())
+        let mut s = String::with_capacity(16);
+        values::push_hex16(&mut s, self.random());
+        s
     }
     /// A branch naming this shard (see [`crate::topology::shard`]), so responses find it.
     fn new_branch(&mut self) -> String {

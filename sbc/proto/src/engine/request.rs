@@ -41,6 +41,11 @@ impl Engine {
             }
             Admit::Drop => return self.drop_msg(flow, "refused by guard".into()),
         }
+        if let Some(o) = self.overload
+            && self.sheddable(req, flow)
+        {
+            return self.shed(flow, req, o);
+        }
         // A REGISTER's Contacts, parsed once: for the registration cache's own answer, else for
         // forwarding (where a malformed list gets its 400 from the server transaction).
         let mut register = None;
@@ -107,6 +112,32 @@ impl Engine {
         if let Err((code, reason)) = self.forward_request(now, flow, req, route, key.clone(), register) {
             self.answer_server(now, &key, code, reason);
         }
+    }
+
+    /// Under overload: whether `req` would start new work (see [`Engine::set_overload`]).
+    fn sheddable(&self, req: &Checked<'_>, flow: Flow) -> bool {
+        if req.to_tag.is_some() {
+            return false;
+        }
+        match req.method {
+            Method::Ack | Method::Cancel | Method::Bye | Method::Prack => false,
+            // A health check or keepalive the SBC answers itself costs no state.
+            Method::Options => !self.addressed_to_sbc(req, flow),
+            _ => true,
+        }
+    }
+
+    /// 503 + Retry-After (RFC 3261 §21.5.4), stateless and without an event per request (a
+    /// burst would turn into a log flood): the daemon logs entering and leaving overload, the
+    /// counter says how many were shed.
+    fn shed(&mut self, flow: Flow, req: &Checked<'_>, o: Overload) {
+        let mut digits = [0u8; 10];
+        let secs = crate::sip::values::decimal(o.retry_after, &mut digits);
+        let tag = self.random_hex();
+        let resp =
+            reply(&req.msg, flow.remote, 503, "Service Unavailable", Some(tag.as_bytes()), &[("Retry-After", secs)]);
+        self.send(flow, resp);
+        self.stats.overload_shed += 1;
     }
 
     /// A Request-URI without a user part whose host and port are the address the request

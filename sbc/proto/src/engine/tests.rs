@@ -837,3 +837,79 @@ fn the_guard_sees_credentials_on_finals_malformed_input_and_its_retry_after_is_s
     assert_eq!(seen.finals, [(503, true, false), (401, false, false), (401, false, true), (400, true, false)]);
     assert_eq!(seen.malformed.len(), 1, "{:?}", seen.malformed);
 }
+
+#[test]
+fn under_overload_new_work_gets_503_retry_after_and_calls_in_progress_end() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], None), t0);
+    // A call is set up before the pressure: INVITE, the core's 200, the caller's ACK.
+    let fwd = start_call(&mut e, t0);
+    let ok = respond(&fwd, 200, "OK", Some("core-tag-1"), "Contact: <sip:1000@10.0.0.10:5070>\r\n");
+    e.handle_datagram(t0, core(CORE_A), ok.as_bytes());
+    let out = drain(&mut e);
+    let to_ua = &out[0].1;
+    let target = header(to_ua, "Contact").unwrap().trim_matches(|c| c == '<' || c == '>').to_string();
+    let to = header(to_ua, "To").unwrap().to_string();
+    let in_dialog = |method: &str, cseq: u32, branch: &str| {
+        format!(
+            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5060;branch={branch}\r\nMax-Forwards: 70\r\n\
+             From: <sip:alice@198.51.100.7>;tag=ua-tag\r\nTo: {to}\r\nCall-ID: ua-call@198.51.100.7\r\n\
+             CSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    e.handle_datagram(t0, ext(Transport::Udp), in_dialog("ACK", 1, "z9hG4bKack").as_bytes());
+    assert_eq!(drain(&mut e).len(), 1, "the ACK reaches the core");
+
+    e.set_overload(Some(Overload { retry_after: 7 }));
+    let t1 = t0 + Duration::from_millis(10);
+    let sizes = e.sizes();
+    // A new INVITE: 503 with Retry-After, nothing forwarded, no transaction or dialog built.
+    let new_call = invite("z9hG4bKnew").replace("ua-call@", "new-call@").replace("tag=ua-tag", "tag=new-tag");
+    e.handle_datagram(t1, ext(Transport::Udp), new_call.as_bytes());
+    let out = drain(&mut e);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].0, ext(Transport::Udp));
+    assert_eq!(first_line(&out[0].1), "SIP/2.0 503 Service Unavailable");
+    assert_eq!(header(&out[0].1, "Retry-After"), Some("7"));
+    assert_eq!(header(&out[0].1, "Call-ID"), Some("new-call@198.51.100.7"));
+    assert_eq!(e.sizes(), sizes);
+    // A REGISTER and a SUBSCRIBE likewise.
+    for method in ["REGISTER", "SUBSCRIBE"] {
+        let req = new_call
+            .replace("INVITE sip:1000@203.0.113.1", &format!("{method} sip:203.0.113.1"))
+            .replace("CSeq: 1 INVITE", &format!("CSeq: 1 {method}"))
+            .replace("z9hG4bKnew", &format!("z9hG4bK{method}"));
+        e.handle_datagram(t1, ext(Transport::Udp), req.as_bytes());
+        let out = drain(&mut e);
+        assert_eq!(out.len(), 1, "{method}: {out:#?}");
+        assert_eq!(first_line(&out[0].1), "SIP/2.0 503 Service Unavailable", "{method}");
+    }
+    assert_eq!(e.stats().overload_shed, 3);
+    assert_eq!(e.sizes(), sizes);
+    // A health check to the SBC itself is still answered.
+    let ping = invite("z9hG4bKping")
+        .replace("INVITE sip:1000@203.0.113.1", "OPTIONS sip:203.0.113.1")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 OPTIONS");
+    e.handle_datagram(t1, ext(Transport::Udp), ping.as_bytes());
+    let out = drain(&mut e);
+    assert_eq!(first_line(&out[0].1), "SIP/2.0 200 OK");
+    // The established call's BYE still reaches the core, and the core's 200 comes back.
+    e.handle_datagram(t1, ext(Transport::Udp), in_dialog("BYE", 2, "z9hG4bKbye").as_bytes());
+    let out = drain(&mut e);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].0, core(CORE_A));
+    assert!(out[0].1.starts_with("BYE sip:1000@10.0.0.10:5070 SIP/2.0\r\n"), "{}", out[0].1);
+    e.handle_datagram(t1, core(CORE_A), respond(&out[0].1, 200, "OK", None, "").as_bytes());
+    let out = drain(&mut e);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].0, ext(Transport::Udp));
+    assert_eq!(first_line(&out[0].1), "SIP/2.0 200 OK");
+    assert_eq!(e.stats().overload_shed, 3);
+    // Pressure gone: the same new INVITE is served.
+    e.set_overload(None);
+    e.handle_datagram(t1, ext(Transport::Udp), new_call.as_bytes());
+    let out = drain(&mut e);
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert_eq!(first_line(&out[0].1), "SIP/2.0 100 Trying");
+    assert_eq!(out[1].0, core(CORE_A));
+}

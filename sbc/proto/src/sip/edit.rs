@@ -12,6 +12,9 @@ enum Action {
     Keep,
     Drop,
     Replace(Vec<u8>),
+    /// Replaced by `Splice::values[range]` (values given by reference are copied there, into
+    /// one buffer per message instead of one allocation each).
+    ReplaceWith(std::ops::Range<usize>),
 }
 
 /// Builds one outgoing message from an indexed one.
@@ -22,7 +25,16 @@ pub struct Splice<'m, 'a> {
     actions: Vec<Action>,
     top: Vec<u8>,
     tail: Vec<u8>,
+    values: Vec<u8>,
     body: Option<Vec<u8>>,
+}
+
+/// The name a replaced header is written with: the canonical one, or as received.
+fn header_name<'m>(msg: &Message<'m>, h: &super::message::Header) -> &'m str {
+    match h.name {
+        HeaderName::Other => std::str::from_utf8(msg.slice(&h.name_span)).unwrap_or("X-Invalid"),
+        n => n.canonical(),
+    }
 }
 
 fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
@@ -38,8 +50,9 @@ impl<'m, 'a> Splice<'m, 'a> {
             msg,
             start_line: None,
             actions: vec![Action::Keep; msg.headers.len()],
-            top: Vec::new(),
+            top: Vec::with_capacity(128),
             tail: Vec::new(),
+            values: Vec::new(),
             body: None,
         }
     }
@@ -88,7 +101,13 @@ impl<'m, 'a> Splice<'m, 'a> {
         let mut done = false;
         for (h, a) in self.msg.headers.iter().zip(self.actions.iter_mut()) {
             if h.name == name {
-                *a = if done { Action::Drop } else { Action::Replace(value.to_vec()) };
+                *a = if done {
+                    Action::Drop
+                } else {
+                    let start = self.values.len();
+                    self.values.extend_from_slice(value);
+                    Action::ReplaceWith(start..self.values.len())
+                };
                 done = true;
             }
         }
@@ -118,7 +137,18 @@ impl<'m, 'a> Splice<'m, 'a> {
     pub fn finish(&self) -> Vec<u8> {
         let msg = self.msg;
         let body = self.body.as_deref().unwrap_or(msg.body());
-        let mut out = Vec::with_capacity(msg.buf.len() + self.top.len() + self.tail.len() + 64);
+        // One allocation: the original, what is added, what replaced values and body may add.
+        let replaced: usize = self
+            .actions
+            .iter()
+            .map(|a| match a {
+                Action::Replace(v) => v.len() + 24,
+                Action::ReplaceWith(r) => r.len() + 24,
+                _ => 0,
+            })
+            .sum();
+        let cap = msg.buf.len() + self.top.len() + self.tail.len() + replaced + body.len() + 64;
+        let mut out = Vec::with_capacity(cap);
         match &self.start_line {
             Some(sl) => out.extend_from_slice(sl),
             None => out.extend_from_slice(msg.slice(&msg.start_line)),
@@ -137,18 +167,16 @@ impl<'m, 'a> Splice<'m, 'a> {
                     }
                 }
                 Action::Drop => {}
-                Action::Replace(v) => {
-                    let name = match h.name {
-                        HeaderName::Other => std::str::from_utf8(msg.slice(&h.name_span)).unwrap_or("X-Invalid"),
-                        n => n.canonical(),
-                    };
-                    push_header(&mut out, name, v);
+                Action::Replace(v) => push_header(&mut out, header_name(msg, h), v),
+                Action::ReplaceWith(r) => {
+                    push_header(&mut out, header_name(msg, h), self.values.get(r.clone()).unwrap_or_default())
                 }
             }
         }
         out.extend_from_slice(&self.tail);
         out.extend_from_slice(b"Content-Length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
+        let mut digits = [0u8; 10];
+        out.extend_from_slice(values::decimal(u32::try_from(body.len()).unwrap_or(u32::MAX), &mut digits));
         out.extend_from_slice(b"\r\n\r\n");
         out.extend_from_slice(body);
         out

@@ -72,36 +72,44 @@ impl HeaderName {
                 _ => HeaderName::Other,
             };
         }
-        const TABLE: &[(&[u8], HeaderName)] = &[
-            (b"via", HeaderName::Via),
-            (b"from", HeaderName::From),
-            (b"to", HeaderName::To),
-            (b"call-id", HeaderName::CallId),
-            (b"cseq", HeaderName::CSeq),
-            (b"max-forwards", HeaderName::MaxForwards),
-            (b"contact", HeaderName::Contact),
-            (b"content-length", HeaderName::ContentLength),
-            (b"content-type", HeaderName::ContentType),
-            (b"content-encoding", HeaderName::ContentEncoding),
-            (b"route", HeaderName::Route),
-            (b"record-route", HeaderName::RecordRoute),
-            (b"require", HeaderName::Require),
-            (b"proxy-require", HeaderName::ProxyRequire),
-            (b"supported", HeaderName::Supported),
-            (b"unsupported", HeaderName::Unsupported),
-            (b"expires", HeaderName::Expires),
-            (b"user-agent", HeaderName::UserAgent),
-            (b"server", HeaderName::Server),
-            (b"refer-to", HeaderName::ReferTo),
-            (b"referred-by", HeaderName::ReferredBy),
-            (b"replaces", HeaderName::Replaces),
-            (b"event", HeaderName::Event),
-            (b"allow-events", HeaderName::AllowEvents),
-            (b"subject", HeaderName::Subject),
-            (b"session-expires", HeaderName::SessionExpires),
-            (b"path", HeaderName::Path),
-        ];
-        TABLE.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map_or(HeaderName::Other, |(_, h)| *h)
+        // Bucketed by length: at most five names to compare, most buckets one or two.
+        let candidates: &[(&[u8], HeaderName)] = match name.len() {
+            2 => &[(b"to", HeaderName::To)],
+            3 => &[(b"via", HeaderName::Via)],
+            4 => &[(b"from", HeaderName::From), (b"cseq", HeaderName::CSeq), (b"path", HeaderName::Path)],
+            5 => &[(b"route", HeaderName::Route), (b"event", HeaderName::Event)],
+            6 => &[(b"server", HeaderName::Server)],
+            7 => &[
+                (b"call-id", HeaderName::CallId),
+                (b"contact", HeaderName::Contact),
+                (b"require", HeaderName::Require),
+                (b"expires", HeaderName::Expires),
+                (b"subject", HeaderName::Subject),
+            ],
+            8 => &[(b"refer-to", HeaderName::ReferTo), (b"replaces", HeaderName::Replaces)],
+            9 => &[(b"supported", HeaderName::Supported)],
+            10 => &[(b"user-agent", HeaderName::UserAgent)],
+            11 => &[(b"unsupported", HeaderName::Unsupported), (b"referred-by", HeaderName::ReferredBy)],
+            12 => &[
+                (b"max-forwards", HeaderName::MaxForwards),
+                (b"record-route", HeaderName::RecordRoute),
+                (b"content-type", HeaderName::ContentType),
+                (b"allow-events", HeaderName::AllowEvents),
+            ],
+            13 => &[(b"proxy-require", HeaderName::ProxyRequire)],
+            14 => &[(b"content-length", HeaderName::ContentLength)],
+            15 => &[(b"session-expires", HeaderName::SessionExpires)],
+            16 => &[(b"content-encoding", HeaderName::ContentEncoding)],
+            _ => &[],
+        };
+        if candidates.is_empty() {
+            return HeaderName::Other;
+        }
+        // Lower-cased once (a known name has at most 16 bytes), then plain comparisons.
+        let mut lower = [0u8; 16];
+        lower.iter_mut().zip(name).for_each(|(d, s)| *d = s.to_ascii_lowercase());
+        let lower = lower.get(..name.len()).unwrap_or_default();
+        candidates.iter().find(|(n, _)| *n == lower).map_or(HeaderName::Other, |(_, h)| *h)
     }
 
     /// The canonical spelling used when the proxy writes a header of its own.
@@ -149,6 +157,9 @@ pub struct Header {
     pub value_span: Span,
     /// The whole line(s) including the terminating CRLF, for splicing.
     pub line_span: Span,
+    /// The value needs [`unfold`] (a fold, a tab, two spaces in a row): decided once while
+    /// indexing, so [`Message::unfolded`] of the common, plain value is a borrow and no scan.
+    pub folded: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +207,7 @@ pub(crate) fn is_ws(b: u8) -> bool {
 pub(crate) fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     let hay = buf.get(from..)?;
     let mut i = 0;
-    while let Some(pos) = hay.get(i..).and_then(|h| h.iter().position(|&b| b == b'\r')) {
+    while let Some(pos) = hay.get(i..).and_then(|h| memchr::memchr(b'\r', h)) {
         let at = i + pos;
         if hay.get(at + 1) == Some(&b'\n') {
             return Some(from + at);
@@ -248,7 +259,7 @@ impl<'a> Message<'a> {
             let line_end = (end + 2).min(buf.len());
             let this = pos..end;
             pos = line_end;
-            let Some(colon) = buf.get(this.clone()).and_then(|l| l.iter().position(|&b| b == b':')) else {
+            let Some(colon) = buf.get(this.clone()).and_then(|l| memchr::memchr(b':', l)) else {
                 bad_header_line.get_or_insert(line_no);
                 continue;
             };
@@ -262,11 +273,13 @@ impl<'a> Message<'a> {
                 return Err(IndexError::TooManyHeaders { max: max_headers });
             }
             let value = trim(buf, this.start + colon + 1..this.end);
+            let folded = needs_unfold(buf.get(value.clone()).unwrap_or_default());
             headers.push(Header {
                 name: HeaderName::from_bytes(name_bytes),
                 name_span: span(name),
                 value_span: span(value),
                 line_span: span(this.start..line_end),
+                folded,
             });
         }
         Ok(Message {
@@ -334,7 +347,8 @@ impl<'a> Message<'a> {
     }
     /// Value with folding collapsed to single spaces (RFC 3261 §7.3.1).
     pub fn unfolded(&self, h: &Header) -> Cow<'a, [u8]> {
-        unfold(self.slice(&h.value_span))
+        let v = self.slice(&h.value_span);
+        if h.folded { unfold(v) } else { Cow::Borrowed(v) }
     }
     pub fn other(&self, name: &str) -> Option<&'a [u8]> {
         self.headers
@@ -351,7 +365,7 @@ impl<'a> Message<'a> {
 
 /// Collapses LWS (CRLF followed by whitespace, runs of SP/HTAB) into one SP.
 pub fn unfold(v: &[u8]) -> Cow<'_, [u8]> {
-    if !v.iter().any(|&b| b == b'\r' || b == b'\n' || b == b'\t') && !v.windows(2).any(|w| w == b"  ") {
+    if !needs_unfold(v) {
         return Cow::Borrowed(v);
     }
     let mut out = Vec::with_capacity(v.len());
@@ -370,10 +384,33 @@ pub fn unfold(v: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
+/// Whether [`unfold`] would change `v`: a CR, LF or HTAB, or two spaces in a row. One pass
+/// over the bytes; the common, unfolded value costs no allocation.
+fn needs_unfold(v: &[u8]) -> bool {
+    memchr::memchr3(b'\r', b'\n', b'\t', v).is_some()
+        || memchr::memchr_iter(b' ', v).any(|i| v.get(i + 1) == Some(&b' '))
+}
+
 /// RFC 3261 §25.1 token characters.
 pub fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+    TOKEN_CHARS.get(usize::from(b)).copied().unwrap_or(false)
 }
+
+/// [`is_token_char`] as a table: it is asked for every byte of every header name and parameter.
+// A u8 index into 256 entries, in a constant: it cannot panic (`get_mut` is not const).
+#[allow(clippy::indexing_slicing)]
+static TOKEN_CHARS: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0u8;
+    loop {
+        t[b as usize] = b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~');
+        if b == u8::MAX {
+            break t;
+        }
+        b += 1;
+    }
+};
 
 fn parse_start_line(line: &[u8]) -> Result<(Kind, [Span; 3]), IndexError> {
     // Split on single SPs; the third part (version / reason phrase) takes the rest.
@@ -414,6 +451,40 @@ mod tests {
         assert_eq!(HeaderName::from_bytes(b"Call-Id"), HeaderName::CallId);
         assert_eq!(HeaderName::from_bytes(b"l"), HeaderName::ContentLength);
         assert_eq!(HeaderName::from_bytes(b"X-Foo"), HeaderName::Other);
+        // Every name the proxy knows comes back from its canonical spelling, in any case.
+        let all = [
+            HeaderName::Via,
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::CallId,
+            HeaderName::CSeq,
+            HeaderName::MaxForwards,
+            HeaderName::Contact,
+            HeaderName::ContentLength,
+            HeaderName::ContentType,
+            HeaderName::ContentEncoding,
+            HeaderName::Route,
+            HeaderName::RecordRoute,
+            HeaderName::Require,
+            HeaderName::ProxyRequire,
+            HeaderName::Supported,
+            HeaderName::Unsupported,
+            HeaderName::Expires,
+            HeaderName::UserAgent,
+            HeaderName::Server,
+            HeaderName::ReferTo,
+            HeaderName::ReferredBy,
+            HeaderName::Replaces,
+            HeaderName::Event,
+            HeaderName::AllowEvents,
+            HeaderName::Subject,
+            HeaderName::SessionExpires,
+            HeaderName::Path,
+        ];
+        for h in all {
+            assert_eq!(HeaderName::from_bytes(h.canonical().as_bytes()), h, "{h:?}");
+            assert_eq!(HeaderName::from_bytes(h.canonical().to_ascii_uppercase().as_bytes()), h, "{h:?}");
+        }
     }
 
     #[test]
@@ -424,6 +495,15 @@ mod tests {
         assert_eq!(&*msg.unfolded(&msg.headers[0]), b"one two");
         assert_eq!(msg.value(HeaderName::To), Some(&b"<sip:x@y>"[..]));
         assert!(msg.terminated);
+    }
+
+    #[test]
+    fn tabs_and_double_spaces_are_unfolded_plain_values_borrowed() {
+        let m = b"OPTIONS sip:a@b SIP/2.0\r\nSubject: a\tb  c\r\nTo: <sip:x@y> ;tag=1\r\n\r\n";
+        let msg = Message::index(m, 10).unwrap();
+        assert!(msg.headers[0].folded && !msg.headers[1].folded);
+        assert_eq!(&*msg.unfolded(&msg.headers[0]), b"a b c");
+        assert!(matches!(msg.unfolded(&msg.headers[1]), Cow::Borrowed(b"<sip:x@y> ;tag=1")));
     }
 
     #[test]

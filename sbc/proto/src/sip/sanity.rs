@@ -61,6 +61,19 @@ fn name_addr_param<'a>(v: Cow<'a, [u8]>, name: HeaderName, param: &str) -> Resul
     }))
 }
 
+/// `part` (a slice of `whole`) with `whole`'s lifetime when `whole` borrows the message: no
+/// copy for the common, unfolded value.
+fn borrow_from<'a>(whole: &Cow<'a, [u8]>, part: &[u8]) -> Cow<'a, [u8]> {
+    let off = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+    match whole {
+        Cow::Borrowed(b) => match b.get(off..off + part.len()) {
+            Some(p) => Cow::Borrowed(p),
+            None => Cow::Owned(part.to_vec()),
+        },
+        Cow::Owned(_) => Cow::Owned(part.to_vec()),
+    }
+}
+
 /// Every check a proxy makes before it forwards or answers. Request failures map to a
 /// response via [`SipError::reaction`]; response failures mean "drop".
 pub fn check<'a>(msg: Message<'a>) -> Result<Checked<'a>, Box<(Message<'a>, SipError)>> {
@@ -109,7 +122,8 @@ fn normalised_sent_by(via: &values::Via<'_>) -> Vec<u8> {
         None => via.host.to_ascii_lowercase(),
     };
     out.push(b':');
-    out.extend_from_slice(port.to_string().as_bytes());
+    let mut digits = [0u8; 10];
+    out.extend_from_slice(values::decimal(u32::from(port), &mut digits));
     out
 }
 
@@ -163,7 +177,7 @@ fn check_inner<'a>(msg: &Message<'a>) -> Result<Parts<'a>, SipError> {
         for r in values::split_commas(&v).map_err(bad(HeaderName::Via))? {
             let via = values::via(v.get(r).unwrap_or_default()).map_err(bad(HeaderName::Via))?;
             if first {
-                branch = via.branch().map(|b| Cow::Owned(b.to_vec()));
+                branch = via.branch().map(|b| borrow_from(&v, b));
                 sent_by = normalised_sent_by(&via);
                 sent_by_port = default_port(&via);
                 first = false;

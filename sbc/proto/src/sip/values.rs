@@ -55,8 +55,58 @@ fn skip_quoted(v: &[u8], mut i: usize) -> Result<usize, ValueError> {
     }
 }
 
+/// The elements of a comma-separated header value: one (the common case, no allocation) or
+/// several.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Commas {
+    One(Range<usize>),
+    Many(Vec<Range<usize>>),
+}
+
+impl Commas {
+    pub fn len(&self) -> usize {
+        match self {
+            Commas::One(_) => 1,
+            Commas::Many(v) => v.len(),
+        }
+    }
+    /// Only for [`Commas::default`]: a split value has at least one element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn first(&self) -> Option<&Range<usize>> {
+        match self {
+            Commas::One(r) => Some(r),
+            Commas::Many(v) => v.first(),
+        }
+    }
+}
+
+/// No elements (what a value that failed to split is taken as, e.g. `unwrap_or_default()`).
+impl Default for Commas {
+    fn default() -> Self {
+        Commas::Many(Vec::new())
+    }
+}
+
+impl IntoIterator for Commas {
+    type Item = Range<usize>;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<Range<usize>>, std::vec::IntoIter<Range<usize>>>;
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            Commas::One(r) => Some(r).into_iter().chain(Vec::new()),
+            Commas::Many(v) => None.into_iter().chain(v),
+        }
+    }
+}
+
 /// Splits a header value on top-level commas (outside quotes and angle brackets).
-pub fn split_commas(v: &[u8]) -> Result<Vec<Range<usize>>, ValueError> {
+pub fn split_commas(v: &[u8]) -> Result<Commas, ValueError> {
+    // The common case, one element: no comma and no quoted string to look into.
+    if memchr::memchr2(b',', b'"', v).is_none() {
+        let r = trim_range(v, 0..v.len());
+        return if r.is_empty() { Err(ValueError::EmptyElement) } else { Ok(Commas::One(r)) };
+    }
     let mut out = Vec::new();
     let mut start = 0;
     let mut i = 0;
@@ -81,7 +131,7 @@ pub fn split_commas(v: &[u8]) -> Result<Vec<Range<usize>>, ValueError> {
     if out.iter().any(|r| r.is_empty()) {
         return Err(ValueError::EmptyElement);
     }
-    Ok(out)
+    Ok(Commas::Many(out))
 }
 
 pub fn trim_range(v: &[u8], mut r: Range<usize>) -> Range<usize> {
@@ -425,7 +475,7 @@ mod tests {
         // The comma makes two list elements; the first has no URI brackets.
         let v = b"Bell, Alexander <sip:a.g.bell@example.com>;tag=43";
         let parts = split_commas(v).unwrap();
-        assert!(name_addr(&v[parts[0].clone()]).is_err() || parts.len() != 1);
+        assert!(name_addr(&v[parts.first().unwrap().clone()]).is_err() || parts.len() != 1);
     }
 
     #[test]
@@ -514,5 +564,59 @@ mod tests {
     fn cseq_over_32_bits_is_rejected() {
         assert_eq!(cseq(b"36893488147419103232 REGISTER"), Err(ValueError::BadCSeq));
         assert_eq!(cseq(b"0009 INVITE").unwrap(), (9, &b"INVITE"[..]));
+    }
+}
+
+/// Appends `n` as two lower-case hex digits (the shard id in the SBC's identifiers).
+pub fn push_hex2(out: &mut String, n: u8) {
+    for d in [n >> 4, n & 0xf] {
+        out.push(char::from(if d < 10 { b'0' + d } else { b'a' + d - 10 }));
+    }
+}
+
+/// Appends `n` as 16 lower-case hex digits (what `format!("{n:016x}")` writes), for the
+/// branches, tags and tokens the SBC makes on every call.
+pub fn push_hex16(out: &mut String, n: u64) {
+    for shift in (0..16).rev() {
+        let d = ((n >> (shift * 4)) & 0xf) as u8;
+        out.push(char::from(if d < 10 { b'0' + d } else { b'a' + d - 10 }));
+    }
+}
+
+/// `n` in decimal, written into `buf`: the digits without the formatting machinery (on every
+/// forwarded message's path: Content-Length, Max-Forwards, ports).
+pub fn decimal(n: u32, buf: &mut [u8; 10]) -> &[u8] {
+    let mut i = buf.len();
+    let mut n = n;
+    while let Some(d) = i.checked_sub(1).and_then(|j| buf.get_mut(j)) {
+        *d = b'0' + (n % 10) as u8;
+        i -= 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.get(i..).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod decimal_tests {
+    use super::decimal;
+
+    #[test]
+    fn push_hex16_writes_what_format_does() {
+        for n in [0u64, 1, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef] {
+            let mut s = String::new();
+            super::push_hex16(&mut s, n);
+            assert_eq!(s, format!("{n:016x}"));
+        }
+    }
+
+    #[test]
+    fn decimal_writes_every_u32_as_display_does() {
+        for n in [0u32, 7, 10, 99, 100, 5060, 65535, 1_000_000, u32::MAX] {
+            let mut buf = [0u8; 10];
+            assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes(), "{n}");
+        }
     }
 }

@@ -42,6 +42,8 @@ pub struct Topology {
     own_external: Vec<Vec<u8>>,
     strip_headers: Vec<String>,
     strip_credentials: bool,
+    /// Each side's `advertise` as an IP address when it is one, parsed once (external, internal).
+    advertise_ip: [Option<IpAddr>; 2],
 }
 
 /// What a forwarded request needs besides the message: where it goes and what crosses.
@@ -107,7 +109,9 @@ impl Topology {
         let public_hosts = host_set(&s.external.advertise, s.external_addrs, s.public_domains);
         let internal_hosts = host_set(&s.internal.advertise, s.internal_addrs, &[]);
         let own_external = host_set(&s.external.advertise, s.external_addrs, &[]);
+        let advertise_ip = [literal_ip(s.external.advertise.as_bytes()), literal_ip(s.internal.advertise.as_bytes())];
         Topology {
+            advertise_ip,
             masker: Masker::for_shard(s.secret, s.shard),
             external: s.external,
             internal: s.internal,
@@ -138,7 +142,11 @@ impl Topology {
     /// (the config requires a usable one).
     pub fn advertise(&self, flow: Flow) -> Cow<'_, str> {
         let adv = &self.side(flow.side).advertise;
-        match literal_ip(adv.as_bytes()) {
+        let ip = match flow.side {
+            Side::External => self.advertise_ip[0],
+            Side::Internal => self.advertise_ip[1],
+        };
+        match ip {
             Some(ip) if ip.is_ipv4() != flow.local.is_ipv4() && !flow.local.ip().is_unspecified() => {
                 Cow::Owned(flow.local.ip().to_string())
             }
@@ -147,9 +155,12 @@ impl Topology {
     }
 
     /// [`Topology::advertise`] as a URI host (an IPv6 address in brackets).
-    fn advertise_host(&self, flow: Flow) -> Vec<u8> {
-        let adv = self.advertise(flow);
-        if adv.contains(':') && !adv.starts_with('[') { format!("[{adv}]") } else { adv.into_owned() }.into_bytes()
+    fn advertise_host(&self, flow: Flow) -> Cow<'_, [u8]> {
+        match self.advertise(flow) {
+            adv if adv.contains(':') && !adv.starts_with('[') => Cow::Owned(format!("[{adv}]").into_bytes()),
+            Cow::Borrowed(adv) => Cow::Borrowed(adv.as_bytes()),
+            Cow::Owned(adv) => Cow::Owned(adv.into_bytes()),
+        }
     }
 
     /// Our Contact toward a flow's side: the token, or no user part.
@@ -240,7 +251,7 @@ impl Topology {
         let requester = from;
         let replace_hosts = hide && to.side == Side::External;
         let adv = self.advertise_host(to);
-        let adv = adv.as_slice();
+        let adv = &*adv;
         for (i, h) in c.msg.headers.iter().enumerate() {
             if !matches!(h.name, HeaderName::From | HeaderName::To) {
                 continue;
@@ -357,7 +368,7 @@ impl Topology {
         } else if let Some(u) = rewrite_uri_host(msg.request_uri(), |host| foreign_family(host, to), &{
             // A Request-URI naming an address of the other family (the SBC's own, as phones
             // address it): the SBC's address on the receiving flow, port included.
-            let mut hp = self.advertise_host(to);
+            let mut hp = self.advertise_host(to).into_owned();
             hp.extend_from_slice(format!(":{}", to.local.port()).as_bytes());
             hp
         }) {
@@ -454,17 +465,44 @@ impl Topology {
 
 /// `host:port` for our side address, IPv6 bracketed.
 pub fn hostport(advertise: &str, flow: Flow) -> String {
-    let port = flow.local.port();
-    if advertise.contains(':') && !advertise.starts_with('[') {
-        format!("[{advertise}]:{port}")
-    } else {
-        format!("{advertise}:{port}")
+    let mut out = String::with_capacity(advertise.len() + 8);
+    push_hostport(&mut out, advertise, flow);
+    out
+}
+
+/// Appends `host:port` (see [`hostport`]) without the formatting machinery: it is on every
+/// forwarded message's path.
+fn push_hostport(out: &mut String, advertise: &str, flow: Flow) {
+    let bracket = advertise.contains(':') && !advertise.starts_with('[');
+    if bracket {
+        out.push('[');
+    }
+    out.push_str(advertise);
+    if bracket {
+        out.push(']');
+    }
+    out.push(':');
+    push_u32(out, u32::from(flow.local.port()));
+}
+
+/// Appends `n` in decimal.
+fn push_u32(out: &mut String, n: u32) {
+    let mut buf = [0u8; 10];
+    for &d in crate::sip::values::decimal(n, &mut buf) {
+        out.push(char::from(d));
     }
 }
 
 /// Our Via on a flow: `SIP/2.0/UDP host:port;branch=…`.
 pub fn via_line(advertise: &str, flow: Flow, branch: &str) -> Vec<u8> {
-    format!("SIP/2.0/{} {};branch={}", flow.transport.via_token(), hostport(advertise, flow), branch).into_bytes()
+    let mut out = String::with_capacity(advertise.len() + branch.len() + 32);
+    out.push_str("SIP/2.0/");
+    out.push_str(flow.transport.via_token());
+    out.push(' ');
+    push_hostport(&mut out, advertise, flow);
+    out.push_str(";branch=");
+    out.push_str(branch);
+    out.into_bytes()
 }
 
 /// An SBC URI on a side: `<sip:token@host:port;transport=tcp>`.
@@ -478,7 +516,7 @@ pub fn sbc_uri(advertise: &str, flow: Flow, token: Option<&str>, brackets: bool)
         s.push_str(t);
         s.push('@');
     }
-    s.push_str(&hostport(advertise, flow));
+    push_hostport(&mut s, advertise, flow);
     if flow.transport == Transport::Tcp {
         s.push_str(";transport=tcp");
     }
@@ -501,6 +539,10 @@ fn literal_ip(host: &[u8]) -> Option<IpAddr> {
 
 /// Whether `host` is an IP address of the other family than the flow it is sent on.
 fn foreign_family(host: &[u8], flow: Flow) -> bool {
+    // Without a colon a host is a name or an IPv4 address: never foreign on an IPv4 flow.
+    if flow.local.is_ipv4() && !host.contains(&b':') {
+        return false;
+    }
     literal_ip(host).is_some_and(|ip| ip.is_ipv4() != flow.local.is_ipv4())
 }
 

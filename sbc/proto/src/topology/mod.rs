@@ -59,15 +59,23 @@ fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 fn unhex(s: &[u8]) -> Option<Vec<u8>> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    s.chunks(2)
-        .map(|c| {
-            let v = std::str::from_utf8(c).ok()?;
-            u8::from_str_radix(v, 16).ok()
-        })
-        .collect()
+    let mut out = Vec::with_capacity(s.len() / 2);
+    for c in s.chunks_exact(2) {
+        let [hi, lo] = c else { return None };
+        out.push(nibble(*hi)? << 4 | nibble(*lo)?);
+    }
+    Some(out)
 }
 
 impl Masker {
@@ -142,7 +150,11 @@ impl Masker {
             h.write(p);
             h.write_u8(0xff);
         }
-        format!("{}{:02x}{:016x}", char::from(kind), self.shard, h.finish())
+        let mut s = String::with_capacity(19);
+        s.push(char::from(kind));
+        values::push_hex2(&mut s, self.shard);
+        values::push_hex16(&mut s, h.finish());
+        s
     }
 }
 

@@ -40,7 +40,11 @@ const BRANCH_PREFIX: &[u8] = b"z9hG4bKS";
 
 /// Our Via branch (RFC 3261 §8.1.1.7: magic cookie first) for shard `shard`.
 pub fn branch(shard: u8, random: u64) -> String {
-    format!("z9hG4bKS{shard:02x}{random:016x}")
+    let mut s = String::with_capacity(BRANCH_PREFIX.len() + 18);
+    s.push_str("z9hG4bKS");
+    crate::sip::values::push_hex2(&mut s, shard);
+    crate::sip::values::push_hex16(&mut s, random);
+    s
 }
 
 /// The shard in one of our branches.

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::dialog::ForwardCtx;
 use crate::flow::{Flow, Side, Transmit};
+use crate::own_keys::OwnKeyMap;
 use crate::sip::message::{HeaderName, Message};
 use crate::sip::uri::Transport;
 use crate::sip::{Method, values};
@@ -221,7 +222,8 @@ pub struct Transactions {
     /// Header limit for re-reading the requests we sent (to build CANCEL and ACK).
     max_headers: usize,
     server: HashMap<ServerKey, ServerTxn>,
-    client: HashMap<String, ClientTxn>,
+    /// Keyed by our own branches: [`OwnKeyMap`].
+    client: OwnKeyMap<String, ClientTxn>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerKey)>>,
     seq: u64,
     /// Server transactions still waiting for their final response (the work in progress that
@@ -242,7 +244,7 @@ impl Transactions {
             t,
             max_headers,
             server: HashMap::new(),
-            client: HashMap::new(),
+            client: OwnKeyMap::default(),
             timers: BinaryHeap::new(),
             seq: 0,
             pending_server: 0,

@@ -57,6 +57,8 @@ pub struct Raw {
     pub media: RawMedia,
     #[serde(default)]
     pub guard: RawGuard,
+    #[serde(default)]
+    pub overload: crate::pressure::RawOverload,
 }
 
 /// The SIP engine's threads.
@@ -418,6 +420,8 @@ pub struct Validated {
     pub workers: usize,
     /// None: `guard.enabled = false`.
     pub guard: Option<Guard>,
+    /// When new work is refused with 503 (see `crate::pressure`).
+    pub overload: crate::pressure::Config,
 }
 
 /// The guard's validated settings.
@@ -787,6 +791,15 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
         state_dir: (!state_dir.is_empty()).then(|| state_dir.into()),
         store,
     });
+    let overload = match crate::pressure::validate(&raw.overload) {
+        Ok(o) => Some(o),
+        Err(found) => {
+            for (path, message) in found {
+                errs.error(path, message);
+            }
+            None
+        }
+    };
     if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
         errs.error("log.level", format!("{:?} is not a tracing filter", raw.log.level));
     }
@@ -851,6 +864,8 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
             n => usize::try_from(n).unwrap_or(1),
         },
         guard,
+        // Its errors were reported above.
+        overload: overload.ok_or_else(|| vec![("overload".to_string(), "invalid".to_string())])?,
     })
 }
 
