@@ -198,6 +198,11 @@ fn svcrack_is_banned_after_maxretry_failures_and_dropped_in_xdp_while_a_phone_ke
     let t_fail = t_fail.context("no 401 to the 5th REGISTER with credentials in the internal capture")?;
     ensure!(with_creds == MAXRETRY, "{with_creds} REGISTERs with credentials reached the core (want {MAXRETRY})");
     ensure!(after_fail == 0, "{after_fail} attacker REGISTERs reached the core after the ban");
+    // One `auth failure` line per failure (what fail2ban's sbc-auth filter counts), none for
+    // the challenges to REGISTERs without credentials.
+    let auth_lines =
+        log.lines().filter(|l| l.contains(&format!("WARN sbc::auth: auth failure from {ATTACKER} port="))).count();
+    ensure!(auth_lines == MAXRETRY, "{auth_lines} auth failure lines for the attacker (want {MAXRETRY}):\n{log}");
     let reaction = t_ban.saturating_sub(t_fail);
     // What the attacker sent after the ban, and what was answered (external capture).
     let attacker: std::net::IpAddr = ATTACKER.parse()?;

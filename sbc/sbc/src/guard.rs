@@ -152,13 +152,15 @@ impl Guard for EdgeGuard {
     }
 
     fn on_final(&mut self, now: Instant, f: &Final<'_>) {
-        let Some(state) = self.state.as_ref().filter(|_| f.requester.side == Side::External) else { return };
-        let mut st = lock(state);
-        let list = st.list();
+        if f.requester.side != Side::External {
+            return;
+        }
+        // The running allowlist (the guard's state reads the same slot).
+        let list = ListNow(self.trunk.as_ref().map(TrunkGuard::list));
         let source = f.requester.remote.ip().to_canonical();
         let to = to_fields(f.to);
         let trunk = list.trunk(source).map(str::to_owned);
-        let event = Event::Final(FinalResponse {
+        let response = FinalResponse {
             source,
             class: MethodClass::of(f.method.as_str()),
             code: f.code,
@@ -167,8 +169,14 @@ impl Guard for EdgeGuard {
             in_dialog: to.tagged,
             target_user: to.user.as_deref(),
             trunk: trunk.as_deref(),
-        });
-        st.policy.handle_event(now, &event, list.exempt());
+        };
+        // Logged whether or not the guard is enabled: an operator may ban with fail2ban.
+        if let Some(kind) = response.auth_failure() {
+            log_auth_failure(f, &response, kind);
+        }
+        let Some(state) = self.state.as_ref() else { return };
+        let mut st = lock(state);
+        st.policy.handle_event(now, &Event::Final(response), list.exempt());
         // A trunk's new call: followed to its dialog's end, or ended now when it failed.
         if let Some(trunk) = trunk
             && f.method == Method::Invite
@@ -227,6 +235,38 @@ impl Guard for EdgeGuard {
             lock(s).policy.handle_timeout(now);
         }
     }
+}
+
+/// The `tracing` target of the auth failure lines (`sbc::auth`): a log reader (fail2ban's
+/// `sbc-auth` filter, `config/fail2ban/`) counts them, so they are never folded into a
+/// summary; [`crate::logsum::auth_line_allowed`] bounds them per source instead.
+pub const AUTH_TARGET: &str = "sbc::auth";
+
+/// One line per authentication failure the core answered (see
+/// `sbc_policy::guard::FinalResponse::auth_failure`), at WARN (on at the default level):
+///
+/// ```text
+/// 2026-12-02T16:17:51.123456Z  WARN sbc::auth: auth failure from 198.51.100.66 port=5060 transport=udp method=REGISTER code=401 event=auth-failure user="1000"
+/// ```
+///
+/// The source address comes first after a fixed text, so the filter's `<HOST>` is anchored
+/// before anything the sender chose; the user (the sender's bytes) is last, bounded and
+/// escaped. Nothing of the credentials is logged.
+fn log_auth_failure(f: &Final<'_>, r: &FinalResponse<'_>, kind: policy::EventKind) {
+    if !crate::logsum::auth_line_allowed(r.source) {
+        return;
+    }
+    let user = r.target_user.map(policy::key::clean).unwrap_or_default();
+    tracing::warn!(
+        target: AUTH_TARGET,
+        "auth failure from {} port={} transport={} method={} code={} event={} user=\"{user}\"",
+        r.source,
+        f.requester.remote.port(),
+        f.requester.transport.as_str(),
+        f.method.as_str(),
+        r.code,
+        kind.as_str(),
+    );
 }
 
 /// What the guard reads of a request, as text (the sender's bytes: untrusted, and the guard

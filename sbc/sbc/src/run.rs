@@ -526,10 +526,9 @@ impl Daemon {
     /// guard, both reading the running allowlist through a slot a reload swaps, so their state
     /// is never thrown away.
     fn install_guard(&mut self) {
+        // Always: without trunk and guard it still logs the auth failure lines (fail2ban's).
         let trunk = self.trunk.as_ref().map(Trunk::guard);
-        if trunk.is_some() || self.guard.is_some() {
-            self.engine.set_guard(Box::new(EdgeGuard { trunk, state: self.guard.clone() }));
-        }
+        self.engine.set_guard(Box::new(EdgeGuard { trunk, state: self.guard.clone() }));
     }
 }
 
