@@ -25,6 +25,12 @@ const ENUMERATOR: &str = "203.0.113.67";
 const ACCESS_PORT: u16 = 5080;
 /// The default `sip-auth` jail's maxretry.
 const MAXRETRY: usize = 5;
+/// The default `sip-garbage` jail's maxretry (malformed messages, unknown domains).
+const GARBAGE_MAXRETRY: usize = 10;
+/// The domain the SBC serves in this lab (`guard.domains`); its own address is served too.
+const DOMAIN: &str = "voip.example.com";
+/// A domain it does not serve.
+const FOREIGN: &str = "192.0.2.99";
 
 /// The lab: the attacker's address first on e0 (the tools without a bind option send from it),
 /// the phone's second; Kamailio challenging REGISTERs.
@@ -47,7 +53,7 @@ fn start_sbc(lab: &Lab, signatures: bool) -> Result<Proc> {
     let scanner = if signatures { "" } else { "[guard.scanner]\nuser_agents = []\nfrom_names = []\nfrom_hosts = []\n" };
     let extra = format!(
         "[trunk]\nallowlist = \"{dir}/allow.txt\"\ninterface = \"x0\"\nxdp_mode = \"native\"\n\
-         protected = [\"{SBC_EXT}:5060/udp\"]\n[guard]\nstate_dir = \"{dir}/state\"\n{scanner}",
+         protected = [\"{SBC_EXT}:5060/udp\"]\n[guard]\nstate_dir = \"{dir}/state\"\ndomains = [\"{DOMAIN}\"]\n{scanner}",
         dir = lab.dir.display()
     );
     let sbc = lab.start_sbc_listening(&listen, true, &extra)?;
@@ -78,6 +84,15 @@ fn sipsak_answered(lab: &Lab) -> Result<bool> {
         .args(["10", "sipsak", "-s", &format!("sip:{SBC_EXT}:{ACCESS_PORT}"), "-D", "2"])
         .output()?;
     Ok(matches!(out.status.code(), Some(0 | 1)))
+}
+
+/// sipsak's OPTIONS for `uri` from the attacker's address, sent to the access port.
+fn sipsak_probe(lab: &Lab, uri: &str) -> Result<()> {
+    lab.ext
+        .cmd("timeout")
+        .args(["10", "sipsak", "-s", uri, "-p", &format!("{SBC_EXT}:{ACCESS_PORT}"), "-D", "2"])
+        .output()?;
+    Ok(())
 }
 
 /// Unix time of an RFC 3339 UTC log timestamp (`2026-12-02T11:17:36.913794Z`).
@@ -262,6 +277,35 @@ fn svcrack_is_banned_after_maxretry_failures_and_dropped_in_xdp_while_a_phone_ke
     let (ok, out) = bans(&lab, &["del", ATTACKER])?;
     ensure!(ok, "bans del failed: {out}");
     ensure!(sipsak_answered(&lab)?, "sipsak not answered right after `sbc bans del`");
+
+    // Probes for a domain the SBC does not serve (guard.domains): each answered 404 on the
+    // wire and never forwarded, an unknown-domain event each; the sip-garbage jail bans on the
+    // GARBAGE_MAXRETRY-th, which gets no answer; then dropped in XDP.
+    let internal = Capture::start(&lab.sbc, "i0", lab.dir.join("internal-domain.pcap"), &lab.dir)?;
+    let external = Capture::start(&lab.ext, "e0", lab.dir.join("external-domain.pcap"), &lab.dir)?;
+    let before = stats(&lab)?;
+    // (An address, not a name: sipsak resolves the Request-URI's host even with a proxy.)
+    for _ in 0..GARBAGE_MAXRETRY {
+        sipsak_probe(&lab, &format!("sip:100@{FOREIGN}"))?;
+    }
+    ensure!(!sipsak_answered(&lab)?, "answered after the unknown-domain ban");
+    let after = stats(&lab)?;
+    let (internal, external) = (internal.finish()?, external.finish()?);
+    let not_found = external.iter().filter(|p| p.dst.ip() == attacker && text(p).starts_with("SIP/2.0 404 ")).count();
+    ensure!(not_found == GARBAGE_MAXRETRY - 1, "{not_found} 404s to the probes (want {})", GARBAGE_MAXRETRY - 1);
+    let leaked = internal.iter().filter(|p| text(p).contains(FOREIGN)).count();
+    ensure!(leaked == 0, "{leaked} probes for the foreign domain reached the core side");
+    let events = d2(&before, &after, "guard.events.unknown-domain");
+    ensure!(events == GARBAGE_MAXRETRY as u64, "{events} unknown-domain events\n{after}");
+    ensure!(d2(&before, &after, "xdp.drop_blocked") > 0, "no XDP drop after the unknown-domain ban\n{after}");
+    let (ok, shown) = bans(&lab, &["show", ATTACKER])?;
+    ensure!(
+        ok && shown.contains("jail=sip-garbage") && shown.contains("unknown domain"),
+        "no unknown-domain ban: {shown}"
+    );
+    eprintln!("GUARD unknown domain: {not_found} probes answered 404, then {}", shown.trim());
+    let (ok, out) = bans(&lab, &["del", ATTACKER])?;
+    ensure!(ok, "bans del failed: {out}");
 
     // svmap: banned on first sight by its signature, dropped in XDP from then on.
     let out = lab.ext.cmd("timeout").args(["20", "svmap", "-p", &ACCESS_PORT.to_string(), SBC_EXT]).output()?;
