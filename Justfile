@@ -66,6 +66,14 @@ bench-media:
     cargo build --release -p sbc --bin sbc --example rtp_load
     flock /tmp/sbc-lab.lock bash bench/media/run.sh
 
+# Ban reaction: the SBC's guard (bans in XDP) vs fail2ban (Debian's, with python3-pyinotify;
+# installed if missing) tailing the SBC's log with config/fail2ban's filter and banning with
+# nftables; svcrack against Kamailio, one run, same machine. Into bench/RESULTS.md.
+bench-guard:
+    command -v fail2ban-server >/dev/null && /usr/bin/python3 -c 'import pyinotify' 2>/dev/null || apt-get install -y --no-install-recommends fail2ban python3-pyinotify
+    cargo build --release -p sbc
+    flock /tmp/sbc-lab.lock bash bench/guard/run.sh
+
 # The appliance image (rootfs/, Debian packages only, as root): a GPT disk with an ESP (systemd-boot),
 # root slots A and B and a persistent data partition, into target/image/sbc.img; the update file
 # for `sbc-update` into target/image/root.img. Prints each step.

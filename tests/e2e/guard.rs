@@ -25,11 +25,17 @@ const ENUMERATOR: &str = "203.0.113.67";
 const ACCESS_PORT: u16 = 5080;
 /// The default `sip-auth` jail's maxretry.
 const MAXRETRY: usize = 5;
+/// The default `sip-garbage` jail's maxretry (malformed messages, unknown domains).
+const GARBAGE_MAXRETRY: usize = 10;
+/// The domain the SBC serves in this lab (`guard.domains`); its own address is served too.
+const DOMAIN: &str = "voip.example.com";
+/// A domain it does not serve.
+const FOREIGN: &str = "192.0.2.99";
 
 /// The lab: the attacker's address first on e0 (the tools without a bind option send from it),
 /// the phone's second; Kamailio challenging REGISTERs.
-fn guard_lab() -> Result<(Lab, Proc)> {
-    let lab = Lab::new("sbg", "guard")?;
+fn guard_lab(prefix: &str, name: &str) -> Result<(Lab, Proc)> {
+    let lab = Lab::new(prefix, name)?;
     lab.ext.ip(&["addr", "flush", "dev", "e0"])?;
     lab.ext.ip(&["addr", "add", &format!("{ATTACKER}/24"), "dev", "e0"])?;
     lab.ext.ip(&["addr", "add", &format!("{EXT_PEER}/24"), "dev", "e0"])?;
@@ -47,7 +53,7 @@ fn start_sbc(lab: &Lab, signatures: bool) -> Result<Proc> {
     let scanner = if signatures { "" } else { "[guard.scanner]\nuser_agents = []\nfrom_names = []\nfrom_hosts = []\n" };
     let extra = format!(
         "[trunk]\nallowlist = \"{dir}/allow.txt\"\ninterface = \"x0\"\nxdp_mode = \"native\"\n\
-         protected = [\"{SBC_EXT}:5060/udp\"]\n[guard]\nstate_dir = \"{dir}/state\"\n{scanner}",
+         protected = [\"{SBC_EXT}:5060/udp\"]\n[guard]\nstate_dir = \"{dir}/state\"\ndomains = [\"{DOMAIN}\"]\n{scanner}",
         dir = lab.dir.display()
     );
     let sbc = lab.start_sbc_listening(&listen, true, &extra)?;
@@ -78,6 +84,15 @@ fn sipsak_answered(lab: &Lab) -> Result<bool> {
         .args(["10", "sipsak", "-s", &format!("sip:{SBC_EXT}:{ACCESS_PORT}"), "-D", "2"])
         .output()?;
     Ok(matches!(out.status.code(), Some(0 | 1)))
+}
+
+/// sipsak's OPTIONS for `uri` from the attacker's address, sent to the access port.
+fn sipsak_probe(lab: &Lab, uri: &str) -> Result<()> {
+    lab.ext
+        .cmd("timeout")
+        .args(["10", "sipsak", "-s", uri, "-p", &format!("{SBC_EXT}:{ACCESS_PORT}"), "-D", "2"])
+        .output()?;
+    Ok(())
 }
 
 /// Unix time of an RFC 3339 UTC log timestamp (`2026-12-02T11:17:36.913794Z`).
@@ -133,7 +148,7 @@ fn svcrack_is_banned_after_maxretry_failures_and_dropped_in_xdp_while_a_phone_ke
         return Ok(());
     }
     let _g = lab_lock();
-    let (lab, _kamailio) = guard_lab()?;
+    let (lab, _kamailio) = guard_lab("sbg", "guard")?;
     let mut sbc = start_sbc(&lab, false)?;
     let access: SocketAddr = format!("{SBC_EXT}:{ACCESS_PORT}").parse()?;
 
@@ -198,6 +213,11 @@ fn svcrack_is_banned_after_maxretry_failures_and_dropped_in_xdp_while_a_phone_ke
     let t_fail = t_fail.context("no 401 to the 5th REGISTER with credentials in the internal capture")?;
     ensure!(with_creds == MAXRETRY, "{with_creds} REGISTERs with credentials reached the core (want {MAXRETRY})");
     ensure!(after_fail == 0, "{after_fail} attacker REGISTERs reached the core after the ban");
+    // One `auth failure` line per failure (what fail2ban's sbc-auth filter counts), none for
+    // the challenges to REGISTERs without credentials.
+    let auth_lines =
+        log.lines().filter(|l| l.contains(&format!("WARN sbc::auth: auth failure from {ATTACKER} port="))).count();
+    ensure!(auth_lines == MAXRETRY, "{auth_lines} auth failure lines for the attacker (want {MAXRETRY}):\n{log}");
     let reaction = t_ban.saturating_sub(t_fail);
     // What the attacker sent after the ban, and what was answered (external capture).
     let attacker: std::net::IpAddr = ATTACKER.parse()?;
@@ -258,6 +278,35 @@ fn svcrack_is_banned_after_maxretry_failures_and_dropped_in_xdp_while_a_phone_ke
     ensure!(ok, "bans del failed: {out}");
     ensure!(sipsak_answered(&lab)?, "sipsak not answered right after `sbc bans del`");
 
+    // Probes for a domain the SBC does not serve (guard.domains): each answered 404 on the
+    // wire and never forwarded, an unknown-domain event each; the sip-garbage jail bans on the
+    // GARBAGE_MAXRETRY-th, which gets no answer; then dropped in XDP.
+    let internal = Capture::start(&lab.sbc, "i0", lab.dir.join("internal-domain.pcap"), &lab.dir)?;
+    let external = Capture::start(&lab.ext, "e0", lab.dir.join("external-domain.pcap"), &lab.dir)?;
+    let before = stats(&lab)?;
+    // (An address, not a name: sipsak resolves the Request-URI's host even with a proxy.)
+    for _ in 0..GARBAGE_MAXRETRY {
+        sipsak_probe(&lab, &format!("sip:100@{FOREIGN}"))?;
+    }
+    ensure!(!sipsak_answered(&lab)?, "answered after the unknown-domain ban");
+    let after = stats(&lab)?;
+    let (internal, external) = (internal.finish()?, external.finish()?);
+    let not_found = external.iter().filter(|p| p.dst.ip() == attacker && text(p).starts_with("SIP/2.0 404 ")).count();
+    ensure!(not_found == GARBAGE_MAXRETRY - 1, "{not_found} 404s to the probes (want {})", GARBAGE_MAXRETRY - 1);
+    let leaked = internal.iter().filter(|p| text(p).contains(FOREIGN)).count();
+    ensure!(leaked == 0, "{leaked} probes for the foreign domain reached the core side");
+    let events = d2(&before, &after, "guard.events.unknown-domain");
+    ensure!(events == GARBAGE_MAXRETRY as u64, "{events} unknown-domain events\n{after}");
+    ensure!(d2(&before, &after, "xdp.drop_blocked") > 0, "no XDP drop after the unknown-domain ban\n{after}");
+    let (ok, shown) = bans(&lab, &["show", ATTACKER])?;
+    ensure!(
+        ok && shown.contains("jail=sip-garbage") && shown.contains("unknown domain"),
+        "no unknown-domain ban: {shown}"
+    );
+    eprintln!("GUARD unknown domain: {not_found} probes answered 404, then {}", shown.trim());
+    let (ok, out) = bans(&lab, &["del", ATTACKER])?;
+    ensure!(ok, "bans del failed: {out}");
+
     // svmap: banned on first sight by its signature, dropped in XDP from then on.
     let out = lab.ext.cmd("timeout").args(["20", "svmap", "-p", &ACCESS_PORT.to_string(), SBC_EXT]).output()?;
     let (ok, shown) = bans(&lab, &["show", ATTACKER])?;
@@ -283,4 +332,132 @@ fn log_timestamps_convert_to_unix_time() {
     assert_eq!(unix_of("1970-01-01T00:00:01.5Z"), Some(Duration::from_millis(1500)));
     assert_eq!(unix_of("2026-12-02T11:17:36Z"), Some(Duration::from_secs(1_796_210_256)));
     assert_eq!(strip_ansi("\x1b[2m2026\x1b[0m x"), "2026 x");
+}
+
+/// The listed provider (the allowlist's "Carrier").
+const PROVIDER: &str = "203.0.113.20";
+/// The flooding sources (besides the spoofed provider address).
+const FLOODERS: [&str; 4] = ["203.0.113.70", "203.0.113.71", "203.0.113.72", "203.0.113.73"];
+/// Legitimate calls per caller (the subscriber, the provider) and their rate (calls/s each).
+const LEGIT_CALLS: u32 = 40;
+const LEGIT_RATE: u32 = 4;
+
+/// Sends `count` distinct out-of-dialog INVITEs (to a premium-rate number the core does not
+/// know, so it answers 404) from `src`:`sport` to `dst`, `rate` per second, from python3 in
+/// the ext namespace. Bounded in count and time.
+fn spawn_invite_flood(
+    lab: &Lab,
+    name: &str,
+    src: &str,
+    sport: u16,
+    dst: SocketAddr,
+    count: u32,
+    rate: u32,
+) -> Result<Proc> {
+    let script = format!(
+        "import socket,time\n\
+         s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(({src:?},{sport}))\n\
+         t0=time.time()\n\
+         for i in range({count}):\n\
+         \x20 m=('INVITE sip:900123456@{dst} SIP/2.0\\r\\nVia: SIP/2.0/UDP {src}:{sport};branch=z9hG4bK{name}%d\\r\\n'\n\
+         \x20   'Max-Forwards: 70\\r\\nFrom: <sip:flood@{src}>;tag=f%d\\r\\nTo: <sip:900123456@{dst}>\\r\\n'\n\
+         \x20   'Call-ID: {name}%d@{src}\\r\\nCSeq: 1 INVITE\\r\\nContact: <sip:flood@{src}:{sport}>\\r\\n'\n\
+         \x20   'Content-Length: 0\\r\\n\\r\\n') % (i, i, i)\n\
+         \x20 s.sendto(m.encode(),({ip:?},{port}))\n\
+         \x20 d=t0+(i+1)/{rate}-time.time()\n\
+         \x20 if d>0: time.sleep(d)\n",
+        ip = dst.ip().to_string(),
+        port = dst.port(),
+    );
+    let mut c = lab.ext.cmd("timeout");
+    c.args(["60", "python3", "-c", &script]);
+    Proc::spawn(name, c, lab.dir.join(format!("{name}.log")))
+}
+
+/// Under a bounded flood — 10× the legitimate INVITE rate from several attacker addresses on
+/// the access port, and a spoofed flood from the listed provider's address on the trunk port
+/// — a subscriber and the provider keep calling: the share of their calls that completed is
+/// printed and must be 100% (every flooding access source is banned and then dropped in XDP;
+/// the provider's address is never banned, only limited per trunk, and its spoofed INVITEs
+/// stay under the trunk's call rate here).
+#[test]
+fn legitimate_calls_complete_under_an_invite_flood_and_a_spoofed_provider_flood() -> Result<()> {
+    if !privileged("guard_flood") {
+        return Ok(());
+    }
+    let _g = lab_lock();
+    let (lab, _kamailio) = guard_lab("sbgf", "guard_flood")?;
+    for a in std::iter::once(&PROVIDER).chain(FLOODERS.iter()) {
+        lab.ext.ip(&["addr", "add", &format!("{a}/24"), "dev", "e0"])?;
+    }
+    let _sbc = start_sbc(&lab, true)?;
+    let access: SocketAddr = format!("{SBC_EXT}:{ACCESS_PORT}").parse()?;
+    let trunk: SocketAddr = format!("{SBC_EXT}:5060").parse()?;
+    let uas_sf = scenario("uas-nosdp.xml").to_string_lossy().into_owned();
+    let uas = spawn_sipp(&lab, &lab.core, "callee", &["-sf", &uas_sf, "-i", CORE, "-p", "5072", "-timeout", "90s"])?;
+    std::thread::sleep(Duration::from_millis(300));
+    let internal = Capture::start(&lab.sbc, "i0", lab.dir.join("internal.pcap"), &lab.dir)?;
+    let before = stats(&lab)?;
+    let uac_sf = scenario("uac.xml").to_string_lossy().into_owned();
+    let (m, r) = (LEGIT_CALLS.to_string(), LEGIT_RATE.to_string());
+    let legit = |name: &str, ip: &str, port: &str, target: &SocketAddr| {
+        let target = target.to_string();
+        let args = [
+            "-sf", &uac_sf, "-i", ip, "-p", port, "-s", "svc", &target, "-m", &m, "-r", &r, "-d", "200", "-timeout",
+            "60s",
+        ];
+        spawn_sipp(&lab, &lab.ext, name, &args)
+    };
+    let mut subscriber = legit("subscriber", EXT_PEER, "5062", &access)?;
+    let mut provider = legit("provider", PROVIDER, "5064", &trunk)?;
+    // The flood, for as long as the legitimate calls are placed: 10× their INVITE rate split
+    // over the flooders, and 10× the provider's rate spoofed from its address.
+    let secs = LEGIT_CALLS / LEGIT_RATE;
+    let per_flooder = 10 * 2 * LEGIT_RATE / FLOODERS.len() as u32;
+    let mut floods = Vec::new();
+    for (i, a) in FLOODERS.iter().enumerate() {
+        floods.push(spawn_invite_flood(&lab, &format!("flood{i}"), a, 5900, access, per_flooder * secs, per_flooder)?);
+    }
+    let spoof_rate = 10 * LEGIT_RATE;
+    floods.push(spawn_invite_flood(&lab, "spoofed", PROVIDER, 5999, trunk, spoof_rate * secs, spoof_rate)?);
+    for f in &mut floods {
+        f.wait(Duration::from_secs(70)).context("a flood did not end")?;
+    }
+    subscriber.wait(Duration::from_secs(70)).context("the subscriber's sipp")?;
+    provider.wait(Duration::from_secs(70)).context("the provider's sipp")?;
+    let after = stats(&lab)?;
+    let internal = internal.finish()?;
+    drop(uas);
+
+    let (sub, prov) = (sipp_stats(&subscriber.log_text()), sipp_stats(&provider.log_text()));
+    let placed = 2 * u64::from(LEGIT_CALLS);
+    let completed = sub.successful + prov.successful;
+    let share = completed as f64 * 100.0 / placed as f64;
+    let flood_sent = u64::from(per_flooder * secs) * FLOODERS.len() as u64 + u64::from(spoof_rate * secs);
+    let flood_at_core = internal.iter().filter(|p| text(p).starts_with("INVITE sip:900123456@")).count();
+    let (ok, list) = bans(&lab, &["list"])?;
+    ensure!(ok, "bans list: {list}");
+    let banned: Vec<&str> = FLOODERS.iter().copied().filter(|a| list.contains(&format!("{a}/32 "))).collect();
+    eprintln!(
+        "GUARD flood: legitimate calls completed {completed}/{placed} = {share:.1}% (subscriber {}/{LEGIT_CALLS} \
+         failed {}, provider {}/{LEGIT_CALLS} failed {}); flood {flood_sent} INVITEs ({} per s from {} addresses + \
+         {spoof_rate} per s spoofed from the provider), {flood_at_core} reached the core; flooders banned {}/{}; \
+         XDP drops {}; 503s {}; trunk rate hits {}",
+        sub.successful,
+        sub.failed,
+        prov.successful,
+        prov.failed,
+        per_flooder * FLOODERS.len() as u32,
+        FLOODERS.len(),
+        banned.len(),
+        FLOODERS.len(),
+        d2(&before, &after, "xdp.drop_blocked"),
+        d2(&before, &after, "guard.rejected"),
+        d2(&before, &after, "guard.rate_hits.trunk"),
+    );
+    ensure!(completed == placed, "{completed} of {placed} legitimate calls completed\n{}", subscriber.log_text());
+    ensure!(banned.len() == FLOODERS.len(), "not every flooder was banned:\n{list}");
+    ensure!(!list.contains(&format!("{PROVIDER}/")), "the provider was banned:\n{list}");
+    ensure!(d2(&before, &after, "xdp.drop_blocked") > 0, "no flood packet dropped in XDP\n{after}");
+    Ok(())
 }

@@ -141,7 +141,17 @@ impl Guard for EdgeGuard {
             trunk: list.trunk(source),
         });
         match st.policy.handle_event(now, &event, list.exempt()) {
-            Decision::Admit => Admit::Accept,
+            Decision::Admit => match unserved_domain(st.policy.config(), flow, req) {
+                None => Admit::Accept,
+                Some(domain) => {
+                    let event = Event::UnknownDomain { source, domain: &domain };
+                    match st.policy.handle_event(now, &event, list.exempt()) {
+                        // This very probe crossed maxretry: the source is banned, send nothing.
+                        Decision::Drop { .. } => Admit::Drop,
+                        _ => Admit::Reject { code: 404, reason: "Not Found", retry_after: None },
+                    }
+                }
+            },
             Decision::Reject { code, retry_after, .. } => Admit::Reject {
                 code,
                 reason: "Service Unavailable",
@@ -152,13 +162,15 @@ impl Guard for EdgeGuard {
     }
 
     fn on_final(&mut self, now: Instant, f: &Final<'_>) {
-        let Some(state) = self.state.as_ref().filter(|_| f.requester.side == Side::External) else { return };
-        let mut st = lock(state);
-        let list = st.list();
+        if f.requester.side != Side::External {
+            return;
+        }
+        // The running allowlist (the guard's state reads the same slot).
+        let list = ListNow(self.trunk.as_ref().map(TrunkGuard::list));
         let source = f.requester.remote.ip().to_canonical();
         let to = to_fields(f.to);
         let trunk = list.trunk(source).map(str::to_owned);
-        let event = Event::Final(FinalResponse {
+        let response = FinalResponse {
             source,
             class: MethodClass::of(f.method.as_str()),
             code: f.code,
@@ -167,8 +179,14 @@ impl Guard for EdgeGuard {
             in_dialog: to.tagged,
             target_user: to.user.as_deref(),
             trunk: trunk.as_deref(),
-        });
-        st.policy.handle_event(now, &event, list.exempt());
+        };
+        // Logged whether or not the guard is enabled: an operator may ban with fail2ban.
+        if let Some(kind) = response.auth_failure() {
+            log_auth_failure(f, &response, kind);
+        }
+        let Some(state) = self.state.as_ref() else { return };
+        let mut st = lock(state);
+        st.policy.handle_event(now, &Event::Final(response), list.exempt());
         // A trunk's new call: followed to its dialog's end, or ended now when it failed.
         if let Some(trunk) = trunk
             && f.method == Method::Invite
@@ -227,6 +245,54 @@ impl Guard for EdgeGuard {
             lock(s).policy.handle_timeout(now);
         }
     }
+}
+
+/// The `tracing` target of the auth failure lines (`sbc::auth`): a log reader (fail2ban's
+/// `sbc-auth` filter, `config/fail2ban/`) counts them, so they are never folded into a
+/// summary; [`crate::logsum::auth_line_allowed`] bounds them per source instead.
+pub const AUTH_TARGET: &str = "sbc::auth";
+
+/// One line per authentication failure the core answered (see
+/// `sbc_policy::guard::FinalResponse::auth_failure`), at WARN (on at the default level):
+///
+/// ```text
+/// 2026-12-02T16:17:51.123456Z  WARN sbc::auth: auth failure from 198.51.100.66 port=5060 transport=udp method=REGISTER code=401 event=auth-failure user="1000"
+/// ```
+///
+/// The source address comes first after a fixed text, so the filter's `<HOST>` is anchored
+/// before anything the sender chose; the user (the sender's bytes) is last, bounded and
+/// escaped. Nothing of the credentials is logged.
+fn log_auth_failure(f: &Final<'_>, r: &FinalResponse<'_>, kind: policy::EventKind) {
+    if !crate::logsum::auth_line_allowed(r.source) {
+        return;
+    }
+    let user = r.target_user.map(policy::key::clean).unwrap_or_default();
+    tracing::warn!(
+        target: AUTH_TARGET,
+        "auth failure from {} port={} transport={} method={} code={} event={} user=\"{user}\"",
+        r.source,
+        f.requester.remote.port(),
+        f.requester.transport.as_str(),
+        f.method.as_str(),
+        r.code,
+        kind.as_str(),
+    );
+}
+
+/// The Request-URI host of an out-of-dialog request for a domain the SBC does not serve
+/// (`guard.domains`; see `sbc_policy::guard::Config::serves`), or None. In-dialog requests
+/// (their Request-URI is a Contact), ACK (nothing answers it) and CANCEL (it follows its
+/// INVITE) are not checked, nor a Request-URI that is not a SIP URI (e.g. tel:).
+fn unserved_domain(config: &policy::Config, flow: &Flow, req: &Checked<'_>) -> Option<String> {
+    if config.domains.is_empty() || req.to_tag.is_some() || matches!(req.method, Method::Ack | Method::Cancel) {
+        return None;
+    }
+    let uri = uri::SipUri::parse(req.msg.request_uri()).ok()?;
+    let host = match &uri.host {
+        uri::Host::Ip(ip) => ip.to_string(),
+        uri::Host::Name(n) => n.clone(),
+    };
+    (!config.serves(&host, flow.local.ip())).then_some(host)
 }
 
 /// What the guard reads of a request, as text (the sender's bytes: untrusted, and the guard
@@ -490,6 +556,56 @@ mod tests {
         let c = lock(&shared).policy.counters();
         assert_eq!((c.requests, c.dropped_banned), (requests + 1, dropped + 1), "dropped as banned");
         assert!(lock(&shared).drop_if_banned("198.51.100.66".parse().unwrap()));
+    }
+
+    fn options(n: u32, host: &str) -> String {
+        format!(
+            "OPTIONS sip:100@{host} SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.66:5060;branch=z9hG4bKd{n}\r\n\
+             From: <sip:probe@198.51.100.66>;tag=p{n}\r\nTo: <sip:100@{host}>\r\nCall-ID: probe{n}@x\r\n\
+             CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+    }
+
+    /// With `guard.domains` set, a request for another domain is answered 404 (RFC 3261
+    /// §21.4.5) and counted by the jail of unknown-domain events, which bans on its maxretry-th;
+    /// requests for a served domain or the SBC's own address are forwarded.
+    #[test]
+    fn requests_for_unknown_domains_get_404_and_ban_on_maxretry() {
+        let now = Instant::now();
+        let raw: policy::config::Raw = toml::from_str(
+            "domains = [\"voip.example.com\"]\n[[jail]]\nname = \"sip-garbage\"\nevents = [\"unknown-domain\"]\nmaxretry = 3\n",
+        )
+        .unwrap();
+        let config = policy::config::validate(&raw, "guard").unwrap();
+        let shared = GuardState::new(config, None, now);
+        let mut engine = Engine::new(EngineConfig::example(), now);
+        engine.set_guard(Box::new(EdgeGuard { trunk: None, state: Some(shared.clone()) }));
+        // What each request led to: forwarded to the core, answered (status line), or nothing.
+        let mut send = |n: u32, host: &str| {
+            engine.handle_datagram(now, phone(), options(n, host).as_bytes());
+            let (mut out, mut ban) = (String::from("nothing"), false);
+            while let Some(o) = engine.poll_output() {
+                match o {
+                    Output::Transmit(t) if t.flow.side == Side::Internal => out = "forwarded".into(),
+                    Output::Transmit(t) => {
+                        out = String::from_utf8_lossy(&t.data).lines().next().unwrap_or_default().to_string()
+                    }
+                    Output::Guard(GuardAction::Ban { reason, .. }) => ban = reason.starts_with("sip-garbage: "),
+                    Output::Timeout(_) => break,
+                    _ => {}
+                }
+            }
+            (out, ban)
+        };
+        assert_eq!(send(1, "voip.example.com"), ("forwarded".into(), false));
+        assert_eq!(send(2, "203.0.113.1:5060"), ("forwarded".into(), false), "the SBC's own address");
+        assert_eq!(send(3, "evil.example"), ("SIP/2.0 404 Not Found".into(), false));
+        assert_eq!(send(4, "1.1.1.1"), ("SIP/2.0 404 Not Found".into(), false));
+        assert_eq!(send(5, "evil.example"), ("nothing".into(), true), "the 3rd probe bans");
+        assert_eq!(send(6, "voip.example.com"), ("nothing".into(), false), "banned");
+        let shown = lock(&shared).policy.show(now, "198.51.100.66".parse().unwrap()).expect("banned");
+        assert!(shown.evidence.contains("unknown domain \"evil.example\""), "{shown}");
+        assert_eq!(lock(&shared).policy.counters().events[policy::EventKind::UnknownDomain as usize], 3);
     }
 
     /// An allowlist reload listing a banned source lifts its ban (lift_exempt).

@@ -4,6 +4,13 @@
 //! counted, and at the end of the interval one summary line gives the count and the sources
 //! that caused most of it. State is bounded: at most [`MAX_KINDS`] kinds (more fold into one
 //! "other" kind) and [`MAX_SOURCES`] distinct sources per kind and interval.
+//!
+//! Events that must each reach the log, because a log reader counts them (the `auth failure`
+//! line fail2ban's filter matches, one per failed authentication), are not folded: they go
+//! through a [`PerSource`] budget instead — every line in full up to [`AUTH_LINES_PER_SOURCE`]
+//! per source and [`AUTH_WINDOW`] (more than any sensible fail2ban `maxretry` needs within its
+//! `findtime`), at most [`AUTH_SOURCES`] sources per window; what is over is counted and
+//! reported as one summary line per window (which the filter does not match).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -83,6 +90,111 @@ impl Summary {
     }
 }
 
+/// Lines per source and window of an event logged one line each (see [`PerSource`]).
+pub const AUTH_LINES_PER_SOURCE: u32 = 20;
+/// The window of [`AUTH_LINES_PER_SOURCE`].
+pub const AUTH_WINDOW: Duration = Duration::from_secs(60);
+/// Sources with lines in one window; a new source past it is counted, not logged.
+pub const AUTH_SOURCES: usize = 4096;
+
+/// A per-source line budget, on an explicit clock: worst case
+/// `per_source × max_sources` lines and one summary line per window.
+#[derive(Debug)]
+pub struct PerSource {
+    window: Duration,
+    per_source: u32,
+    max_sources: usize,
+    started: Option<Instant>,
+    lines: HashMap<IpAddr, u32>,
+    /// Lines not written in this window, per source (bounded by `max_sources`), and the rest.
+    over: HashMap<IpAddr, u64>,
+    over_others: u64,
+}
+
+impl PerSource {
+    pub fn new(window: Duration, per_source: u32, max_sources: usize) -> PerSource {
+        PerSource {
+            window,
+            per_source,
+            max_sources,
+            started: None,
+            lines: HashMap::new(),
+            over: HashMap::new(),
+            over_others: 0,
+        }
+    }
+
+    /// Whether a line about `src` may be written now; the summary of a window that ended
+    /// (when it suppressed anything) is returned too.
+    pub fn allow(&mut self, now: Instant, what: &str, src: IpAddr) -> (bool, Option<String>) {
+        let summary = self.flush(now, what);
+        self.started.get_or_insert(now);
+        let known = self.lines.contains_key(&src);
+        if known || self.lines.len() < self.max_sources {
+            let n = self.lines.entry(src).or_default();
+            if *n < self.per_source {
+                *n += 1;
+                return (true, summary);
+            }
+        }
+        if self.over.contains_key(&src) || self.over.len() < self.max_sources {
+            *self.over.entry(src).or_default() += 1;
+        } else {
+            self.over_others += 1;
+        }
+        (false, summary)
+    }
+
+    /// The summary of the window, if it ended by `now` and suppressed lines; counts start over.
+    pub fn flush(&mut self, now: Instant, what: &str) -> Option<String> {
+        let started = self.started?;
+        if now.saturating_duration_since(started) < self.window {
+            return None;
+        }
+        self.started = None;
+        self.lines.clear();
+        let mut top: Vec<(IpAddr, u64)> = std::mem::take(&mut self.over).into_iter().collect();
+        let others = std::mem::take(&mut self.over_others);
+        let total = top.iter().map(|(_, n)| n).sum::<u64>() + others;
+        if total == 0 {
+            return None;
+        }
+        top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut named: Vec<String> = top.iter().take(TOP).map(|(ip, n)| format!("{ip}×{n}")).collect();
+        let rest = top.iter().skip(TOP).map(|(_, n)| n).sum::<u64>() + others;
+        if rest > 0 {
+            named.push(format!("others×{rest}"));
+        }
+        Some(format!(
+            "{what}: {total} lines over the budget ({} per source, {} sources per {} s) not written (sources: {})",
+            self.per_source,
+            self.max_sources,
+            self.window.as_secs(),
+            named.join(", ")
+        ))
+    }
+}
+
+static AUTH: Mutex<Option<PerSource>> = Mutex::new(None);
+
+fn with_auth<R>(f: impl FnOnce(&mut PerSource) -> R) -> R {
+    let mut g = AUTH.lock().unwrap_or_else(|e| e.into_inner());
+    f(g.get_or_insert_with(|| PerSource::new(AUTH_WINDOW, AUTH_LINES_PER_SOURCE, AUTH_SOURCES)))
+}
+
+/// Whether the `auth failure` line about `src` may be written (its per-source budget); a
+/// summary of what the last window suppressed is logged here.
+pub fn auth_line_allowed(src: IpAddr) -> bool {
+    let (ok, summary) = with_auth(|a| a.allow(Instant::now(), AUTH_KIND, src));
+    if let Some(l) = summary {
+        tracing::warn!("{l}");
+    }
+    ok
+}
+
+/// The summaries' name for the auth failure lines.
+const AUTH_KIND: &str = "auth failure lines";
+
 static SUMMARY: Mutex<Option<Summary>> = Mutex::new(None);
 const INTERVAL: Duration = Duration::from_secs(10);
 
@@ -120,6 +232,9 @@ pub fn tick() {
     for l in with(|s| s.flush(Instant::now())) {
         tracing::warn!("{l}");
     }
+    if let Some(l) = with_auth(|a| a.flush(Instant::now(), AUTH_KIND)) {
+        tracing::warn!("{l}");
+    }
 }
 
 #[cfg(test)]
@@ -152,6 +267,27 @@ mod tests {
         );
         // The next interval starts over: its first event is logged in full again.
         assert!(s.note(t0 + Duration::from_secs(11), "overload", ip("198.51.100.66")).0);
+    }
+
+    #[test]
+    fn every_line_is_allowed_up_to_the_per_source_budget_then_summarised() {
+        let t0 = Instant::now();
+        let mut a = PerSource::new(Duration::from_secs(60), 3, 2);
+        let (x, y, z) = (ip("198.51.100.66").unwrap(), ip("198.51.100.67").unwrap(), ip("2001:db8::1").unwrap());
+        let mut allowed = |src| a.allow(t0, "auth failure lines", src).0;
+        assert_eq!([allowed(x), allowed(x), allowed(x), allowed(x), allowed(x)], [true, true, true, false, false]);
+        assert!(allowed(y), "another source has its own budget");
+        assert!(!allowed(z), "the sources of a window are bounded");
+        assert_eq!(a.flush(t0 + Duration::from_secs(59), "auth failure lines"), None);
+        let line = a.flush(t0 + Duration::from_secs(60), "auth failure lines").unwrap();
+        assert_eq!(
+            line,
+            "auth failure lines: 3 lines over the budget (3 per source, 2 sources per 60 s) not written \
+             (sources: 198.51.100.66×2, 2001:db8::1×1)"
+        );
+        // A new window: the budget is back, and a quiet window has no summary.
+        assert!(a.allow(t0 + Duration::from_secs(61), "auth failure lines", x).0);
+        assert_eq!(a.flush(t0 + Duration::from_secs(130), "auth failure lines"), None);
     }
 
     #[test]

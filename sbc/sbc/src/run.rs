@@ -564,12 +564,11 @@ impl Daemon {
 
 /// Hands an engine its guard, once, at start: the trunk allowlist's check and the policy
 /// guard, both reading the running allowlist through a slot a reload swaps, so their state is
-/// never thrown away; every shard's engine gets the same shared state.
+/// never thrown away; every shard's engine gets the same shared state. Installed always:
+/// without trunk and guard it still logs the auth failure lines (fail2ban's).
 fn install_guard(engine: &mut Engine, trunk: Option<&Trunk>, guard: Option<&guard::Shared>) {
     let trunk = trunk.map(Trunk::guard);
-    if trunk.is_some() || guard.is_some() {
-        engine.set_guard(Box::new(EdgeGuard { trunk, state: guard.cloned() }));
-    }
+    engine.set_guard(Box::new(EdgeGuard { trunk, state: guard.cloned() }));
 }
 
 fn no_guard() -> String {

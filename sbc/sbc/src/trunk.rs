@@ -190,6 +190,13 @@ pub struct TrunkGuard {
     protected: Vec<(SocketAddr, bool)>,
 }
 
+impl TrunkGuard {
+    /// The running list (a reload swaps it).
+    pub fn list(&self) -> Arc<Allowlist> {
+        self.list.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 impl Guard for TrunkGuard {
     fn admit(&mut self, _now: Instant, flow: &Flow, req: &Checked<'_>) -> Admit {
         if !protects(&self.protected, flow) || req.to_tag.is_some() {

@@ -12,6 +12,7 @@
 //! every jail, plus their limiter keys and behaviour tracks, took 250 MB of RSS (measured once,
 //! release build); such a state needs 100,000 real sources failing at once.
 
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -48,6 +49,10 @@ pub struct Raw {
     pub max_bans: u64,
     /// How long a ban is remembered for recidive after it ends.
     pub recidive_memory_secs: u64,
+    /// The domains the SBC serves: a request whose Request-URI host is none of them (nor an
+    /// address of the SBC's, which the daemon adds) is answered 404 and is an `unknown-domain`
+    /// event. Empty: any domain.
+    pub domains: Vec<String>,
     pub rate: RawRates,
     pub trunk: RawTrunk,
     pub scanner: RawScanner,
@@ -63,6 +68,7 @@ impl Default for Raw {
             max_tracked: 100_000,
             max_bans: MAX_BANS_CEILING as u64,
             recidive_memory_secs: 7 * DAY,
+            domains: Vec::new(),
             rate: RawRates::default(),
             trunk: RawTrunk::default(),
             scanner: RawScanner::default(),
@@ -302,6 +308,8 @@ pub struct Config {
     pub max_tracked: usize,
     pub max_bans: usize,
     pub recidive_memory: Duration,
+    /// Served domains and addresses, lowercased, IPv6 without brackets; empty: any.
+    pub domains: Vec<String>,
     /// Indexed by [`MethodClass`]; None: no limit.
     pub rates: [Option<Rate>; 4],
     pub trunk: TrunkLimits,
@@ -313,7 +321,52 @@ impl Config {
     pub fn rate(&self, class: MethodClass) -> Option<Rate> {
         self.rates.get(class.index()).copied().flatten()
     }
+
+    /// Whether a request whose Request-URI host is `host` (a name, or an IP literal with or
+    /// without brackets), received on the SBC's address `local`, is for a domain the SBC
+    /// serves: any, when `domains` is empty; else one of them (names case-insensitively, a
+    /// trailing dot ignored; addresses compared as addresses), or the address it came in on.
+    /// The others are answered 404 (RFC 3261 §21.4.5: "returned if the domain in the
+    /// Request-URI does not match any of the domains handled by the recipient").
+    pub fn serves(&self, host: &str, local: IpAddr) -> bool {
+        if self.domains.is_empty() {
+            return true;
+        }
+        let h = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        if let Ok(ip) = h.parse::<IpAddr>() {
+            let ip = ip.to_canonical();
+            return ip == local.to_canonical()
+                || self.domains.iter().any(|d| d.parse::<IpAddr>().is_ok_and(|d| d.to_canonical() == ip));
+        }
+        let h = h.strip_suffix('.').unwrap_or(h);
+        self.domains.iter().any(|d| d.eq_ignore_ascii_case(h))
+    }
+
+    /// Adds the SBC's own hosts (its addresses and advertised names) to a non-empty
+    /// `domains`: a request for the SBC itself is never for an unknown domain.
+    pub fn serve_own(&mut self, own: impl IntoIterator<Item = String>) {
+        if self.domains.is_empty() {
+            return;
+        }
+        for h in own {
+            let h = normalise_host(&h);
+            if !self.domains.contains(&h) {
+                self.domains.push(h);
+            }
+        }
+    }
 }
+
+/// Lowercased, an IPv6 reference without brackets, no trailing dot.
+fn normalise_host(h: &str) -> String {
+    let h = h.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(h);
+    h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase()
+}
+
+/// Longest host name (RFC 1035 §2.3.4).
+pub const MAX_DOMAIN: usize = 253;
+/// Most served domains.
+pub const MAX_DOMAINS: usize = 1024;
 
 impl Default for Config {
     fn default() -> Self {
@@ -332,6 +385,7 @@ impl Config {
             max_tracked: 100_000,
             max_bans: MAX_BANS_CEILING,
             recidive_memory: Duration::from_secs(7 * DAY),
+            domains: Vec::new(),
             rates: [None; 4],
             trunk: TrunkLimits { calls: None, max_concurrent: None, requests: None, over: Over::Reject },
             scanner: Scanner {
@@ -420,6 +474,27 @@ pub fn validate(raw: &Raw, prefix: &str) -> Result<Config, Vec<(String, String)>
     let max_tracked = c.range(p("max_tracked"), raw.max_tracked, 1, 10_000_000);
     let max_bans = c.range(p("max_bans"), raw.max_bans, 1, MAX_BANS_CEILING as u64);
     let recidive = c.range(p("recidive_memory_secs"), raw.recidive_memory_secs, 0, 365 * DAY);
+    if raw.domains.len() > MAX_DOMAINS {
+        c.error(p("domains"), format!("{} domains, at most {MAX_DOMAINS}", raw.domains.len()));
+    }
+    let mut domains: Vec<String> = Vec::new();
+    for (i, d) in raw.domains.iter().enumerate() {
+        let h = normalise_host(d);
+        let name_ok = !h.is_empty()
+            && h.len() <= MAX_DOMAIN
+            && h.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !(name_ok || h.parse::<IpAddr>().is_ok()) {
+            c.error(format!("{prefix}.domains[{i}]"), format!("{d:?} is not a host name or an IP address"));
+        } else if !domains.contains(&h) {
+            domains.push(h);
+        }
+    }
 
     let mut rates = [None; 4];
     for (class, r) in [
@@ -524,6 +599,7 @@ pub fn validate(raw: &Raw, prefix: &str) -> Result<Config, Vec<(String, String)>
         max_tracked: usize::try_from(max_tracked).unwrap_or(usize::MAX),
         max_bans: usize::try_from(max_bans).unwrap_or(MAX_BANS_CEILING),
         recidive_memory: secs(recidive),
+        domains,
         rates,
         trunk,
         scanner,
@@ -602,6 +678,37 @@ mod tests {
         assert_eq!((c.jails[0].maxretry, c.jails[0].findtime), (3, Duration::from_secs(600)));
         for bad in ["maxretry = 3", "[rate.invite]\nper_minute = 3", "[[jail]]\nname = \"x\"\nban = 1"] {
             assert!(toml::from_str::<Raw>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn served_domains_are_checked_by_name_and_by_address() {
+        let local: IpAddr = "203.0.113.1".parse().unwrap();
+        assert!(Config::default().serves("anything.example", local), "empty: any domain");
+        let raw = Raw {
+            domains: vec!["Voip.Example.COM.".into(), "[2001:DB8::1]".into(), "198.51.100.7".into()],
+            ..Raw::default()
+        };
+        let mut c = validate(&raw, "guard").unwrap();
+        assert_eq!(c.domains, ["voip.example.com", "2001:db8::1", "198.51.100.7"]);
+        assert!(c.serves("voip.example.com", local));
+        assert!(c.serves("VOIP.example.com.", local));
+        assert!(c.serves("[2001:db8:0::1]", local), "an address, however written");
+        assert!(c.serves("198.51.100.7", local));
+        assert!(c.serves("203.0.113.1", local), "the address the request came in on");
+        assert!(c.serves("::ffff:203.0.113.1", local));
+        assert!(!c.serves("1.1.1.1", local));
+        assert!(!c.serves("example.com", local));
+        assert!(!c.serves("voip.example.com.evil", local));
+        c.serve_own(["sbc.example.net".to_string(), "[2001:db8::2]".to_string()]);
+        assert!(c.serves("sbc.example.net", local) && c.serves("2001:db8::2", local));
+        let mut any = Config::default();
+        any.serve_own(["sbc.example.net".to_string()]);
+        assert!(any.domains.is_empty(), "own hosts do not turn the check on");
+        for bad in ["", "exa mple.com", "a..b", "-", "x/y", &"a".repeat(300)] {
+            let raw = Raw { domains: vec![bad.to_string()], ..Raw::default() };
+            let e = validate(&raw, "guard").unwrap_err();
+            assert_eq!(e[0].0, "guard.domains[0]", "{bad:?}: {e:?}");
         }
     }
 

@@ -105,6 +105,24 @@ pub struct FinalResponse<'a> {
     pub trunk: Option<&'a str>,
 }
 
+impl FinalResponse<'_> {
+    /// The authentication failure this response is, if any: the core's 401/407 to a REGISTER
+    /// or INVITE that carried credentials (the first challenge every REGISTER gets is not one),
+    /// or its 403 to a REGISTER or INVITE. The SBC's own answers and a trunk's are not. The
+    /// jails count exactly these, and the daemon logs one `auth failure` line per each (the
+    /// line fail2ban's filter matches), so both count the same thing.
+    pub fn auth_failure(&self) -> Option<EventKind> {
+        if self.by_sbc || self.trunk.is_some() || !matches!(self.class, MethodClass::Register | MethodClass::Invite) {
+            return None;
+        }
+        match self.code {
+            401 | 407 if self.credentials => Some(EventKind::AuthFailure),
+            403 => Some(EventKind::Forbidden),
+            _ => None,
+        }
+    }
+}
+
 /// Everything the guard learns. Each goes through [`super::Guard::handle_event`].
 #[derive(Debug, Clone)]
 pub enum Event<'a> {

@@ -392,14 +392,7 @@ impl Guard {
             self.behaviour.on_success(self.key(f.source));
             return;
         }
-        if f.by_sbc || !auth || f.trunk.is_some() {
-            return;
-        }
-        let kind = match f.code {
-            401 | 407 if f.credentials => EventKind::AuthFailure,
-            403 => EventKind::Forbidden,
-            _ => return,
-        };
+        let Some(kind) = f.auth_failure() else { return };
         let method = if f.class == MethodClass::Register { "REGISTER" } else { "INVITE" };
         let evidence = match f.target_user {
             Some(u) => format!("{} to {method} for user \"{}\"", f.code, clean(u)),

@@ -119,6 +119,7 @@ pub struct RawGuard {
     pub max_tracked: u64,
     pub max_bans: u64,
     pub recidive_memory_secs: u64,
+    pub domains: Vec<String>,
     pub rate: guard_config::RawRates,
     pub trunk: guard_config::RawTrunk,
     pub scanner: guard_config::RawScanner,
@@ -157,6 +158,7 @@ impl Default for RawGuard {
             max_tracked: g.max_tracked,
             max_bans: g.max_bans,
             recidive_memory_secs: g.recidive_memory_secs,
+            domains: g.domains,
             rate: g.rate,
             trunk: g.trunk,
             scanner: g.scanner,
@@ -175,6 +177,7 @@ impl RawGuard {
             max_tracked: self.max_tracked,
             max_bans: self.max_bans,
             recidive_memory_secs: self.recidive_memory_secs,
+            domains: self.domains.clone(),
             rate: self.rate.clone(),
             trunk: self.trunk.clone(),
             scanner: self.scanner.clone(),
@@ -842,6 +845,14 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
         seed: random_u64(),
         shard: sbc_proto::engine::Shard::default(),
     };
+    // A request for the SBC itself (an address or advertised name of its external side) is
+    // never for an unknown domain.
+    let mut guard = guard;
+    if let Some(g) = guard.as_mut() {
+        let e = &engine.external;
+        let own = e.udp.iter().chain(&e.tcp).map(|a| a.ip().to_string()).chain([e.advertise.clone()]);
+        g.config.serve_own(own);
+    }
     Ok(Validated {
         engine,
         external: ext_listen,
