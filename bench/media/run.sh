@@ -10,7 +10,8 @@
 # faces outside on 127.0.0.1 and (the SBC only) the core on 127.0.0.2; the generator's ends A
 # (outside) on 127.0.0.5:20000+2i and B (core side) on 127.0.0.6:22000+2i.
 # Calls: CALLS [50], each one m-line of PCMA.
-#   sbc        `sbc run` (release), [media] ports 40000-40399, workers = 1; the calls set up in
+#   sbc        `sbc run` (release), [media] ports 40000-40399, workers = 1, [guard] off (its default
+#              INVITE limit, 5/s burst 20 per source, would refuse the set-up); the calls set up in
 #              SIP through it by sipp (bench/media/uac-media.xml outside on 127.0.0.4, the core
 #              uas-media.xml on 127.0.0.3:5080, SDP naming the generator's ends), held open;
 #              a fresh SBC hands out ports in order: call i gets 40000+4i outside, 40002+4i inside.
@@ -88,6 +89,8 @@ interval_ms = 0
 enabled = true
 ports = "40000-40399"
 workers = 1
+[guard]
+enabled = false
 [log]
 level = "warn"
 [admin]

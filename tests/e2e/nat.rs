@@ -24,9 +24,10 @@ use sbc_lab::nat::{
     HOME_NET_PREFIX, NAT_PORTS, NatLab, PHONE, ROUTER_PUBLIC, UDP_TIMEOUT_SECS, Where, find_addresses,
     spawn_home_phone, wait_for,
 };
-use sbc_lab::pcap::{Packet, sip_messages};
+use sbc_lab::pcap::{L4, Packet, sdp_bodies, sip_messages};
 use sbc_lab::{
-    CORE, CORE_PORT, Capture, Proc, SBC_EXT, SBC_INT, lab_lock, privileged, sbc_cli, scenario, sipp_stats, stat,
+    CORE, CORE_PORT, Capture, Proc, SBC_EXT, SBC_INT, lab_lock, privileged, sbc_cli, scenario, sdp_port_leaks,
+    sipp_stats, stat,
 };
 use sbc_media::stun::{BINDING, Class, Limits, Message, Writer};
 
@@ -296,15 +297,22 @@ fn observe(cap: &Captured, public: SocketAddr) -> Result<Observed> {
     })
 }
 
+/// The relay in these labs: the core's calls carry SDP, so the SBC anchors their media.
+macro_rules! media_section {
+    () => {
+        "[media]\nenabled = true\nports = \"30000-30099\"\nworkers = 1\n"
+    };
+}
+
 /// The SBC's `[nat]` settings for the calls that must arrive: an OPTIONS ping to each phone
 /// behind NAT over UDP every 10 s, half the router's UDP timeout.
-const KEEPALIVE_ON: &str = "[nat]\nping_interval_secs = 10\n";
+const KEEPALIVE_ON: &str = concat!("[nat]\nping_interval_secs = 10\n", media_section!());
 /// The negative control's: no pings.
-const KEEPALIVE_OFF: &str = "[nat]\nping_interval_secs = 0\n";
-/// For baresip, which keeps its private address in `o=` and the session's `c=`: the SBC anchors
-/// the media (`[media]`), so the SDP the core gets names only the SBC's relay.
-const KEEPALIVE_ON_MEDIA: &str =
-    "[nat]\nping_interval_secs = 10\n[media]\nenabled = true\nports = \"30000-30099\"\nworkers = 1\n";
+const KEEPALIVE_OFF: &str = concat!("[nat]\nping_interval_secs = 0\n", media_section!());
+/// For baresip, which keeps its private address in `o=` and the session's `c=`: the SBC
+/// anchors the media, so the SDP the core gets names only the SBC's relay (every config here
+/// does: the core's call carries SDP).
+const KEEPALIVE_ON_MEDIA: &str = KEEPALIVE_ON;
 
 /// What a call test expects of the core's call after the router's UDP timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -343,6 +351,7 @@ impl Phone {
                     listen: addr(PHONE, 5060),
                     regint_secs: 300,
                     stun: Some(addr(SBC_EXT, STUN_PORT)),
+                    record: None,
                 };
                 baresip::spawn(&nat.home, &nat.dir().join("baresip"), &account, Duration::from_secs(90))
             }
@@ -419,6 +428,8 @@ fn called_after_timeout(
     // sipp writes a public address in its SDP (`-set sdp_ip`); baresip keeps its private one in
     // `o=` and the session's `c=`, which the SBC rewrites when it anchors the media.
     ensure!(seen.sdp_private.is_empty(), "home addresses in SDP on the internal side: {:?}", seen.sdp_private);
+    // And nothing of the core's SDP outside: its address (the core's SDP names it) and ports.
+    no_core_sdp_outside(&cap)?;
     let home_invites = requests(&cap.home, "INVITE").len();
     match expect {
         Expect::Arrives => {
@@ -456,6 +467,18 @@ fn called_after_timeout(
         seen.sdp_private,
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// The SDP the SBC sent outside names neither the core's address nor its media ports.
+fn no_core_sdp_outside(cap: &Captured) -> Result<()> {
+    let (core, sbc_ext): (IpAddr, IpAddr) = (CORE.parse()?, SBC_EXT.parse()?);
+    ensure!(!sdp_bodies(&cap.internal, core).is_empty(), "the core sent no SDP: the check would prove nothing");
+    for body in sdp_bodies(&cap.external, sbc_ext) {
+        ensure!(!body.contains(CORE), "the core's address in SDP outside:\n{body}");
+    }
+    let leaks = sdp_port_leaks(&cap.internal, core, &cap.external, sbc_ext);
+    ensure!(leaks.is_empty(), "{}: {}", leaks[0].secret, leaks[0].at);
     Ok(())
 }
 
@@ -506,4 +529,164 @@ fn baresip_behind_nat_registered_over_tcp_answers_the_core_after_the_udp_timeout
         return Ok(());
     }
     called_after_timeout(Phone::Baresip, "snt6", "nat_baresip_tcp", "t1", KEEPALIVE_ON_MEDIA, Expect::Arrives)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audio both ways through the NAT and the relay
+
+/// sipp's sample (package sip-tester): 236 PCMA packets of speech over 7 s.
+const SAMPLE: &str = "/usr/share/sip-tester/g711a.pcap";
+const SAMPLE_PACKETS: usize = 236;
+/// The core's media port.
+const CORE_MEDIA: u16 = 16000;
+
+/// An RTP datagram (RFC 3550 version 2) of at least a header and 160 octets of G.711.
+fn is_rtp(p: &Packet) -> bool {
+    p.l4 == L4::Udp && p.payload.len() >= 172 && p.payload.first().is_some_and(|b| b >> 6 == 2)
+}
+
+/// A call from the core to baresip behind the nftables NAT, media anchored by the SBC: the core
+/// (sipp) plays sipp's speech sample, baresip (auto-answer) plays its own wav file and records
+/// what it hears. Counted on all three captures (home link, both SBC veths), in `sbc stats`
+/// (per-call counters while the call runs, every pair back after it), and the recording is
+/// not silence.
+#[test]
+fn baresip_behind_nat_hears_the_cores_audio_and_the_core_gets_the_phones_through_the_relay() -> Result<()> {
+    if !privileged("nat_baresip_audio") {
+        return Ok(());
+    }
+    let _g = lab_lock();
+    let nat = NatLab::new("snt7", "nat_baresip_audio")?;
+    std::fs::copy(SAMPLE, nat.dir().join("g711a.pcap")).context("sipp's sample pcap (package sip-tester)")?;
+    let _k = start_kamailio(&nat.lab)?;
+    let _sbc = nat.lab.start_sbc_hiding_both(&sbc_extra(KEEPALIVE_ON_MEDIA))?;
+    let stats = || -> Result<String> {
+        let (ok, text) = sbc_cli(&["stats", "--socket", &nat.lab.admin_socket().to_string_lossy()])?;
+        ensure!(ok, "sbc stats failed: {text}");
+        Ok(text)
+    };
+    let recordings = nat.dir().join("recorded");
+    let caps = Captures::start(&nat)?;
+    let run = || -> Result<String> {
+        let account = baresip::Account {
+            user: "dave",
+            registrar: sbc_sip(),
+            transport: "udp",
+            listen: addr(PHONE, 5060),
+            regint_secs: 300,
+            stun: Some(addr(SBC_EXT, STUN_PORT)),
+            record: Some(&recordings),
+        };
+        let mut phone = baresip::spawn(&nat.home, &nat.dir().join("baresip"), &account, Duration::from_secs(90))?;
+        registered(&nat, false, PHONE.parse()?)?;
+        let mp = CORE_MEDIA.to_string();
+        let core = spawn_sipp(
+            &nat.lab,
+            &nat.lab.core,
+            "core-caller",
+            &[
+                "-sf",
+                &scenario("core-call-user-rtp.xml").to_string_lossy(),
+                "-t",
+                "u1",
+                "-i",
+                CORE,
+                "-p",
+                "5072",
+                "-mp",
+                &mp,
+                "-s",
+                "dave",
+                &format!("{CORE}:{CORE_PORT}"),
+                "-m",
+                "1",
+                "-d",
+                "9000",
+                "-timeout",
+                "40s",
+            ],
+        )?;
+        // Mid-call: the call's own counters in `sbc stats`.
+        std::thread::sleep(Duration::from_secs(5));
+        let during = stats()?;
+        sipp_ok(core, Duration::from_secs(40), 1)?;
+        phone.wait_log(BARESIP_CALL_CLOSED, Duration::from_secs(5))?;
+        phone.stop();
+        ensure!(phone.log_text().contains(BARESIP_CALL_ANSWERED), "baresip never answered:\n{}", phone.log_text());
+        Ok(during)
+    };
+    let res = run();
+    let cap = caps.finish()?;
+    let during = res?;
+    let (core, sbc_int, sbc_ext, router, phone): (IpAddr, IpAddr, IpAddr, IpAddr, IpAddr) =
+        (CORE.parse()?, SBC_INT.parse()?, SBC_EXT.parse()?, ROUTER_PUBLIC.parse()?, PHONE.parse()?);
+    let count = |c: &[Packet], from: IpAddr, to: IpAddr| {
+        c.iter().filter(|p| is_rtp(p) && p.src.ip() == from && p.dst.ip() == to).count()
+    };
+    let core_to_sbc = count(&cap.internal, core, sbc_int);
+    let sbc_to_router = count(&cap.external, sbc_ext, router);
+    let home_to_phone = count(&cap.home, sbc_ext, phone);
+    let phone_out = count(&cap.home, phone, sbc_ext);
+    let router_to_sbc = count(&cap.external, router, sbc_ext);
+    let sbc_to_core = count(&cap.internal, sbc_int, core);
+    eprintln!(
+        "RTP core→SBC {core_to_sbc}, SBC→router {sbc_to_router}, router→phone {home_to_phone}; \
+         phone→router {phone_out}, router→SBC {router_to_sbc}, SBC→core {sbc_to_core}"
+    );
+    ensure!(core_to_sbc == SAMPLE_PACKETS, "the core played {core_to_sbc} packets");
+    // The relay sends toward the phone once it has latched the NAT's mapping (the phone's first
+    // packets prove it), so a few of the core's first packets may find no destination yet.
+    ensure!(sbc_to_router * 100 >= core_to_sbc * 90, "the relay passed {sbc_to_router} of {core_to_sbc} to the phone");
+    // The router drops what the relay sends before the phone's own RTP to the relay port has
+    // opened the NAT's mapping for that flow (a few packets at most).
+    ensure!(
+        home_to_phone * 100 >= sbc_to_router * 97,
+        "the router passed {home_to_phone} of {sbc_to_router} to the phone"
+    );
+    ensure!(phone_out >= 100, "the phone sent {phone_out} RTP packets");
+    ensure!(router_to_sbc == phone_out, "the router passed {router_to_sbc} of the phone's {phone_out}");
+    ensure!(sbc_to_core * 100 >= router_to_sbc * 97, "the relay passed {sbc_to_core} of {router_to_sbc} to the core");
+    ensure!(
+        cap.internal.iter().filter(|p| is_rtp(p) && p.dst.ip() == core).all(|p| p.dst.port() == CORE_MEDIA),
+        "relayed to a port the core did not offer"
+    );
+    // The call's counters while it ran, and every pair back afterwards.
+    let call = during
+        .lines()
+        .find_map(|l| l.strip_prefix("media.call.").and_then(|r| r.split_once(".packets_from_internal ")))
+        .context(format!("no per-call counters mid-call:\n{during}"))?;
+    let mid: u64 = call.1.trim().parse()?;
+    ensure!(mid > 50, "call {}: {mid} packets from the core relayed 5 s into the call:\n{during}", call.0);
+    let after = stats()?;
+    ensure!(stat(&after, "media.port_pairs_in_use") == 0 && stat(&after, "media.calls_listed") == 0, "{after}");
+    ensure!(stat(&after, "media.port_pairs_released") == stat(&after, "media.port_pairs_allocated"), "{after}");
+    no_core_sdp_outside(&cap)?;
+    // What the phone heard: the core's speech, not silence (sipp's sample peaks at 16896, RMS
+    // about 1900; a silent G.711 stream decodes to |s| ≤ 8).
+    let dec = std::fs::read_dir(&recordings)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .context("baresip recorded no decoded audio")?;
+    let samples = baresip::wav_samples(&std::fs::read(&dec)?)?;
+    let (peak, rms) = baresip::level(&samples);
+    eprintln!(
+        "{}: {} samples ({:.1} s at 8 kHz), peak {peak}, RMS {rms:.0}",
+        dec.display(),
+        samples.len(),
+        samples.len() as f64 / 8000.0
+    );
+    ensure!(samples.len() >= 8000 * 5, "only {} samples recorded", samples.len());
+    ensure!(peak >= 4000 && rms >= 300.0, "the phone heard silence: peak {peak}, RMS {rms:.0}");
+    // What the core got: the phone's tone (amplitude 8000, RMS about 5700), decoded from the
+    // PCMA payloads the relay sent it.
+    let heard: Vec<i16> = cap
+        .internal
+        .iter()
+        .filter(|p| is_rtp(p) && p.dst.ip() == core && p.payload.get(1).is_some_and(|pt| pt & 0x7f == 8))
+        .flat_map(|p| p.payload.get(12..).unwrap_or_default().iter().map(|&b| baresip::alaw_to_linear(b)))
+        .collect();
+    let (core_peak, core_rms) = baresip::level(&heard);
+    eprintln!("the core got {} samples of the phone, peak {core_peak}, RMS {core_rms:.0}", heard.len());
+    ensure!(core_peak >= 4000 && core_rms >= 1000.0, "the core got silence: peak {core_peak}, RMS {core_rms:.0}");
+    Ok(())
 }

@@ -2,8 +2,10 @@
 //! SBC in network namespaces, tcpdump on both of the SBC's veths, and the leak check: no byte
 //! captured on the external side carries the core's address, port, branches, tags or Call-IDs.
 //!
-//! Core-side scenarios carry no SDP: media anchoring is a later capability, and an SDP body
-//! would put the core's media address on the wire by design until then.
+//! The core's UAs send SDP in every call (the `-core` scenarios, `core-call-user.xml`), and the
+//! SBC runs with `[media] enabled`: the leak check covers the SDP too (the core's address,
+//! `o=` and `s=` anywhere; its media ports in any SDP the SBC sends outside). The negative
+//! control runs with hiding and media off and must find the core's SDP.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -13,6 +15,9 @@ use sbc_lab::calls::{
     Calls, Captured, LeakReport, Way, capture_both, run_calls, sipp_ok, spawn_core_caller, spawn_phone, start_kamailio,
 };
 use sbc_lab::{CORE_HOST, CORE_UA, Lab, lab_lock, privileged};
+
+/// The `o=` username of the core's SDP (tests/peers/scenarios/*-core.xml).
+const CORE_SDP_USER: &str = "corepbx-media";
 
 /// Captures on both SBC veths around `f`, then asserts nothing of the core leaked outside, that
 /// the check had at least `min_secrets` core identifiers to look for, and that `names` (what
@@ -43,14 +48,17 @@ fn no_leaks(cap: &Captured, min_secrets: usize) -> Result<LeakReport> {
     Ok(report)
 }
 
-/// No OPTIONS probing, and two engine shards: every lab here runs with its messages steered
-/// across shards (`engine.workers`), the call tests with four.
-fn no_probe() -> &'static str {
-    "[probe]\ninterval_ms = 0\n[engine]\nworkers = 2\n"
+/// The relay's ports in this lab.
+const MEDIA: &str = "[media]\nenabled = true\nports = \"40000-40999\"\nworkers = 1\n";
+
+/// No OPTIONS probing, media anchored, and two engine shards: every lab here runs with its
+/// messages steered across shards (`engine.workers`), the call tests with four.
+fn no_probe() -> String {
+    format!("[probe]\ninterval_ms = 0\n[engine]\nworkers = 2\n{MEDIA}")
 }
 
-fn no_probe_4_shards() -> &'static str {
-    "[probe]\ninterval_ms = 0\n[engine]\nworkers = 4\n"
+fn no_probe_4_shards() -> String {
+    format!("[probe]\ninterval_ms = 0\n[engine]\nworkers = 4\n{MEDIA}")
 }
 
 #[test]
@@ -60,9 +68,9 @@ fn calls_from_outside_reach_the_core_and_nothing_of_the_core_leaks() -> Result<(
     }
     let _g = lab_lock();
     let lab = Lab::new("sbl1", "calls_from_outside")?;
-    let _sbc = lab.start_sbc(no_probe_4_shards())?;
+    let _sbc = lab.start_sbc(&no_probe_4_shards())?;
     let packets =
-        with_captures(&lab, 200, &[CORE_UA], || run_calls(&lab, &Calls::inbound("uas-nosdp.xml", "uac.xml", 200, 40)))?;
+        with_captures(&lab, 200, &[CORE_UA], || run_calls(&lab, &Calls::inbound("uas-core.xml", "uac.xml", 200, 40)))?;
     eprintln!("200 calls external → core over UDP; {packets} external packets checked for leaks");
     Ok(())
 }
@@ -74,11 +82,11 @@ fn calls_from_the_core_reach_outside_and_nothing_of_the_core_leaks() -> Result<(
     }
     let _g = lab_lock();
     let lab = Lab::new("sbl2", "calls_from_core")?;
-    let _sbc = lab.start_sbc(no_probe())?;
+    let _sbc = lab.start_sbc(&no_probe())?;
     // The core uses the SBC as outbound proxy: the Request-URI names the outside callee,
     // the packets go to the SBC's internal address (Way::Outbound).
     with_captures(&lab, 400, &[CORE_HOST, CORE_UA], || {
-        run_calls(&lab, &Calls::outbound("uas.xml", "uac-nosdp.xml", 200, 40))
+        run_calls(&lab, &Calls::outbound("uas.xml", "uac-core.xml", 200, 40))
     })?;
     Ok(())
 }
@@ -94,11 +102,15 @@ fn leak_check_finds_the_core_when_hiding_is_off() -> Result<()> {
     }
     let _g = lab_lock();
     let lab = Lab::new("sbl6", "leak_check_can_fail")?;
-    let _sbc = lab.start_sbc_hiding(false, no_probe())?;
+    // Media off too: the core's SDP crosses as the core wrote it.
+    let _sbc = lab.start_sbc_hiding(false, "[probe]\ninterval_ms = 0\n")?;
     let batches = [
-        (Calls::outbound("uas.xml", "uac-nosdp.xml", 5, 10), &[CORE_HOST, CORE_UA, "SIPpTag00"][..]),
+        (
+            Calls::outbound("uas.xml", "uac-core.xml", 5, 10),
+            &[CORE_HOST, CORE_UA, "SIPpTag00", CORE_SDP_USER, "the core's media port"][..],
+        ),
         // The core only answers here: CORE_UA can only come from its Server header.
-        (Calls::inbound("uas-nosdp.xml", "uac.xml", 5, 10), &[CORE_UA, "SIPpTag01"][..]),
+        (Calls::inbound("uas-core.xml", "uac.xml", 5, 10), &[CORE_UA, "SIPpTag01", CORE_SDP_USER][..]),
     ];
     for (calls, must) in batches {
         let (res, cap) = capture_both(&lab, || run_calls(&lab, &calls))?;
@@ -129,17 +141,17 @@ fn bye_from_either_side_and_reinvite_cross_the_sbc() -> Result<()> {
     }
     let _g = lab_lock();
     let lab = Lab::new("sbl3", "bye_and_reinvite")?;
-    let _sbc = lab.start_sbc(no_probe_4_shards())?;
+    let _sbc = lab.start_sbc(&no_probe_4_shards())?;
     with_captures(&lab, 100, &[CORE_HOST, CORE_UA], || {
         // The core (callee) hangs up.
-        run_calls(&lab, &Calls::inbound("uas-bye-nosdp.xml", "uac-waitbye.xml", 20, 10))?;
+        run_calls(&lab, &Calls::inbound("uas-bye-core.xml", "uac-waitbye.xml", 20, 10))?;
         // The outside callee hangs up on a call from the core.
-        run_calls(&lab, &Calls::outbound("uas-bye.xml", "uac-waitbye-nosdp.xml", 20, 10))?;
+        run_calls(&lab, &Calls::outbound("uas-bye.xml", "uac-waitbye-core.xml", 20, 10))?;
         // re-INVITE from the caller (outside), then from the callee (core).
-        run_calls(&lab, &Calls::inbound("uas-reinvite-nosdp.xml", "uac-reinvite.xml", 20, 10))?;
+        run_calls(&lab, &Calls::inbound("uas-reinvite-core.xml", "uac-reinvite.xml", 20, 10))?;
         run_calls(&lab, &Calls::inbound("uas-reinvite-from-callee.xml", "uac-accept-reinvite.xml", 20, 10))?;
         // The caller on TCP (the core stays on UDP: its target says udp).
-        run_calls(&lab, &Calls::inbound("uas-reinvite-nosdp.xml", "uac-reinvite.xml", 20, 10).caller_over("t1"))?;
+        run_calls(&lab, &Calls::inbound("uas-reinvite-core.xml", "uac-reinvite.xml", 20, 10).caller_over("t1"))?;
         Ok(())
     })?;
     Ok(())
@@ -150,7 +162,8 @@ fn register_then_call(prefix: &str, test: &str, transport: &str) -> Result<()> {
     let lab = Lab::new(prefix, test)?;
     let _k = start_kamailio(&lab)?;
     // Probing on: Kamailio answers OPTIONS (it is up before the SBC starts), so the core is up.
-    let _sbc = lab.start_sbc("[probe]\ninterval_ms = 1000\ntimeout_ms = 1000\n[engine]\nworkers = 2\n")?;
+    let _sbc =
+        lab.start_sbc(&format!("[probe]\ninterval_ms = 1000\ntimeout_ms = 1000\n[engine]\nworkers = 2\n{MEDIA}"))?;
     with_captures(&lab, 5, &[CORE_HOST, CORE_UA], || {
         let phone = spawn_phone(&lab, transport, "alice")?;
         std::thread::sleep(Duration::from_millis(1500));
@@ -185,12 +198,12 @@ fn refer_and_notify_cross_the_sbc_with_refer_to_pointed_at_it() -> Result<()> {
     }
     let _g = lab_lock();
     let lab = Lab::new("sbl7", "refer")?;
-    let _sbc = lab.start_sbc(no_probe())?;
+    let _sbc = lab.start_sbc(&no_probe())?;
     // The core (callee) transfers the caller: REFER with Refer-To at the core's own address;
     // the caller fails the call unless it arrives pointed at the SBC (203.0.113.1:5060), then
     // answers 202, sends the NOTIFY (message/sipfrag) and hangs up.
     with_captures(&lab, 20, &[CORE_HOST, CORE_UA], || {
-        run_calls(&lab, &Calls::inbound("uas-refer-nosdp.xml", "uac-accept-refer.xml", 10, 5))
+        run_calls(&lab, &Calls::inbound("uas-refer-core.xml", "uac-accept-refer.xml", 10, 5))
     })?;
     Ok(())
 }

@@ -2,14 +2,16 @@
 //! addresses (so the SBC judges them behind NAT) register through the SBC to Kamailio and
 //! refresh every 15 s; the SBC grants them 20 s and answers the refreshes itself while
 //! Kamailio's 3600 s registration lasts. Counted on the wire (the internal capture) and in
-//! `sbc stats`; at the end Kamailio calls every phone and each call completes; the SBC's
-//! OPTIONS keepalives are all answered.
+//! `sbc stats`; at the end Kamailio calls every phone and each call completes (SDP offer from
+//! the core, answer from the phone, anchored by the media relay: no media port of the core in
+//! the SDP the phones get, every port pair back in the pool); the SBC's OPTIONS keepalives are
+//! all answered.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use sbc_lab::calls::{capture_both, sipp_ok, spawn_sipp, start_kamailio};
-use sbc_lab::{CORE, CORE_PORT, EXT_PEER, Lab, SBC_EXT, lab_lock, privileged, sbc_cli, scenario, stat};
+use sbc_lab::{CORE, CORE_PORT, EXT_PEER, Lab, SBC_EXT, lab_lock, privileged, sbc_cli, scenario, sdp_port_leaks, stat};
 
 const PHONES: usize = 100;
 
@@ -23,7 +25,8 @@ fn phones_behind_nat_refresh_at_the_edge_and_the_core_sees_one_register_each_and
     let _k = start_kamailio(&lab)?;
     let _sbc = lab.start_sbc(
         "[probe]\ninterval_ms = 1000\ntimeout_ms = 1000\n\
-         [nat]\nregister_expiry_secs = 20\nping_interval_secs = 5\nping_failures = 2\n",
+         [nat]\nregister_expiry_secs = 20\nping_interval_secs = 5\nping_failures = 2\n\
+         [media]\nenabled = true\nports = \"40000-40999\"\nworkers = 1\n",
     )?;
     let users: Vec<String> = (0..PHONES).map(|i| format!("nat{i:03}")).collect();
     let csv = lab.dir.join("users.csv");
@@ -125,6 +128,12 @@ fn phones_behind_nat_refresh_at_the_edge_and_the_core_sees_one_register_each_and
     ensure!(stat(&stats, "nat.pings_sent") >= (PHONES * 10) as u64, "pings:\n{stats}");
     ensure!(stat(&stats, "nat.pings_unanswered") == 0 && stat(&stats, "nat.registrations_lost") == 0, "{stats}");
     ensure!(stat(&stats, "state.registrations") == 0, "unREGISTERs end the bindings at once:\n{stats}");
+    // Every call's SDP anchored both ways, nothing of the core's media outside, every pair back.
+    ensure!(stat(&stats, "media.offers") == PHONES as u64 && stat(&stats, "media.answers") == PHONES as u64, "{stats}");
+    ensure!(stat(&stats, "media.refused") == 0 && stat(&stats, "media.port_pairs_in_use") == 0, "{stats}");
+    ensure!(stat(&stats, "media.port_pairs_released") == (PHONES * 2) as u64, "{stats}");
+    let sdp_leaks = sdp_port_leaks(&cap.internal, cap.core, &cap.external, cap.sbc_external);
+    ensure!(sdp_leaks.is_empty(), "{} SDP leaks, first: {}", sdp_leaks.len(), sdp_leaks[0].at);
     // No private Contact of a phone reached the core.
     let private = cap.internal.iter().find(|p| p.payload.windows(11).any(|w| w == b"192.168.77."));
     ensure!(private.is_none(), "a phone's private address reached the core");

@@ -8,8 +8,8 @@ use anyhow::{Result, ensure};
 
 use crate::pcap::Packet;
 use crate::{
-    CORE, CORE_HOST, CORE_PORT, Capture, Lab, Leak, Netns, Proc, core_secrets, hostport, leaks, scenario, sipp,
-    sipp_stats,
+    CORE, CORE_HOST, CORE_PORT, Capture, Lab, Leak, Netns, Proc, core_secrets, hostport, leaks, scenario,
+    sdp_port_leaks, sipp, sipp_stats,
 };
 
 pub const CORE_ADDR: &str = CORE;
@@ -24,6 +24,8 @@ pub struct Captured {
     pub internal: Vec<Packet>,
     /// The lab's core, whose identifiers the leak check looks for outside.
     pub core: IpAddr,
+    /// The SBC's external address: what it sends outside is checked for the core's SDP ports.
+    pub sbc_external: IpAddr,
 }
 
 /// The leak check's result: the core identifiers it looked for, and where it found any.
@@ -35,7 +37,8 @@ pub struct LeakReport {
 impl Captured {
     pub fn leak_report(&self) -> LeakReport {
         let secrets = core_secrets(&self.internal, self.core, &[]);
-        let leaks = leaks(&self.external, &secrets);
+        let mut leaks = leaks(&self.external, &secrets);
+        leaks.extend(sdp_port_leaks(&self.internal, self.core, &self.external, self.sbc_external));
         LeakReport { secrets, leaks }
     }
 }
@@ -47,7 +50,7 @@ pub fn capture_both<T>(lab: &Lab, f: impl FnOnce() -> T) -> Result<(T, Captured)
     let res = f();
     let external = ext.finish()?;
     let internal = int.finish()?;
-    Ok((res, Captured { external, internal, core: lab.addrs.core_ip() }))
+    Ok((res, Captured { external, internal, core: lab.addrs.core_ip(), sbc_external: lab.addrs.sbc_ext_ip() }))
 }
 
 /// Waits for a sipp and requires exactly `want` successful calls and none failed.

@@ -536,6 +536,29 @@ pub fn inside_leaks(internal: &[pcap::Packet], sbc_int: IpAddr, secrets: &[Strin
     found
 }
 
+/// The SDP half of the leak check: every media port (`m=`, `a=rtcp`) of the SDP the core
+/// (`core_ip`) sent on the internal capture found in an SDP the SBC (`sbc_ip`) sent on the
+/// external one. (The core's addresses, its `o=` and `s=` are among [`core_secrets`].)
+pub fn sdp_port_leaks(
+    internal: &[pcap::Packet],
+    core_ip: IpAddr,
+    external: &[pcap::Packet],
+    sbc_ip: IpAddr,
+) -> Vec<Leak> {
+    let core: std::collections::BTreeSet<u16> =
+        pcap::sdp_bodies(internal, core_ip).iter().flat_map(|b| pcap::sdp_ports(b)).collect();
+    let mut found = Vec::new();
+    for body in pcap::sdp_bodies(external, sbc_ip) {
+        for port in pcap::sdp_ports(&body).into_iter().filter(|p| core.contains(p)) {
+            found.push(Leak {
+                secret: format!("the core's media port {port}"),
+                at: format!("SDP sent outside:\n{body}"),
+            });
+        }
+    }
+    found
+}
+
 /// Every secret found in a capture, with where.
 pub fn leaks(capture: &[pcap::Packet], secrets: &[String]) -> Vec<Leak> {
     let mut found = Vec::new();

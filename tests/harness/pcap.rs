@@ -176,6 +176,15 @@ pub fn sip_messages(payload: &[u8]) -> Vec<Sip> {
 pub struct Sip(pub Vec<u8>);
 
 impl Sip {
+    /// The message's SDP body (Content-Type `application/sdp`), if any.
+    pub fn sdp(&self) -> Option<String> {
+        let m = Message::index(&self.0, 256).ok()?;
+        let ct = String::from_utf8_lossy(m.value(HeaderName::ContentType)?).to_ascii_lowercase();
+        let body = m.body();
+        (ct.trim_start().starts_with("application/sdp") && !body.is_empty())
+            .then(|| String::from_utf8_lossy(body).into_owned())
+    }
+
     /// A response's status code.
     pub fn status(&self) -> Option<u16> {
         Message::index(&self.0, 256).ok()?.status()
@@ -235,6 +244,19 @@ impl Sip {
         for h in m.all(HeaderName::Server).chain(m.all(HeaderName::UserAgent)) {
             out.push(String::from_utf8_lossy(&m.unfolded(h)).trim().to_string());
         }
+        // What its SDP names it by (RFC 8866 §5.2, §5.3): the o= username and session id, the
+        // session name. (Its addresses are searched for anyway; its ports: [`sdp_ports`].)
+        if let Some(sdp) = self.sdp() {
+            for line in sdp.lines() {
+                if let Some(o) = line.strip_prefix("o=") {
+                    let mut f = o.split(' ');
+                    out.extend(f.next().filter(|u| *u != "-").map(str::to_owned));
+                    out.extend(f.next().map(str::to_owned));
+                } else if let Some(name) = line.strip_prefix("s=") {
+                    out.push(name.trim().to_owned());
+                }
+            }
+        }
         out
     }
 }
@@ -255,4 +277,31 @@ fn uri_hosts(m: &Message<'_>, pick: impl Fn(&Header) -> bool) -> Vec<String> {
         }
     }
     out
+}
+
+/// The transport ports an SDP body names: every `m=` port but 0 and every `a=rtcp` port
+/// (RFC 8866 §5.14, RFC 3605).
+pub fn sdp_ports(sdp: &str) -> Vec<u16> {
+    let mut out = Vec::new();
+    for line in sdp.lines() {
+        let port = if let Some(m) = line.strip_prefix("m=") {
+            m.split(' ').nth(1).and_then(|p| p.split('/').next()).and_then(|p| p.parse::<u16>().ok())
+        } else if let Some(r) = line.strip_prefix("a=rtcp:") {
+            r.split(' ').next().and_then(|p| p.trim().parse::<u16>().ok())
+        } else {
+            None
+        };
+        out.extend(port.filter(|&p| p != 0));
+    }
+    out
+}
+
+/// Every SDP body the packets from `from` carried in a capture.
+pub fn sdp_bodies(capture: &[Packet], from: std::net::IpAddr) -> Vec<String> {
+    capture
+        .iter()
+        .filter(|p| p.src.ip() == from)
+        .flat_map(|p| sip_messages(&p.payload))
+        .filter_map(|m| m.sdp())
+        .collect()
 }

@@ -36,12 +36,19 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Core-side scenarios must never carry SDP (the lab checks no core address leaks outside).
+# The -nosdp scenarios never carry SDP (labs about something else than media use them).
 for f in uac-nosdp uac-nosdp-target uas-nosdp uac-waitbye-nosdp uas-bye-nosdp uac-reinvite-nosdp \
-         uas-reinvite-nosdp uas-reinvite-from-callee uas-refer-nosdp core-call-user \
-         uac-ext-nosdp uas-ext-nosdp phone-incoming-call-nosdp; do
+         uas-reinvite-nosdp uas-refer-nosdp uac-ext-nosdp uas-ext-nosdp phone-incoming-call-nosdp; do
     if grep -qiE 'application/sdp|^ *[vocm]=' "$sc/$f.xml"; then
         echo "FAIL: $f.xml carries SDP" >&2
+        exit 1
+    fi
+done
+# The core's scenarios for the media-anchoring labs carry its SDP (the leak check covers it).
+for f in uas-core uac-core uas-bye-core uac-waitbye-core uas-reinvite-core uas-refer-core uas-hold-core \
+         uas-reinvite-from-callee core-call-user core-call-user-rtp; do
+    if ! grep -q 'o=corepbx-media ' "$sc/$f.xml"; then
+        echo "FAIL: $f.xml carries no core SDP" >&2
         exit 1
     fi
 done
@@ -56,6 +63,11 @@ pairs=( # "uac uas"
     "uac-reinvite uas-reinvite"
     "uac-reinvite-nosdp uas-reinvite-nosdp"
     "uac-accept-reinvite uas-reinvite-from-callee"
+    "uac uas-core"
+    "uac-core uas"
+    "uac-waitbye uas-bye-core"
+    "uac-waitbye-core uas-bye"
+    "uac-reinvite uas-reinvite-core"
 )
 
 linger() { # UDP: keep answering retransmitted BYEs for a while (see the scenarios' linger_ms)

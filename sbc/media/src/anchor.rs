@@ -3,12 +3,16 @@
 //!
 //! - `application/sdp` in an offer/answer exchange (INVITE, UPDATE, PRACK, ACK and their
 //!   responses, RFC 3264 §2, RFC 3311, RFC 3262) within a dialog: anchored by [`Sessions`].
+//! - An offer that cannot be anchored is **refused** ([`Action::Refuse`]): with 503 and a
+//!   Retry-After when the relay is full (no ports left, `max_calls` sessions: RFC 3261
+//!   §21.5.4, the caller may retry or try another SBC), with 488 Not Acceptable Here when the
+//!   SDP itself is unusable (malformed, over a limit: §21.4.26). Nothing another call holds is
+//!   touched. The engine answers a refused request itself; a refused offer in a response (late
+//!   offer in a 2xx) cannot be answered and is stripped instead.
 //! - `application/sdp` anywhere else (an OPTIONS answer's capabilities, a MESSAGE, no dialog),
-//!   or one that cannot be anchored (malformed, over a limit, no ports left, an answer to no
-//!   offer): **stripped** (the body is replaced by an empty one). It names the endpoint's
-//!   addresses, and the relay would not carry its media anyway. Stripping an offer turns the
-//!   INVITE into one without an offer (RFC 3261 §13.2.1: the answerer then offers in its 2xx);
-//!   refusing with 488 instead needs a refusal path in the engine's seam (not there yet).
+//!   or an answer that cannot be anchored (malformed, to no offer): **stripped** (the body is
+//!   replaced by an empty one). It names the endpoint's addresses, and the relay would not
+//!   carry its media anyway.
 //! - `multipart/*` (RFC 2046 §5.1, e.g. SDP beside an ISUP body, RFC 3204): stripped whole,
 //!   since an SDP inside it would cross unanchored. Rewriting the SDP part in place is a later
 //!   step.
@@ -59,6 +63,22 @@ pub enum Action {
     Replace(Vec<u8>),
     /// An empty body instead.
     Strip(StripReason),
+    /// Refuse the message carrying the offer with `code` (a Retry-After of `retry_after`
+    /// seconds with a 503), for `why`.
+    Refuse { code: u16, reason: &'static str, retry_after: Option<u32>, why: MediaError },
+}
+
+/// The Retry-After (seconds) of the 503 sent when the relay is full.
+pub const RETRY_AFTER_SECS: u32 = 5;
+
+/// How an offer that cannot be anchored is refused (see the module's documentation).
+pub fn refusal(why: MediaError) -> Action {
+    match why {
+        MediaError::SessionLimit { .. } | MediaError::PortsExhausted { .. } => {
+            Action::Refuse { code: 503, reason: "Service Unavailable", retry_after: Some(RETRY_AFTER_SECS), why }
+        }
+        why => Action::Refuse { code: 488, reason: "Not Acceptable Here", retry_after: None, why },
+    }
 }
 
 /// The media type of a Content-Type value (RFC 3261 §20.15, RFC 2045 §5.1), lower case.
@@ -79,13 +99,15 @@ pub fn on_body(sessions: &mut Sessions, now: Instant, c: &Crossing<'_>) -> Actio
     let Some(dialog) = c.dialog.filter(|_| c.offer_answer) else {
         return Action::Strip(StripReason::OutsideOfferAnswer);
     };
-    let r = match c.role {
-        Role::Offer => sessions.offer(now, dialog, c.from, c.body),
-        Role::Answer => sessions.answer(now, dialog, c.from, c.body),
-    };
-    match r {
-        Ok(b) => Action::Replace(b),
-        Err(e) => Action::Strip(e.into()),
+    match c.role {
+        Role::Offer => match sessions.offer(now, dialog, c.from, c.body) {
+            Ok(b) => Action::Replace(b),
+            Err(e) => refusal(e),
+        },
+        Role::Answer => match sessions.answer(now, dialog, c.from, c.body) {
+            Ok(b) => Action::Replace(b),
+            Err(e) => Action::Strip(e.into()),
+        },
     }
 }
 
@@ -155,10 +177,10 @@ mod tests {
     }
 
     #[test]
-    fn malformed_sdp_and_orphan_answers_are_stripped() {
+    fn a_malformed_offer_is_refused_488_and_an_orphan_answer_stripped() {
         let mut s = sessions();
         let a = on_body(&mut s, Instant::now(), &crossing("application/sdp", "v=0\r\nc=IN IP4 10.0.0.5\r\n"));
-        assert!(matches!(a, Action::Strip(StripReason::NotAnchored(MediaError::Sdp(_)))), "{a:?}");
+        assert!(matches!(a, Action::Refuse { code: 488, retry_after: None, why: MediaError::Sdp(_), .. }), "{a:?}");
         let mut c = crossing("application/sdp", BARESIP);
         c.role = Role::Answer;
         assert_eq!(on_body(&mut s, Instant::now(), &c), Action::Strip(StripReason::NotAnchored(MediaError::NoOffer)));
@@ -170,5 +192,65 @@ mod tests {
         for ct in ["application/dtmf-relay", "text/plain", "application/isup; version=itu-t92+"] {
             assert_eq!(on_body(&mut s, Instant::now(), &crossing(ct, "Signal=5\r\n")), Action::Keep);
         }
+    }
+
+    #[test]
+    fn offers_past_max_calls_or_the_port_pool_are_refused_503_and_release_nothing_of_other_calls() {
+        // 10 sessions at most, 25 pairs per side (30000-30099): the 11th call is refused for
+        // max_calls; with 3 m-lines per offer, the pool runs out at the 9th call.
+        let mut s = sessions();
+        let offer = |s: &mut Sessions, d: &str| {
+            let mut c = crossing("application/sdp", ASTERISK);
+            c.dialog = Some(d);
+            on_body(s, Instant::now(), &c)
+        };
+        for i in 0..10 {
+            assert!(matches!(offer(&mut s, &format!("d{i}")), Action::Replace(_)));
+        }
+        let before = s.stats();
+        let a = offer(&mut s, "d10");
+        assert!(
+            matches!(
+                a,
+                Action::Refuse {
+                    code: 503,
+                    retry_after: Some(RETRY_AFTER_SECS),
+                    why: MediaError::SessionLimit { .. },
+                    ..
+                }
+            ),
+            "{a:?}"
+        );
+        let after = s.stats();
+        assert_eq!((after.sessions, after.port_pairs_in_use), (before.sessions, before.port_pairs_in_use));
+        assert!(s.ports("d3", Side::Internal).iter().all(Option::is_some), "another call kept its ports");
+        // A re-offer in a call that exists is still anchored at the limit.
+        assert!(matches!(offer(&mut s, "d3"), Action::Replace(_)));
+        // The pool: three streams per call, 25 pairs per side.
+        let three = ASTERISK.to_string()
+            + &ASTERISK[ASTERISK.find("m=").unwrap()..]
+            + &ASTERISK[ASTERISK.find("m=").unwrap()..];
+        let mut s = sessions();
+        let mut refused = None;
+        for i in 0..10 {
+            let mut c = crossing("application/sdp", &three);
+            let d = format!("p{i}");
+            c.dialog = Some(&d);
+            match on_body(&mut s, Instant::now(), &c) {
+                Action::Replace(_) => {}
+                a => {
+                    refused = Some((i, a));
+                    break;
+                }
+            }
+        }
+        let Some((i, a)) = refused else { panic!("the pool never ran out") };
+        assert_eq!(i, 8, "25 pairs per side hold 8 calls of 3 streams");
+        assert!(
+            matches!(a, Action::Refuse { code: 503, retry_after: Some(_), why: MediaError::PortsExhausted { .. }, .. }),
+            "{a:?}"
+        );
+        assert_eq!(s.stats().port_pairs_in_use, 8 * 3 * 2, "the refused call holds nothing, the others all theirs");
+        assert_eq!(s.stats().sessions, 8);
     }
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use sbc_media::anchor::{self, Action, Crossing, Role};
 use sbc_media::session::{Sessions, Side as MediaSide};
 use sbc_proto::dialog::DialogEnd;
-use sbc_proto::engine::{BodyCrossing, BodyRole, MediaHook};
+use sbc_proto::engine::{BodyCrossing, BodyRole, BodyVerdict, MediaHook};
 use sbc_proto::flow::Side;
 use sbc_proto::sip::Method;
 
@@ -34,8 +34,8 @@ fn side(s: Side) -> MediaSide {
 }
 
 impl MediaHook for MediaAnchor {
-    fn on_body(&mut self, now: Instant, c: &BodyCrossing<'_>) -> Option<Vec<u8>> {
-        let Ok(mut sessions) = self.sessions.lock() else { return Some(Vec::new()) };
+    fn on_body(&mut self, now: Instant, c: &BodyCrossing<'_>) -> BodyVerdict {
+        let Ok(mut sessions) = self.sessions.lock() else { return BodyVerdict::Replace(Vec::new()) };
         let crossing = Crossing {
             dialog: c.dialog,
             from: side(c.from),
@@ -48,11 +48,15 @@ impl MediaHook for MediaAnchor {
             body: c.body,
         };
         match anchor::on_body(&mut sessions, now, &crossing) {
-            Action::Keep => None,
-            Action::Replace(b) => Some(b),
+            Action::Keep => BodyVerdict::Keep,
+            Action::Replace(b) => BodyVerdict::Replace(b),
             Action::Strip(why) => {
                 tracing::warn!(dialog = c.dialog.unwrap_or("-"), method = ?c.method, status = ?c.status, %why, "body stripped");
-                Some(Vec::new())
+                BodyVerdict::Replace(Vec::new())
+            }
+            Action::Refuse { code, reason, retry_after, why } => {
+                tracing::warn!(dialog = c.dialog.unwrap_or("-"), method = ?c.method, status = ?c.status, %why, code, "offer refused");
+                BodyVerdict::Refuse { code, reason, retry_after }
             }
         }
     }
@@ -64,18 +68,27 @@ impl MediaHook for MediaAnchor {
     }
 }
 
-/// The `media.*` lines of `sbc stats`.
+/// Calls listed one by one in `sbc stats` at most (the totals cover every call).
+pub const CALLS_LISTED: usize = 200;
+
+/// The `media.*` lines of `sbc stats`: the totals, then one group of lines per active call
+/// (at most [`CALLS_LISTED`], oldest first), each named `media.call.<n>.<counter>` with `<n>`
+/// the call's relay session number (see README.md, "sbc stats"). `from_external` counts what
+/// arrived from outside and was relayed to the core; `from_internal` the other way.
 pub fn stats_text(sessions: &SharedSessions) -> String {
     let Ok(s) = sessions.lock() else { return String::new() };
     let st = s.stats();
-    format!(
-        "media.sessions {}\nmedia.port_pairs_in_use {}\nmedia.port_pairs {}\nmedia.offers {}\nmedia.answers {}\n\
+    let mut out = format!(
+        "media.sessions {}\nmedia.port_pairs_in_use {}\nmedia.port_pairs {}\nmedia.port_pairs_allocated {}\n\
+         media.port_pairs_released {}\nmedia.offers {}\nmedia.answers {}\n\
          media.refused {}\nmedia.expired {}\nmedia.forwarded_packets {}\nmedia.forwarded_bytes {}\n\
          media.dropped_unknown_port {}\nmedia.dropped_not_media {}\nmedia.dropped_source {}\n\
          media.dropped_no_destination {}\n",
         st.sessions,
         st.port_pairs_in_use,
         st.port_pairs,
+        st.port_pairs_allocated,
+        st.port_pairs_released,
         st.offers,
         st.answers,
         st.refused,
@@ -86,7 +99,26 @@ pub fn stats_text(sessions: &SharedSessions) -> String {
         st.dropped_not_media,
         st.dropped_source,
         st.dropped_no_destination,
-    )
+    );
+    let calls = s.calls(CALLS_LISTED);
+    out.push_str(&format!("media.calls_listed {}\n", calls.len()));
+    for c in calls {
+        let (n, k) = (c.id, c.counters);
+        out.push_str(&format!(
+            "media.call.{n}.port_pairs {}\nmedia.call.{n}.packets_from_external {}\n\
+             media.call.{n}.bytes_from_external {}\nmedia.call.{n}.dropped_from_external {}\n\
+             media.call.{n}.packets_from_internal {}\nmedia.call.{n}.bytes_from_internal {}\n\
+             media.call.{n}.dropped_from_internal {}\n",
+            c.port_pairs,
+            k.packets.external,
+            k.bytes.external,
+            k.dropped.external,
+            k.packets.internal,
+            k.bytes.internal,
+            k.dropped.internal,
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -130,26 +162,38 @@ mod tests {
     #[test]
     fn core_offer_reaches_outside_anchored_and_bye_releases_its_ports() {
         let (mut h, s) = hook();
-        let out = h.on_body(Instant::now(), &crossing(Method::Invite, b"application/sdp", OFFER.as_bytes())).unwrap();
+        let BodyVerdict::Replace(out) =
+            h.on_body(Instant::now(), &crossing(Method::Invite, b"application/sdp", OFFER.as_bytes()))
+        else {
+            panic!("not anchored")
+        };
         let out = String::from_utf8(out).unwrap();
         assert!(
             out.contains("c=IN IP4 203.0.113.1\r\n") && !out.contains("10.0.0.5") && !out.contains("14000"),
             "{out}"
         );
         assert_eq!(s.lock().unwrap().stats().port_pairs_in_use, 2);
-        assert!(stats_text(&s).contains("media.port_pairs_in_use 2\n"));
+        let text = stats_text(&s);
+        assert!(text.contains("media.port_pairs_in_use 2\n"), "{text}");
+        assert!(
+            text.contains("media.calls_listed 1\nmedia.call.1.port_pairs 2\nmedia.call.1.packets_from_external 0\n"),
+            "{text}"
+        );
         h.on_dialog_end(Instant::now(), "d", DialogEnd::Bye);
         assert_eq!(s.lock().unwrap().stats().port_pairs_in_use, 0);
+        let text = stats_text(&s);
+        assert!(text.contains("media.port_pairs_released 2\nmedia.offers 1\n"), "{text}");
+        assert!(text.contains("media.calls_listed 0\n") && !text.contains("media.call.1."), "{text}");
     }
 
     #[test]
     fn sdp_in_a_method_without_offer_answer_is_emptied_and_other_bodies_pass() {
         let (mut h, _) = hook();
         let out = h.on_body(Instant::now(), &crossing(Method::Message, b"application/sdp", OFFER.as_bytes()));
-        assert_eq!(out, Some(Vec::new()));
+        assert_eq!(out, BodyVerdict::Replace(Vec::new()));
         assert_eq!(
             h.on_body(Instant::now(), &crossing(Method::Info, b"application/dtmf-relay", b"Signal=1\r\n")),
-            None
+            BodyVerdict::Keep
         );
     }
 }

@@ -182,7 +182,9 @@ pub(crate) enum Kind {
     Rtcp {
         with_address: bool,
     },
-    /// Removed by the rewriter (ICE, BUNDLE, alt).
+    /// `s=`: written as `s=-` (RFC 8866 §5.3).
+    SessionName,
+    /// Removed by the rewriter (ICE, BUNDLE, alt; `i=`, `u=`, `e=`, `p=`).
     Strip,
     Other,
 }

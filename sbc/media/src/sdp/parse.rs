@@ -64,6 +64,11 @@ pub fn parse<'a>(body: &'a [u8], limits: &Limits) -> Result<Sdp<'a>, SdpError> {
                 Kind::Media(media.len() - 1)
             }
             b'a' => attribute(value, number, media.last_mut(), &mut session_dir)?,
+            // RFC 8866 §5.3: the session name may name the endpoint's product or owner.
+            b's' if media.is_empty() => Kind::SessionName,
+            // §5.4-§5.6: information, URI, e-mail and phone (optional) name the endpoint's
+            // operator: not forwarded.
+            b'i' | b'u' | b'e' | b'p' => Kind::Strip,
             _ => Kind::Other,
         };
         lines.push((line, kind));

@@ -98,6 +98,7 @@ impl Sdp<'_> {
                     // A disabled stream has no RTCP to announce.
                     _ => continue,
                 },
+                Kind::SessionName => out.extend_from_slice(b"s=-"),
                 Kind::Strip => continue,
                 Kind::Other => out.extend_from_slice(line),
             }

@@ -303,3 +303,15 @@ fn session_level_rtcp_attribute_is_removed() {
     let out = render(body, &plan("192.0.2.1", vec![anchor(30000)]));
     assert!(!out.contains("10.0.0.1") && !out.contains("a=rtcp"));
 }
+
+#[test]
+fn session_name_information_uri_email_and_phone_of_the_endpoint_are_not_forwarded() {
+    let body = "v=0\r\no=pbx 1 1 IN IP4 10.0.0.1\r\ns=CorePBX media\r\ni=Core PBX of Example Corp\r\n\
+                u=http://pbx.example.internal/\r\ne=ops@example.internal\r\np=+1 555 0100\r\n\
+                c=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\ni=line 1\r\n";
+    let out = render(body, &plan("203.0.113.1", vec![anchor(30000)]));
+    assert_eq!(
+        out,
+        "v=0\r\no=- 77 3 IN IP4 203.0.113.1\r\ns=-\r\nc=IN IP4 203.0.113.1\r\nt=0 0\r\nm=audio 30000 RTP/AVP 0\r\n"
+    );
+}

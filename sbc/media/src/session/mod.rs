@@ -152,6 +152,23 @@ pub struct Stats {
     pub dropped_not_media: u64,
     pub dropped_source: u64,
     pub dropped_no_destination: u64,
+    /// Port pairs handed out and given back since start (each stream takes one per side): a
+    /// call that keeps its ports across a re-offer (hold, resume, a moved phone) adds to
+    /// neither; every pair handed out is given back once its call ends.
+    pub port_pairs_allocated: u64,
+    pub port_pairs_released: u64,
+}
+
+/// One active call's relay state, for `sbc stats`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallStats {
+    /// The session's number (stable while the call lasts, never reused).
+    pub id: u64,
+    /// The dialog token it belongs to.
+    pub dialog: String,
+    /// Port pairs it holds (two per anchored m-line).
+    pub port_pairs: usize,
+    pub counters: Counters,
 }
 
 /// A relay endpoint: the port pair facing one side and the latches of what arrives there.
@@ -468,6 +485,23 @@ impl Sessions {
         s.streams.iter().map(|st| st.as_ref().map(|st| st.ends.get(side).port)).collect()
     }
 
+    /// Every active call's counters, at most `limit` of them (oldest first): bounded by
+    /// [`Config::max_sessions`] anyway, the limit keeps an admin answer small.
+    pub fn calls(&self, limit: usize) -> Vec<CallStats> {
+        let mut ids: Vec<u64> = self.sessions.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .take(limit)
+            .filter_map(|id| self.sessions.get(&id))
+            .map(|s| CallStats {
+                id: s.id,
+                dialog: s.dialog.clone(),
+                port_pairs: 2 * s.streams.iter().flatten().count(),
+                counters: s.counters,
+            })
+            .collect()
+    }
+
     pub fn stats(&self) -> Stats {
         Stats { sessions: self.sessions.len(), port_pairs_in_use: self.pool.in_use(), ..self.stats }
     }
@@ -523,6 +557,7 @@ impl Sessions {
         }
         self.ports.insert(external, PortRef { session: id, stream: index, side: Side::External });
         self.ports.insert(internal, PortRef { session: id, stream: index, side: Side::Internal });
+        self.stats.port_pairs_allocated += 2;
         Some(())
     }
 
@@ -543,6 +578,7 @@ impl Sessions {
             self.ports.remove(&port);
             self.pool.release(port);
         }
+        self.stats.port_pairs_released += 2;
     }
 
     fn release_session(&mut self, id: u64) {

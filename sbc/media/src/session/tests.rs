@@ -385,3 +385,43 @@ fn pool_hands_out_even_pairs_once_per_side_and_reuses_the_oldest_released() {
     assert_eq!(PortPool::new(40000, 40000).capacity(), 0);
     assert_eq!(PortPool::new(40000, 40001).capacity(), 1);
 }
+
+#[test]
+fn pool_counters_show_ports_kept_across_hold_resume_and_moves_and_released_at_the_end() {
+    let mut c = call();
+    c.latch_phone();
+    let st = c.s.stats();
+    assert_eq!((st.port_pairs_allocated, st.port_pairs_released), (2, 0));
+    // Hold, resume, and a re-offer moving the phone's port: the relay keeps its pairs.
+    for body in [
+        BARESIP.replace("a=sendrecv", "a=sendonly"),
+        BARESIP.to_owned(),
+        BARESIP.replace("m=audio 10248", "m=audio 10250"),
+    ] {
+        c.s.offer(c.t, "d1", Side::External, body.as_bytes()).unwrap();
+        c.s.answer(c.t, "d1", Side::Internal, ASTERISK.as_bytes()).unwrap();
+        assert_eq!(c.s.ports("d1", Side::External)[0], Some(c.ext));
+        let st = c.s.stats();
+        assert_eq!((st.port_pairs_allocated, st.port_pairs_released, st.port_pairs_in_use), (2, 0, 2));
+    }
+    c.s.end("d1");
+    let st = c.s.stats();
+    assert_eq!((st.port_pairs_allocated, st.port_pairs_released, st.port_pairs_in_use), (2, 2, 0));
+}
+
+#[test]
+fn per_call_counters_list_each_active_call_bounded_by_the_limit() {
+    let mut c = call();
+    c.latch_phone();
+    c.core_sends(70, &rtp(9));
+    c.s.offer(c.t, "d2", Side::External, BARESIP.as_bytes()).unwrap();
+    let calls = c.s.calls(10);
+    assert_eq!(calls.len(), 2);
+    let first = &calls[0];
+    assert_eq!((first.dialog.as_str(), first.port_pairs), ("d1", 2));
+    assert_eq!(Some(first.counters), c.s.counters("d1"));
+    assert_eq!((first.counters.packets.external, first.counters.packets.internal), (1, 1));
+    assert_eq!(c.s.calls(1).len(), 1, "the listing is bounded");
+    c.s.end("d1");
+    assert_eq!(c.s.calls(10).iter().map(|k| k.dialog.as_str()).collect::<Vec<_>>(), ["d2"]);
+}

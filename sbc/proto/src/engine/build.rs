@@ -58,7 +58,7 @@ pub(super) fn retarget_via(request: &[u8], topology: &Topology, old: Flow, new: 
 }
 
 /// A final response the SBC makes for a server transaction whose request it no longer holds.
-pub(super) fn local_response(st: &ServerTxn, code: u16, reason: &str) -> Vec<u8> {
+pub(super) fn local_response(st: &ServerTxn, code: u16, reason: &str, extra: &[(&str, &[u8])]) -> Vec<u8> {
     // §8.2.6.2: the request's Via, From, Call-ID and CSeq; its To with our tag added.
     let mut out = format!("SIP/2.0 {code} {reason}\r\n").into_bytes();
     let mut header = |name: &str, value: &[u8]| {
@@ -79,6 +79,9 @@ pub(super) fn local_response(st: &ServerTxn, code: u16, reason: &str) -> Vec<u8>
     header("To", &to);
     header("Call-ID", &st.call_id);
     header("CSeq", &st.cseq);
+    for (name, value) in extra {
+        header(name, value);
+    }
     out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
     out
 }

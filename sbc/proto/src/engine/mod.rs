@@ -56,7 +56,7 @@ pub use crate::flow::{Flow, Side, Transmit};
 pub use crate::nat::NatMode;
 pub use crate::topology::Shard;
 pub use config::{Config, CoreTarget, NatConfig, SideConfig};
-pub use seams::{Admit, AllowAll, BodyCrossing, BodyRole, Final, Guard, GuardAction, MediaHook};
+pub use seams::{Admit, AllowAll, BodyCrossing, BodyRole, BodyVerdict, Final, Guard, GuardAction, MediaHook};
 pub use timer::Timer;
 
 /// The methods the SBC relays, for `Allow` in its own answers.

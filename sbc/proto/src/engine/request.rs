@@ -280,6 +280,18 @@ impl Engine {
                     .and_then(|h| self.topology.hidden_hostport(&req.msg.unfolded(h)).map(<[u8]>::to_vec));
             }
         }
+        // Before anything is built or held for the request: the media seam may refuse it (its
+        // offer cannot be anchored: the relay is full, or the SDP is unusable).
+        let body = match self.media_body(now, req, ctx.dialog.as_deref(), flow.side, to_flow.side, None) {
+            Ok(b) => b,
+            Err(MediaRefusal { code, reason, retry_after }) => {
+                let secs = retry_after.map(|s| s.to_string());
+                let extra: Vec<(&str, &[u8])> =
+                    secs.as_deref().map(|s| ("Retry-After", s.as_bytes())).into_iter().collect();
+                self.answer_server_with(now, &server, code, reason, &extra);
+                return Ok(());
+            }
+        };
         let contact = if let Some(list) = register {
             let (value, tokens) = self.register_contacts(now, flow, to_flow, req, list?)?;
             ctx.registration = tokens;
@@ -289,7 +301,6 @@ impl Engine {
             Some(self.topology.contact(to_flow, ctx.dialog.as_deref()))
         };
         let branch = self.new_branch();
-        let body = self.media_body(now, req, ctx.dialog.as_deref(), flow.side, to_flow.side, None);
         ctx.offer_in_request = !req.msg.body().is_empty();
         let data = self.topology.build_request(
             req,
@@ -322,8 +333,10 @@ impl Engine {
         self.txns.start_client(now, req, probe_timeout, &mut self.out)
     }
 
-    /// The media seam's replacement for a body crossing sides (None: unchanged, or no body).
-    /// `answered_offer`: for a response, whether its request carried a body.
+    /// The media seam's replacement for a body crossing sides (None: unchanged, or no body), or
+    /// its refusal of the request carrying it (see [`BodyVerdict::Refuse`]: a response or an
+    /// ACK is never refused, its body is emptied instead). `answered_offer`: for a response,
+    /// whether its request carried a body.
     pub(super) fn media_body(
         &mut self,
         now: Instant,
@@ -332,11 +345,11 @@ impl Engine {
         from: Side,
         to: Side,
         answered_offer: Option<bool>,
-    ) -> Option<Vec<u8>> {
-        let hook = self.media.as_mut()?;
+    ) -> Result<Option<Vec<u8>>, MediaRefusal> {
+        let Some(hook) = self.media.as_mut() else { return Ok(None) };
         let body = c.msg.body();
         if body.is_empty() {
-            return None;
+            return Ok(None);
         }
         let role = match (c.status(), answered_offer) {
             (None, _) if c.method == Method::Ack => BodyRole::Answer,
@@ -347,7 +360,14 @@ impl Engine {
         let content_type = c.msg.value(HeaderName::ContentType).unwrap_or_default();
         let crossing =
             BodyCrossing { dialog, from, to, method: c.method, status: c.status(), role, content_type, body };
-        hook.on_body(now, &crossing)
+        match hook.on_body(now, &crossing) {
+            BodyVerdict::Keep => Ok(None),
+            BodyVerdict::Replace(b) => Ok(Some(b)),
+            BodyVerdict::Refuse { code, reason, retry_after } if c.status().is_none() && c.method != Method::Ack => {
+                Err(MediaRefusal { code, reason, retry_after })
+            }
+            BodyVerdict::Refuse { .. } => Ok(Some(Vec::new())),
+        }
     }
 
     /// The Contacts of a REGISTER, each with the token the registrar will know it by: the UA's
@@ -476,7 +496,9 @@ impl Engine {
         let restore = if flow.side == Side::External { d.internal_host.clone() } else { None };
         let branch = self.new_branch();
         let contact = Some(self.topology.contact(to.flow, Some(&route)));
-        let body = self.media_body(now, req, Some(&route), flow.side, to.flow.side, None);
+        // An ACK cannot be refused: a refused answer in it is forwarded as an empty body.
+        let body =
+            self.media_body(now, req, Some(&route), flow.side, to.flow.side, None).unwrap_or_else(|_| Some(Vec::new()));
         let data = self.topology.build_request(
             req,
             Forward {
@@ -555,8 +577,20 @@ impl Engine {
 
     /// Finishes a server transaction with a response the SBC makes itself (408, 503...).
     pub(super) fn answer_server(&mut self, now: Instant, key: &ServerKey, code: u16, reason: &str) {
+        self.answer_server_with(now, key, code, reason, &[]);
+    }
+
+    /// As [`Self::answer_server`], with `extra` header fields (e.g. a Retry-After).
+    pub(super) fn answer_server_with(
+        &mut self,
+        now: Instant,
+        key: &ServerKey,
+        code: u16,
+        reason: &str,
+        extra: &[(&str, &[u8])],
+    ) {
         let Some(st) = self.txns.server(key) else { return };
-        let resp = build::local_response(st, code, reason);
+        let resp = build::local_response(st, code, reason, extra);
         let outcome = Final {
             requester: st.flow,
             method: st.method,
@@ -571,6 +605,14 @@ impl Engine {
         self.txns.respond(now, key, code, resp, &mut self.out);
         self.stats.local_replies += 1;
     }
+}
+
+/// The media seam's refusal of a request (see [`BodyVerdict::Refuse`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct MediaRefusal {
+    pub code: u16,
+    pub reason: &'static str,
+    pub retry_after: Option<u32>,
 }
 
 /// A REGISTER's Contacts (see [`Engine::register_contact_list`]).

@@ -106,14 +106,9 @@ impl Engine {
         } else {
             None
         };
-        let body = self.media_body(
-            now,
-            resp,
-            dialog_token.as_deref(),
-            from_flow.side,
-            to_flow.side,
-            Some(ctx.offer_in_request),
-        );
+        let body = self
+            .media_body(now, resp, dialog_token.as_deref(), from_flow.side, to_flow.side, Some(ctx.offer_in_request))
+            .unwrap_or_else(|_| Some(Vec::new()));
         let Some(st) = self.txns.server(server) else { return };
         let requester = Requester {
             flow: st.flow,

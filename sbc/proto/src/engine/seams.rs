@@ -108,11 +108,25 @@ pub struct BodyCrossing<'a> {
     pub body: &'a [u8],
 }
 
+/// What the media seam makes of a body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyVerdict {
+    /// Forward it unchanged.
+    Keep,
+    /// Forward this body instead (an empty one: the body is stripped).
+    Replace(Vec<u8>),
+    /// Answer the request carrying it with `code` instead of forwarding it (RFC 3261 §21.5.4:
+    /// 503 with a Retry-After when the relay is full; §21.4.26: 488 for an offer it cannot
+    /// anchor). Only a request other than ACK can be refused: for a response or an ACK the
+    /// engine forwards an empty body instead.
+    Refuse { code: u16, reason: &'static str, retry_after: Option<u32> },
+}
+
 /// The media seam: SDP offer/answer rewriting (media anchoring) and the release of what a
 /// dialog holds. Sans-IO like the engine: the media relay's sockets live in the daemon.
 pub trait MediaHook: Send {
-    /// A replacement body, or None to forward it unchanged.
-    fn on_body(&mut self, now: Instant, crossing: &BodyCrossing<'_>) -> Option<Vec<u8>>;
+    /// What to forward in place of the body (see [`BodyVerdict`]).
+    fn on_body(&mut self, now: Instant, crossing: &BodyCrossing<'_>) -> BodyVerdict;
     /// The dialog ended: release its media.
     fn on_dialog_end(&mut self, now: Instant, dialog: &str, why: DialogEnd);
 }

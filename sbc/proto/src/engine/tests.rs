@@ -702,7 +702,10 @@ fn a_response_over_tcp_names_the_via_sent_by_port_for_a_new_connection_rfc3261_1
 #[derive(Default)]
 struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
 impl MediaHook for Recorder {
-    fn on_body(&mut self, _: Instant, c: &BodyCrossing<'_>) -> Option<Vec<u8>> {
+    fn on_body(&mut self, _: Instant, c: &BodyCrossing<'_>) -> BodyVerdict {
+        if c.body.starts_with(b"v=0 full") {
+            return BodyVerdict::Refuse { code: 503, reason: "Service Unavailable", retry_after: Some(9) };
+        }
         self.0.lock().unwrap().push(format!(
             "{:?} {} {:?}->{:?} {:?} {}",
             c.role,
@@ -712,7 +715,7 @@ impl MediaHook for Recorder {
             c.status,
             String::from_utf8_lossy(c.body)
         ));
-        Some(b"v=0 rewritten".to_vec())
+        BodyVerdict::Replace(b"v=0 rewritten".to_vec())
     }
     fn on_dialog_end(&mut self, _: Instant, _dialog: &str, why: DialogEnd) {
         self.0.lock().unwrap().push(format!("end {why:?}"));
@@ -912,4 +915,32 @@ fn under_overload_new_work_gets_503_retry_after_and_calls_in_progress_end() {
     assert_eq!(out.len(), 2, "{out:#?}");
     assert_eq!(first_line(&out[0].1), "SIP/2.0 100 Trying");
     assert_eq!(out[1].0, core(CORE_A));
+}
+
+#[test]
+fn an_offer_the_media_seam_refuses_is_answered_503_with_retry_after_and_not_forwarded() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(config(&[CORE_A], None), t0);
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    e.set_media_hook(Box::new(Recorder(log.clone())));
+    let inv = invite("z9hG4bKfull")
+        .replace("Content-Length: 0\r\n\r\n", "Content-Type: application/sdp\r\nContent-Length: 10\r\n\r\nv=0 full 1");
+    e.handle_datagram(t0, ext(Transport::Udp), inv.as_bytes());
+    let out = drain(&mut e);
+    assert!(out.iter().all(|(f, _)| f.side == Side::External), "nothing reaches the core: {out:?}");
+    let refusal = out.iter().map(|(_, m)| m).find(|m| m.starts_with("SIP/2.0 503")).expect("a 503");
+    assert_eq!(header(refusal, "Retry-After"), Some("9"));
+    let (_, clients, dialogs, _) = e.sizes();
+    assert_eq!((clients, dialogs), (0, 0), "a refused INVITE holds no dialog and starts no transaction");
+    // The same request again (a retransmission) gets the same answer, not a second look.
+    e.handle_datagram(t0, ext(Transport::Udp), inv.as_bytes());
+    let again = drain(&mut e);
+    assert!(again.iter().any(|(_, m)| m.starts_with("SIP/2.0 503")), "{again:?}");
+    // Another call's offer still goes through.
+    let ok = invite("z9hG4bKnext")
+        .replace("Call-ID: ", "Call-ID: other-")
+        .replace("Content-Length: 0\r\n\r\n", "Content-Type: application/sdp\r\nContent-Length: 9\r\n\r\nv=0 offer");
+    e.handle_datagram(t0, ext(Transport::Udp), ok.as_bytes());
+    let fwd = drain(&mut e).into_iter().find(|(f, _)| f.side == Side::Internal).expect("forwarded").1;
+    assert!(fwd.ends_with("v=0 rewritten"), "{fwd}");
 }
