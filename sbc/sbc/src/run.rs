@@ -25,6 +25,7 @@ use crate::guard::{self, EdgeGuard, GuardState, StateFile};
 use crate::logsum;
 use crate::net::stun::{StunWorkers, TcpBounds};
 use crate::net::{Input, Net, StreamSettings};
+use crate::notify::Heartbeat;
 use crate::stun::{Outcome, StunService};
 use crate::trunk::Trunk;
 
@@ -105,6 +106,8 @@ pub struct Daemon {
     guard_dropped: u64,
     /// Bans shared with the other appliances (`[guard.store]`); None: this one works alone.
     store: Option<crate::store::Link>,
+    /// The loop's sign of life: systemd's watchdog and the management listener's `/health`.
+    heartbeat: Heartbeat,
 }
 
 /// STUN on the external side: on the SIP UDP ports (demultiplexed, RFC 7983) here, on the
@@ -137,10 +140,15 @@ impl Daemon {
         let engine = Engine::new(cfg.engine.clone(), Instant::now());
         let trunk = Trunk::start(&cfg.trunk).map_err(|e| anyhow::anyhow!("trunk allowlist: {e}"))?;
         let (admin_tx, admin) = mpsc::channel::<admin::Request>(16);
-        if let Err(e) = admin::serve(&cfg.admin_socket, admin_tx) {
+        if let Err(e) = admin::serve(&cfg.admin_socket, admin_tx.clone()) {
             tracing::warn!(socket = %cfg.admin_socket.display(), error = %e, "admin socket unavailable; `sbc stats` and `sbc allowlist` will not reach this daemon");
         }
         let signals = Signals::register()?;
+        // Before any thread exists (capabilities are per thread; later threads inherit these).
+        let xdp = trunk.as_ref().is_some_and(Trunk::has_xdp);
+        let kept = crate::net::privileges::drop_to(&crate::net::privileges::needed(xdp))
+            .map_err(|e| anyhow::anyhow!("dropping capabilities: {e}"))?;
+        tracing::info!(kept = ?kept, "capabilities dropped after set-up");
         let mut log_tick = tokio::time::interval(LOG_TICK);
         log_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let service = Arc::new(StunService::new(&cfg.stun, Instant::now())?);
@@ -176,6 +184,10 @@ impl Daemon {
             Some(s) => Some(crate::store::Link::start(s).context("guard.store")?),
             None => None,
         };
+        let heartbeat = Heartbeat::from_env(Instant::now());
+        if let Some(addr) = cfg.management {
+            crate::management::start(addr, admin_tx, heartbeat.beat())?;
+        }
         let mut daemon = Daemon {
             engine,
             net,
@@ -191,6 +203,7 @@ impl Daemon {
             state_file,
             guard_dropped: 0,
             store,
+            heartbeat,
         };
         daemon.install_guard();
         if let Some((m, _)) = &daemon.media {
@@ -210,15 +223,21 @@ impl Daemon {
     /// Waits for the next event, dispatches it, flushes; until a stop signal.
     pub async fn run(mut self) {
         self.flush();
+        self.heartbeat.ready(&format!("serving; version {}", env!("CARGO_PKG_VERSION")));
+        if let Some(every) = self.heartbeat.ping_every() {
+            tracing::info!(?every, "systemd watchdog: WATCHDOG=1 from the engine loop");
+        }
         loop {
             let deadline = self.deadline.map(tokio::time::Instant::from_std);
-            // Stops first, then admin commands (an operator waits), then bans from the store
+            // Stops first, then admin commands (an operator waits), then the heartbeat (a flood
+            // must not make systemd's watchdog kill a working daemon), then bans from the store
             // (rare and bounded; a flood of packets must not delay them), then packets, then
             // timers.
             tokio::select! {
                 biased;
                 signal = self.signals.recv() => if self.on_signal(signal).is_break() { break },
                 Some(req) = self.admin.recv() => self.on_admin(req),
+                _ = self.heartbeat.tick() => self.heartbeat.on_tick(Instant::now()),
                 Some(msg) = recv_store(&mut self.store) => self.on_store(msg),
                 input = self.inputs.recv() => match input {
                     Some(input) => self.on_inputs(input),
@@ -229,6 +248,7 @@ impl Daemon {
             }
             self.flush();
         }
+        self.heartbeat.stopping();
         self.log_stop();
     }
 
@@ -370,8 +390,9 @@ impl Daemon {
         if self.trunk.is_none() {
             return;
         }
-        if let Err(e) = self.reload_allowlist() {
-            tracing::error!(error = %e, "allowlist reload failed; the previous list stays");
+        match self.reload_allowlist() {
+            Ok(msg) => self.heartbeat.status(&format!("serving; {msg}")),
+            Err(e) => tracing::error!(error = %e, "allowlist reload failed; the previous list stays"),
         }
     }
 

@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 mod conn;
+pub mod privileges;
 pub mod relay;
 pub mod stun;
 
