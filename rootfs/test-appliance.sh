@@ -86,7 +86,8 @@ trap 'stop_qemu; stop_db' EXIT
 # The operator's MariaDB on the host's loopback, port $db_port: providers + providers_ips (the
 # schema's columns the export reads) with one IN/OUT row for 10.0.2.2, the host as the guest sees it.
 start_db() {
-  local dir=$work/mariadb sock=$work/mariadb/mysqld.sock
+  local dir=$PWD/$work/mariadb
+  local sock=$dir/mysqld.sock
   command -v mariadb-install-db >/dev/null || die "mariadb-install-db missing (package mariadb-server, .ci/install-deps)"
   mkdir -p "$dir"
   mariadb-install-db --no-defaults --datadir="$dir/data" --auth-root-authentication-method=normal \

@@ -1077,6 +1077,19 @@ mod tests {
         assert!(n >= 1);
     }
 
+    /// The appliance image's config and its placeholder allowlist (rootfs/overlay): the daemon
+    /// on the image refuses to start on either if it does not parse.
+    #[test]
+    fn the_appliance_config_and_its_placeholder_allowlist_are_valid() {
+        let overlay = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rootfs/overlay");
+        let v = load(Some(&overlay.join("etc/sbc/sbc.toml"))).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v.management, Some("0.0.0.0:9090".parse().unwrap()));
+        assert_eq!(v.trunk.interface.as_deref(), Some("eth0"));
+        let text = std::fs::read_to_string(overlay.join("usr/share/sbc/allowlist.empty")).unwrap();
+        let list = sbc_policy::allowlist::Allowlist::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(list.len(), 1, "one TEST-NET-1 placeholder");
+    }
+
     #[test]
     fn all_errors_are_reported_with_paths() {
         let text = r#"
