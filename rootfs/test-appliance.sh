@@ -355,5 +355,5 @@ case "${ONLY:-all}" in
   *) die "ONLY=boot|update|rollback" ;;
 esac
 # The disk copies are 2 GiB (sparse) each: kept when a run fails, removed when all passed.
-rm -f "$work"/*.img "$work"/*.vars.fd
+rm -rf "$work"/*.img "$work"/*.vars.fd "$work/mariadb"
 say "PASS (${ONLY:-all}) in $((SECONDS - t0))s"
