@@ -71,7 +71,7 @@ sbc_version=$("$sbc_bin" --version 2>/dev/null | awk '{print $2}' || true)
 build_id="${sbc_version:-0}-$(date -u +%Y%m%d%H%M%S)"
 printf 'SBC_BUILD=%s\n' "$build_id" >"$root/etc/sbc/build"
 systemctl --root="$root" enable sbc.service sbc-health-gate.service sbc-selfcheck.service nftables.service \
-  systemd-networkd.service >/dev/null 2>&1
+  systemd-networkd.service sbc-allowlist.timer >/dev/null 2>&1
 systemctl --root="$root" mask systemd-networkd-wait-online.service apt-daily.timer \
   apt-daily-upgrade.timer >/dev/null 2>&1 || true
 
@@ -85,7 +85,8 @@ mkdir -p "$esp/EFI/BOOT" "$esp/loader/entries" "$esp/a" "$esp/b"
 cp "$root/usr/lib/systemd/boot/efi/systemd-bootx64.efi" "$esp/EFI/BOOT/BOOTX64.EFI"
 cp "$vmlinuz" "$esp/a/vmlinuz"
 cp "$initrd" "$esp/a/initrd.img"
-cmdline="ro console=tty0 console=ttyS0,115200 panic=10"
+# net.ifnames=0: the first NIC is eth0, the trunk interface the default config attaches XDP to.
+cmdline="ro console=tty0 console=ttyS0,115200 panic=10 net.ifnames=0"
 printf 'timeout 0\neditor no\nconsole-mode keep\n' >"$esp/loader/loader.conf"
 cat >"$esp/loader/entries/sbc-a.conf" <<EOF
 title SBC slot A ($build_id)

@@ -18,6 +18,13 @@
 # entry also forwards the journal to the serial console (OUT/test/*.console.log); the checks read
 # that console (selfcheck, health gate and sbc-update write to it on every slot).
 #
+# The boot run also starts a MariaDB on the host's loopback (reachable from the guest as
+# 10.0.2.2, qemu user networking) holding providers/providers_ips with one IN/OUT row for
+# 10.0.2.2, and names it in the copy's data partition (/var/lib/sbc/allowlist-export.env): the
+# guest's sbc-allowlist.timer exports it, the daemon swaps it into XDP on eth0, and the trunk port
+# 5080 (forwarded) then answers the host; /metrics (guest 9090, forwarded) is scraped and read by
+# the prometheus_client parser.
+#
 # Usage: rootfs/test-appliance.sh   (after rootfs/build.sh; the copies are removed after a pass)
 # Environment: OUT (target/image), BOOT_DEADLINE (s, 600 per phase), ONLY (boot|update|rollback)
 set -euo pipefail
@@ -33,7 +40,10 @@ t0=$SECONDS
 say() { printf '[appliance %4ds] %s\n' "$((SECONDS - t0))" "$*"; }
 die() {
   say "FAIL: $*"
-  [ -n "${console:-}" ] && [ -f "$console" ] && tail -n 40 "$console" | sed 's/^/  console: /'
+  if [ -n "${console:-}" ] && [ -f "$console" ]; then
+    say "the guest's serial console (its journal), last 150 lines; all of it in $console:"
+    tail -n 150 "$console" | tr -d '\r' | sed 's/^/  console: /'
+  fi
   exit 1
 }
 
@@ -56,7 +66,7 @@ free_port() {
   return 1
 }
 
-qemu_pid=""
+qemu_pid="" db_pid=""
 stop_qemu() {
   if [ -n "$qemu_pid" ] && kill -0 "$qemu_pid" 2>/dev/null; then
     kill "$qemu_pid" 2>/dev/null || true
@@ -64,7 +74,70 @@ stop_qemu() {
   fi
   qemu_pid=""
 }
-trap stop_qemu EXIT
+stop_db() {
+  if [ -n "$db_pid" ] && kill -0 "$db_pid" 2>/dev/null; then
+    kill "$db_pid" 2>/dev/null || true
+    wait "$db_pid" 2>/dev/null || true
+  fi
+  db_pid=""
+}
+trap 'stop_qemu; stop_db' EXIT
+
+# The operator's MariaDB on the host's loopback, port $db_port: providers + providers_ips (the
+# schema's columns the export reads) with one IN/OUT row for 10.0.2.2, the host as the guest sees it.
+start_db() {
+  local dir=$PWD/$work/mariadb
+  local sock=$dir/mysqld.sock
+  command -v mariadb-install-db >/dev/null || die "mariadb-install-db missing (package mariadb-server, .ci/install-deps)"
+  mkdir -p "$dir"
+  mariadb-install-db --no-defaults --datadir="$dir/data" --auth-root-authentication-method=normal \
+    --user=root --skip-test-db >"$dir/install.log" 2>&1 || die "mariadb-install-db failed: $(tail -5 "$dir/install.log")"
+  db_port=$(free_port) || die "no free port for MariaDB"
+  /usr/sbin/mariadbd --no-defaults --datadir="$dir/data" --socket="$sock" --pid-file="$dir/mysqld.pid" \
+    --log-error="$dir/mysqld.err" --bind-address=127.0.0.1 --port="$db_port" --user=root \
+    --innodb-buffer-pool-size=32M --skip-name-resolve >"$dir/mariadbd.log" 2>&1 &
+  db_pid=$!
+  local end=$((SECONDS + 60))
+  until mariadb --no-defaults --socket="$sock" -uroot -e 'SELECT 1' >/dev/null 2>&1; do
+    kill -0 "$db_pid" 2>/dev/null || die "mariadbd exited: $(tail -5 "$dir/mysqld.err")"
+    [ "$SECONDS" -lt "$end" ] || die "mariadbd not up within 60 s"
+    sleep 1
+  done
+  mariadb --no-defaults --socket="$sock" -uroot <<'SQL' || die "loading the providers tables failed"
+CREATE DATABASE voip CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
+USE voip;
+CREATE TABLE providers (id INT(11) UNSIGNED NOT NULL AUTO_INCREMENT, providername VARCHAR(50) NOT NULL, PRIMARY KEY (id));
+CREATE TABLE providers_ips (
+  id INT(11) UNSIGNED NOT NULL AUTO_INCREMENT,
+  provider_id INT(11) UNSIGNED NOT NULL DEFAULT '0',
+  ipaddress INT(11) UNSIGNED NOT NULL DEFAULT '2130706433',
+  domainname VARCHAR(50) NULL DEFAULT NULL,
+  direction ENUM('IN','OUT','IN/OUT') NOT NULL DEFAULT 'IN',
+  proto ENUM('SIP','IAX2','H323') NOT NULL DEFAULT 'SIP',
+  PRIMARY KEY (id));
+INSERT INTO providers VALUES (1, 'QemuHost');
+INSERT INTO providers_ips VALUES (1, 1, INET_ATON('10.0.2.2'), NULL, 'IN/OUT', 'SIP');
+CREATE USER 'sbc'@'127.0.0.1' IDENTIFIED BY 'appliance-test';
+GRANT SELECT ON voip.* TO 'sbc'@'127.0.0.1';
+SQL
+  say "MariaDB on 127.0.0.1:$db_port (the guest's 10.0.2.2:$db_port): providers_ips lists 10.0.2.2 IN/OUT"
+}
+
+# Writes the database's address into the data partition of the copy (as the operator would):
+# /data/sbc/allowlist-export.env, the guest's /var/lib/sbc/allowlist-export.env.
+configure_export() {
+  local start size part=$work/data-part.img env=$work/allowlist-export.env
+  read -r start size < <(sfdisk -d "$disk" | awk -F'[=,]' '/name="sbc-data"/ {gsub(/ /, ""); print $2, $4}')
+  [ -n "$start" ] && [ -n "$size" ] || die "no sbc-data partition in $disk"
+  printf 'SBC_ALLOWLIST_DB=mysql://sbc@10.0.2.2:%s/voip\nMYSQL_PWD=appliance-test\n' "$db_port" >"$env"
+  chmod 0600 "$env"
+  dd if="$disk" of="$part" bs=512 skip="$start" count="$size" status=none
+  debugfs -w -R "write $env sbc/allowlist-export.env" "$part" >/dev/null 2>&1
+  debugfs -R "cat sbc/allowlist-export.env" "$part" 2>/dev/null | grep -q "10.0.2.2:$db_port" ||
+    die "writing allowlist-export.env into the data partition failed"
+  dd if="$part" of="$disk" bs=512 seek="$start" conv=notrunc status=none
+  rm -f "$part"
+}
 
 # A fresh copy of the image for run $1; $2: extra kernel arguments for slot A's entry.
 prepare() {
@@ -83,18 +156,20 @@ boot() {
   local update=$1 extra_disk=()
   [ -n "$update" ] && extra_disk=(-drive "file=$update,format=raw,if=virtio,readonly=on")
   port=$(free_port) || die "no free host port"
+  trunk_port=$(free_port) || die "no free host port"
+  mgmt_port=$(free_port) || die "no free host port"
   : >"$console"
   qemu-system-x86_64 -accel tcg -machine q35 -cpu max -smp 2 -m 1024 \
     -drive if=pflash,format=raw,unit=0,readonly=on,file="$ovmf_code" \
     -drive if=pflash,format=raw,unit=1,file="${disk%.img}.vars.fd" \
     -drive file="$disk",format=raw,if=virtio "${extra_disk[@]}" \
-    -netdev user,id=n0,hostfwd=udp:127.0.0.1:"$port"-:5060,hostfwd=tcp:127.0.0.1:"$port"-:5060 \
+    -netdev user,id=n0,hostfwd=udp:127.0.0.1:"$port"-:5060,hostfwd=tcp:127.0.0.1:"$port"-:5060,hostfwd=udp:127.0.0.1:"$trunk_port"-:5080,hostfwd=tcp:127.0.0.1:"$mgmt_port"-:9090 \
     -device virtio-net-pci,netdev=n0 \
     -display none -serial file:"$console" -monitor none \
     </dev/null >"${disk%.img}.qemu.log" 2>&1 &
   qemu_pid=$!
   boot_t0=$SECONDS
-  say "qemu (TCG) booting ${disk##*/}${update:+ with update ${update##*/} as /dev/vdb}; guest 5060 on 127.0.0.1:$port"
+  say "qemu (TCG) booting ${disk##*/}${update:+ with update ${update##*/} as /dev/vdb}; guest 5060 on 127.0.0.1:$port, 5080 on :$trunk_port, 9090 on :$mgmt_port"
 }
 
 # Wait until the console has at least $2 lines matching $1 (extended regexp), within $3 s.
@@ -141,26 +216,86 @@ good_build=$(debugfs -R "cat /etc/sbc/build" "$out/root.img" 2>/dev/null | sed -
 
 run_boot() {
   say "== 1. boot: answers from outside, the daemon's privileges from inside"
+  start_db
   prepare boot ""
+  configure_export
   boot ""
   answers "$deadline"
   boot_to_service=$((SECONDS - boot_t0))
   say "SIP OPTIONS 200 and STUN Binding success through the forwarded port: ${boot_to_service}s after qemu started"
   wait_console 'selfcheck: root' 1 120
-  local report caps=000000c000001400 # CAP_NET_BIND_SERVICE(10) CAP_NET_ADMIN(12) CAP_PERFMON(38) CAP_BPF(39)
+  wait_console 'selfcheck: allowlist [0-9]+ entries' 1 240
+  # Started with CAP_NET_BIND_SERVICE(10) CAP_NET_ADMIN(12) CAP_PERFMON(38) CAP_BPF(39) (the
+  # bounding set keeps them); after set-up only CAP_BPF(39) is left: what map updates need.
+  local report start_caps=000000c000001400 kept=0000008000000000 none=0000000000000000
   report=$(selfcheck)
   printf '%s\n' "$report" | sed 's/^/  /'
   expect() { printf '%s\n' "$report" | grep -qE "$1" || die "selfcheck: expected /$1/"; }
   expect "^selfcheck: sbc pid=[0-9]+ user=sbc$"
-  for set in CapEff CapPrm CapBnd CapAmb; do expect "^selfcheck: sbc $set: $caps$"; done
+  for set in CapEff CapPrm; do expect "^selfcheck: sbc $set: $kept$"; done
+  expect "^selfcheck: sbc CapAmb: $none$"
+  expect "^selfcheck: sbc CapBnd: $start_caps$"
+  expect "^selfcheck: xdp on eth0: (native|generic) prog/xdp id [0-9]+ "
+  expect "^selfcheck: allowlist export result=success status=0$"
+  expect "^selfcheck: allowlist 1 entries, # source: mysql://sbc@10.0.2.2:$db_port/voip$"
   expect "^selfcheck: sbc NoNewPrivs: 1$"
   expect "^selfcheck: sbc Seccomp: 2$"
   expect "^selfcheck: bpffs mounted on /sys/fs/bpf$"
   expect "^selfcheck: nftables inet filter loaded$"
   expect "^selfcheck: slot a build $good_build$"
   expect "^selfcheck: root ro, data /dev/vda4$"
+  xdp_mode=$(printf '%s\n' "$report" | sed -n 's/^selfcheck: xdp on eth0: \([a-z]*\) .*/\1/p')
+  # The trunk port answers the host (10.0.2.2) now that the exported list names it: XDP passed it.
+  "$check" --host 127.0.0.1 --port "$trunk_port" --uri sbc.invalid:5080 --deadline 60 --quiet ||
+    die "the trunk port 5080 did not answer 10.0.2.2, which the exported allowlist lists"
+  say "trunk port 5080 answers the allowlisted host"
+  scrape_metrics
   stop_qemu
-  say "PASS boot: boot to service ${boot_to_service}s; user sbc with exactly its 4 capabilities"
+  stop_db
+  say "PASS boot: boot to service ${boot_to_service}s; user sbc keeping only CAP_BPF; XDP $xdp_mode on eth0; allowlist exported by the timer; /metrics scraped"
+}
+
+# GET /metrics through the forwarded management port: parsed by prometheus_client, and the
+# figures that prove the chain (engine up, the allowlist of 1, XDP passing the trunk's packets).
+scrape_metrics() {
+  local page=$work/metrics.txt
+  local end=$((SECONDS + 60))
+  until curl -sf --max-time 10 "http://127.0.0.1:$mgmt_port/metrics" -o "$page"; do
+    [ "$SECONDS" -lt "$end" ] || die "no /metrics on the forwarded port within 60 s"
+    sleep 2
+  done
+  curl -sf --max-time 10 "http://127.0.0.1:$mgmt_port/health" | grep -q '^ok: ' || die "/health is not ok"
+  /usr/bin/python3 - "$page" <<'PY' || die "/metrics: $(head -c 2000 "$page")"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+samples = {}
+for fam in text_string_to_metric_families(open(sys.argv[1]).read()):
+    for s in fam.samples:
+        samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+def get(name, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))))
+checks = {
+    "sbc_engine_up == 1": get("sbc_engine_up") == 1,
+    "sbc_allowlist_entries == 1": get("sbc_allowlist_entries") == 1,
+    "sbc_xdp_attached{interface=eth0} == 1": get("sbc_xdp_attached", interface="eth0") == 1,
+    "sbc_xdp_packets_total{verdict=pass_allowed} > 0": (get("sbc_xdp_packets_total", verdict="pass_allowed") or 0) > 0,
+    "sbc_sip_local_replies_total > 0": (get("sbc_sip_local_replies_total") or 0) > 0,
+    "process_resident_memory_bytes > 0": (get("process_resident_memory_bytes") or 0) > 0,
+}
+print("  /metrics: %d samples; " % len(samples) + ", ".join(
+    "%s=%s" % (k, v) for k, v in [
+        ("xdp pass_allowed", get("sbc_xdp_packets_total", verdict="pass_allowed")),
+        ("xdp pass_not_protected", get("sbc_xdp_packets_total", verdict="pass_not_protected")),
+        ("allowlist age s", get("sbc_allowlist_age_seconds")),
+        ("rss bytes", get("process_resident_memory_bytes")),
+        ("cpu s", get("process_cpu_seconds_total")),
+    ]))
+bad = [k for k, ok in checks.items() if not ok]
+if bad:
+    print("  /metrics failed: " + "; ".join(bad))
+    sys.exit(1)
+PY
+  say "/metrics scraped from the host and parsed (prometheus_client): engine up, allowlist 1, XDP passing the trunk"
 }
 
 # The boot entries on the stopped disk's ESP (systemd-boot's boot counting renames them), one line.
@@ -220,5 +355,5 @@ case "${ONLY:-all}" in
   *) die "ONLY=boot|update|rollback" ;;
 esac
 # The disk copies are 2 GiB (sparse) each: kept when a run fails, removed when all passed.
-rm -f "$work"/*.img "$work"/*.vars.fd
+rm -rf "$work"/*.img "$work"/*.vars.fd "$work/mariadb"
 say "PASS (${ONLY:-all}) in $((SECONDS - t0))s"

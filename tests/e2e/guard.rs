@@ -308,12 +308,15 @@ fn svcrack_is_banned_after_maxretry_failures_and_dropped_in_xdp_while_a_phone_ke
     ensure!(ok, "bans del failed: {out}");
 
     // svmap: banned on first sight by its signature, dropped in XDP from then on.
+    let before_svmap = stats(&lab)?;
     let out = lab.ext.cmd("timeout").args(["20", "svmap", "-p", &ACCESS_PORT.to_string(), SBC_EXT]).output()?;
     let (ok, shown) = bans(&lab, &["show", ATTACKER])?;
     ensure!(
         ok && shown.contains("jail=sip-scanner"),
-        "svmap not banned: {shown}\nsvmap: {}",
-        String::from_utf8_lossy(&out.stdout)
+        "svmap not banned: {shown}\nsvmap: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        diff_stats(&before_svmap, &stats(&lab)?)
     );
     ensure!(!sipsak_answered(&lab)?, "answered after the svmap ban");
 
@@ -325,6 +328,11 @@ fn svcrack_is_banned_after_maxretry_failures_and_dropped_in_xdp_while_a_phone_ke
     let (ok, list) = bans(&lab, &["list"])?;
     ensure!(ok && list.lines().count() == 3, "want svwar's, svmap's and the operator's bans:\n{list}");
     Ok(())
+}
+
+/// The `sbc stats` lines that changed between two readings (for a failure's message).
+fn diff_stats(before: &str, after: &str) -> String {
+    after.lines().filter(|l| !before.lines().any(|b| b == *l)).collect::<Vec<_>>().join("\n")
 }
 
 #[test]

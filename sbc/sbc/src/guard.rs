@@ -212,28 +212,7 @@ impl Guard for EdgeGuard {
     }
 
     fn poll_action(&mut self) -> Option<GuardAction> {
-        let state = self.state.as_ref()?;
-        let action = lock(state).policy.poll_action()?;
-        Some(match action {
-            BanAction::Ban { prefix, until, jail, reason, evidence } => {
-                let secs = until.saturating_duration_since(Instant::now()).as_secs();
-                tracing::warn!(%prefix, %jail, %reason, %evidence, for_secs = secs, "ban");
-                GuardAction::Ban {
-                    addr: prefix.addr(),
-                    prefix_len: prefix.prefix_len(),
-                    until,
-                    reason: format!("{jail}: {reason}"),
-                }
-            }
-            BanAction::Unban { prefix, reason, jail, ban_reason } => {
-                tracing::info!(%prefix, reason = reason.as_str(), %jail, banned_for = %ban_reason, "unban");
-                GuardAction::Unban {
-                    addr: prefix.addr(),
-                    prefix_len: prefix.prefix_len(),
-                    reason: reason.as_str().to_string(),
-                }
-            }
-        })
+        poll_action(self.state.as_ref()?)
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
@@ -245,6 +224,34 @@ impl Guard for EdgeGuard {
             lock(s).policy.handle_timeout(now);
         }
     }
+}
+
+/// The next ban or unban the policy guard decided, logged with its jail, reason and evidence:
+/// what the XDP blocklist and the ban store must learn. Polled by every shard's engine (bans
+/// from traffic) and by the daemon itself right after an operator's command or a message from
+/// the store (shards may be idle, and a banned source's packets never wake them).
+pub fn poll_action(state: &Shared) -> Option<GuardAction> {
+    let action = lock(state).policy.poll_action()?;
+    Some(match action {
+        BanAction::Ban { prefix, until, jail, reason, evidence } => {
+            let secs = until.saturating_duration_since(Instant::now()).as_secs();
+            tracing::warn!(%prefix, %jail, %reason, %evidence, for_secs = secs, "ban");
+            GuardAction::Ban {
+                addr: prefix.addr(),
+                prefix_len: prefix.prefix_len(),
+                until,
+                reason: format!("{jail}: {reason}"),
+            }
+        }
+        BanAction::Unban { prefix, reason, jail, ban_reason } => {
+            tracing::info!(%prefix, reason = reason.as_str(), %jail, banned_for = %ban_reason, "unban");
+            GuardAction::Unban {
+                addr: prefix.addr(),
+                prefix_len: prefix.prefix_len(),
+                reason: reason.as_str().to_string(),
+            }
+        }
+    })
 }
 
 /// The `tracing` target of the auth failure lines (`sbc::auth`): a log reader (fail2ban's

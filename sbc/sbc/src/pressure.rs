@@ -237,7 +237,8 @@ impl Gate {
 /// The gate with its `sysinfo` readings: what the daemon owns.
 pub struct Pressure {
     gate: Gate,
-    sys: System,
+    /// None when sysinfo could not start (no /proc): the queue alone is watched.
+    sys: Option<System>,
     pid: Option<Pid>,
     cores: f32,
     next_sample: Instant,
@@ -251,7 +252,11 @@ impl Pressure {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) as f32;
         let mut p = Pressure {
             gate: Gate::new(cfg),
-            sys: System::new(),
+            sys: System::new()
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "sysinfo unavailable: overload watches the input queue only"),
+                )
+                .ok(),
             pid: sysinfo::get_current_pid().ok(),
             cores,
             next_sample: now,
@@ -268,19 +273,20 @@ impl Pressure {
             return;
         }
         self.next_sample = now + self.gate.cfg.sample;
+        let Some(sys) = self.sys.as_mut() else { return };
         if let Some(pid) = self.pid {
-            self.sys.refresh_processes_specifics(
+            sys.refresh_processes_specifics(
                 ProcessesToUpdate::Some(&[pid]),
                 true,
                 ProcessRefreshKind::nothing().with_memory().with_cpu(),
             );
-            if let Some(p) = self.sys.process(pid) {
+            if let Some(p) = sys.process(pid) {
                 self.last.rss_mib = p.memory() >> 20;
                 self.last.cpu_percent = p.cpu_usage() / self.cores;
             }
         }
-        self.sys.refresh_memory();
-        let available = self.sys.available_memory();
+        sys.refresh_memory();
+        let available = sys.available_memory();
         self.last.available_mib = (available > 0).then_some(available >> 20);
         self.peak_rss_mib = self.peak_rss_mib.max(self.last.rss_mib);
     }

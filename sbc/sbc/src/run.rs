@@ -27,12 +27,16 @@ use crate::guard::{self, EdgeGuard, GuardState, StateFile};
 use crate::logsum;
 use crate::net::stun::{StunWorkers, TcpBounds};
 use crate::net::{Input, Net, StreamSettings};
+use crate::notify::Heartbeat;
 use crate::shard::{FromShard, ShardInput, Shards};
 use crate::stun::{Outcome, StunService};
 use crate::trunk::Trunk;
 
 /// How many queued inputs are handled before transmits are flushed (batching under load).
 const BATCH: usize = 64;
+
+/// How long a shard may leave queued inputs untaken before the daemon counts it as hung.
+const SHARD_STALL: Duration = Duration::from_secs(3);
 
 /// How often ended log-summary intervals are emitted (see [`logsum::tick`]).
 const LOG_TICK: Duration = Duration::from_secs(1);
@@ -111,6 +115,8 @@ pub struct Daemon {
     store: Option<crate::store::Link>,
     /// Overload protection: tells the engine when to answer new work 503.
     pressure: crate::pressure::Pressure,
+    /// The loop's sign of life: systemd's watchdog and the management listener's `/health`.
+    heartbeat: Heartbeat,
 }
 
 /// STUN on the external side: on the SIP UDP ports (demultiplexed, RFC 7983) here, on the
@@ -142,10 +148,15 @@ impl Daemon {
         .context("binding listen addresses")?;
         let trunk = Trunk::start(&cfg.trunk).map_err(|e| anyhow::anyhow!("trunk allowlist: {e}"))?;
         let (admin_tx, admin) = mpsc::channel::<admin::Request>(16);
-        if let Err(e) = admin::serve(&cfg.admin_socket, admin_tx) {
+        if let Err(e) = admin::serve(&cfg.admin_socket, admin_tx.clone()) {
             tracing::warn!(socket = %cfg.admin_socket.display(), error = %e, "admin socket unavailable; `sbc stats` and `sbc allowlist` will not reach this daemon");
         }
         let signals = Signals::register()?;
+        // Before any thread exists (capabilities are per thread; later threads inherit these).
+        let xdp = trunk.as_ref().is_some_and(Trunk::has_xdp);
+        let kept = crate::net::privileges::drop_to(&crate::net::privileges::needed(xdp))
+            .map_err(|e| anyhow::anyhow!("dropping capabilities: {e}"))?;
+        tracing::info!(kept = ?kept, "capabilities dropped after set-up");
         let mut log_tick = tokio::time::interval(LOG_TICK);
         log_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let service = Arc::new(StunService::new(&cfg.stun, Instant::now())?);
@@ -212,6 +223,10 @@ impl Daemon {
             .context("UDP sockets for the engine shards")?;
         let shards = Shards::start(engines, udp_out, shard_tx, guard.clone(), cfg.engine.limits.max_headers)
             .context("starting the engine shards")?;
+        let heartbeat = Heartbeat::from_env(Instant::now());
+        if let Some(addr) = cfg.management {
+            crate::management::start(addr, admin_tx, heartbeat.beat())?;
+        }
         let daemon = Daemon {
             shards,
             from_shards,
@@ -228,6 +243,7 @@ impl Daemon {
             guard_dropped: 0,
             store,
             pressure: crate::pressure::Pressure::new(cfg.overload.clone(), Instant::now()),
+            heartbeat,
         };
         tracing::info!(
             workers = n,
@@ -243,14 +259,23 @@ impl Daemon {
 
     /// Waits for the next event, dispatches it, flushes; until a stop signal.
     pub async fn run(mut self) {
+        self.heartbeat.ready(&format!("serving; version {}", env!("CARGO_PKG_VERSION")));
+        if let Some(every) = self.heartbeat.ping_every() {
+            tracing::info!(
+                ?every,
+                "systemd watchdog: WATCHDOG=1 while the daemon's loop and every shard make progress"
+            );
+        }
         loop {
-            // Stops first, then admin commands (an operator waits), then bans from the store
+            // Stops first, then admin commands (an operator waits), then the heartbeat (a flood
+            // must not make systemd's watchdog kill a working daemon), then bans from the store
             // (rare and bounded; a flood of packets must not delay them), then what the shards
             // hand back (their queue toward us must not fill), then packets.
             tokio::select! {
                 biased;
                 signal = self.signals.recv() => if self.on_signal(signal).is_break() { break },
                 Some(req) = self.admin.recv() => self.on_admin(req),
+                _ = self.heartbeat.tick() => self.on_heartbeat(Instant::now()),
                 Some(msg) = recv_store(&mut self.store) => self.on_store(msg),
                 Some(out) = self.from_shards.recv() => self.on_shard(out),
                 input = self.inputs.recv() => match input {
@@ -261,6 +286,7 @@ impl Daemon {
             }
             self.flush();
         }
+        self.heartbeat.stopping();
         self.log_stop();
     }
 
@@ -282,6 +308,18 @@ impl Daemon {
                 Ok(FromShard::Guard(action)) => self.apply(action),
                 Err(_) => break,
             }
+        }
+    }
+
+    /// The heartbeat: the beat `/health` reads and systemd's `WATCHDOG=1`, only while every
+    /// shard makes progress (this task reaching here shows its own).
+    fn on_heartbeat(&mut self, now: Instant) {
+        if self.shards.stalled(now, SHARD_STALL) {
+            logsum::note("shard stalled", None, || {
+                format!("a SIP engine shard has not taken its queued inputs for {SHARD_STALL:?}: no watchdog ping")
+            });
+        } else {
+            self.heartbeat.on_tick(now);
         }
     }
 
@@ -369,6 +407,7 @@ impl Daemon {
     /// Executes an admin command and answers it.
     fn on_admin(&mut self, req: admin::Request) {
         let answer = self.execute(req.command);
+        self.apply_guard_actions();
         let _ = req.reply.send(answer);
     }
 
@@ -426,8 +465,9 @@ impl Daemon {
         if self.trunk.is_none() {
             return;
         }
-        if let Err(e) = self.reload_allowlist() {
-            tracing::error!(error = %e, "allowlist reload failed; the previous list stays");
+        match self.reload_allowlist() {
+            Ok(msg) => self.heartbeat.status(&format!("serving; {msg}")),
+            Err(e) => tracing::error!(error = %e, "allowlist reload failed; the previous list stays"),
         }
     }
 
@@ -446,6 +486,16 @@ impl Daemon {
     fn on_store(&mut self, msg: crate::store::Incoming) {
         if let (Some(s), Some(g)) = (self.store.as_mut(), &self.guard) {
             s.on_incoming(g, msg);
+        }
+        self.apply_guard_actions();
+    }
+
+    /// Applies the bans and unbans the policy guard decided outside any engine (an operator's
+    /// `sbc bans add|del`, a ban from the store) at once: the shards, which poll the same guard,
+    /// may be idle, and a banned source's packets would never wake them.
+    fn apply_guard_actions(&mut self) {
+        while let Some(action) = self.guard.as_ref().and_then(guard::poll_action) {
+            self.apply(action);
         }
     }
 

@@ -15,7 +15,7 @@
 //! The daemon never blocks on a shard (a full queue drops the batch, counted as
 //! `sip.shard_queue_full`); a shard blocks on the daemon only when the daemon's queue is full.
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -107,6 +107,9 @@ pub struct Shards {
     /// The overload every shard applies to its engine before its next batch (see
     /// [`Shards::set_overload`]).
     overload: Arc<AtomicU32>,
+    /// Each shard's last pass through its loop, in ms since `epoch` (see [`Shards::stalled`]).
+    progress: Vec<Arc<AtomicU64>>,
+    epoch: Instant,
 }
 
 impl Shards {
@@ -124,6 +127,8 @@ impl Shards {
         let mut snapshots = Vec::with_capacity(n);
         let mut queued = Vec::with_capacity(n);
         let overload = Arc::new(AtomicU32::new(NO_OVERLOAD));
+        let epoch = Instant::now();
+        let mut progress = Vec::with_capacity(n);
         for (i, (engine, udp)) in engines.into_iter().zip(udp).enumerate() {
             let (tx, rx) = sync_channel(QUEUE_INPUTS);
             let snapshot = Arc::new(Mutex::new(Snapshot::default()));
@@ -140,7 +145,10 @@ impl Shards {
                 largest_batch: 0,
                 overload: overload.clone(),
                 applied: NO_OVERLOAD,
+                progress: Arc::new(AtomicU64::new(0)),
+                epoch,
             };
+            progress.push(shard.progress.clone());
             std::thread::Builder::new().name(format!("sip-{i}")).spawn(move || run_shard(shard, &rx))?;
             queues.push(tx);
             snapshots.push(snapshot);
@@ -155,6 +163,8 @@ impl Shards {
             queue_full: 0,
             next: 0,
             overload,
+            progress,
+            epoch,
         })
     }
 
@@ -224,6 +234,16 @@ impl Shards {
         self.queued.iter().map(|c| c.load(Ordering::Acquire)).sum()
     }
 
+    /// True when a shard has had inputs waiting and has not passed through its loop for
+    /// `limit`: a hung engine. The watchdog stops pinging then (systemd restarts the daemon),
+    /// and `/health` turns 503. An idle shard (nothing queued) is never stalled.
+    pub fn stalled(&self, now: Instant, limit: std::time::Duration) -> bool {
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        self.queued.iter().zip(&self.progress).any(|(q, p)| {
+            q.load(Ordering::Acquire) > 0 && now_ms.saturating_sub(p.load(Ordering::Acquire)) > limit.as_millis() as u64
+        })
+    }
+
     /// Tells every shard's engine the daemon is (or is no longer) under pressure; each applies
     /// it before its next batch.
     pub fn set_overload(&self, o: Option<Overload>) {
@@ -252,6 +272,9 @@ struct Shard {
     /// The daemon's overload word, and the value last applied to this engine.
     overload: Arc<AtomicU32>,
     applied: u32,
+    /// Stamped on every pass through the loop (read by [`Shards::stalled`]).
+    progress: Arc<AtomicU64>,
+    epoch: Instant,
 }
 
 /// The overload word when there is none (a Retry-After is never this large).
@@ -266,6 +289,7 @@ fn run_shard(mut s: Shard, rx: &Receiver<Vec<ShardInput>>) {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         let now = Instant::now();
+        s.progress.store(now.saturating_duration_since(s.epoch).as_millis() as u64, Ordering::Release);
         match got {
             Ok(batch) => {
                 s.largest_batch = s.largest_batch.max(batch.len());

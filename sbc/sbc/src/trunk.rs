@@ -41,6 +41,8 @@ pub struct Trunk {
     xdp: Option<XdpFilter>,
     protected: Vec<(SocketAddr, bool)>,
     pub stats: UserStats,
+    /// When the running list was loaded (start or the last successful reload).
+    loaded: Instant,
 }
 
 fn read_list(path: &PathBuf) -> Result<Allowlist, String> {
@@ -63,6 +65,7 @@ impl Trunk {
             xdp: None,
             protected: cfg.protected.clone(),
             stats: UserStats::default(),
+            loaded: Instant::now(),
         };
         if let Some(iface) = &cfg.interface {
             let mode = match cfg.xdp_mode {
@@ -104,6 +107,7 @@ impl Trunk {
         }
         let n = list.len();
         self.list = Arc::new(list);
+        self.loaded = Instant::now();
         *self.shared.write().unwrap_or_else(|e| e.into_inner()) = self.list.clone();
         tracing::info!(entries = n, "trunk allowlist reloaded");
         Ok(format!("reloaded {n} entries from {}", self.file.display()))
@@ -171,6 +175,7 @@ impl Trunk {
         }
         out.push_str(&format!("userspace.dropped_not_listed {}\n", self.stats.dropped_not_listed));
         out.push_str(&format!("allowlist.entries {}\n", self.list.len()));
+        out.push_str(&format!("allowlist.age_seconds {}\n", self.loaded.elapsed().as_secs()));
         out
     }
 }

@@ -50,6 +50,8 @@ pub struct Raw {
     #[serde(default)]
     pub admin: RawAdmin,
     #[serde(default)]
+    pub management: RawManagement,
+    #[serde(default)]
     pub stun: RawStun,
     #[serde(default)]
     pub nat: RawNat,
@@ -280,6 +282,15 @@ impl Default for RawAdmin {
 
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/sbc/admin.sock";
 
+/// The management listener: HTTP `GET /health` and `GET /metrics` (Prometheus), on an address
+/// of its own, off the SIP sides.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawManagement {
+    /// "IP:port" to serve on; empty: no management listener.
+    pub listen: String,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSide {
@@ -414,6 +425,8 @@ pub struct Validated {
     pub log_level: String,
     pub trunk: Trunk,
     pub admin_socket: std::path::PathBuf,
+    /// Where `GET /health` and `GET /metrics` are served; None: nowhere.
+    pub management: Option<SocketAddr>,
     pub stun: Stun,
     /// Media anchoring; None when `media.enabled` is false.
     pub media: Option<sbc_media::session::Config>,
@@ -650,6 +663,35 @@ fn overlapping_listens(ext: &Listen, int: &Listen, errs: &mut Checks<'_>) {
     }
 }
 
+/// `management.listen`: an IP:port that no SIP or STUN TCP listener holds (the same port on the
+/// same address, or on any address of the family where either is unspecified).
+fn management(raw: &RawManagement, taken: &[&Vec<SocketAddr>], errs: &mut Checks<'_>) -> Option<SocketAddr> {
+    if raw.listen.is_empty() {
+        return None;
+    }
+    let a = match raw.listen.parse::<SocketAddr>() {
+        Ok(a) if a.port() == 0 => {
+            errs.error("management.listen", "port 0 is not allowed");
+            return None;
+        }
+        Ok(a) => a,
+        Err(_) => {
+            errs.error("management.listen", bad_address(&raw.listen));
+            return None;
+        }
+    };
+    let clash = |b: &SocketAddr| {
+        a.port() == b.port()
+            && a.is_ipv4() == b.is_ipv4()
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    if let Some(b) = taken.iter().flat_map(|l| l.iter()).find(|b| clash(b)) {
+        errs.error("management.listen", format!("{a} overlaps the SIP or STUN TCP listener {b}"));
+        return None;
+    }
+    Some(a)
+}
+
 fn range(errs: &mut Checks<'_>, path: &str, v: u64, lo: u64, hi: u64) {
     if v < lo || v > hi {
         errs.error(path, format!("{v} out of range {lo}..={hi}"));
@@ -775,6 +817,7 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
     if raw.admin.socket.is_empty() || !raw.admin.socket.starts_with('/') {
         errs.error("admin.socket", format!("{:?} must be an absolute path", raw.admin.socket));
     }
+    let management = management(&raw.management, &[&ext_listen.tcp, &int_listen.tcp, &stun.tcp], &mut errs);
     let guard = match guard_config::validate(&raw.guard.policy(), "guard") {
         Ok(config) => Some(config),
         Err(found) => {
@@ -862,6 +905,7 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
         log_level: raw.log.level,
         trunk,
         admin_socket: raw.admin.socket.into(),
+        management,
         stun,
         media,
         media_workers: match raw.media.workers {
@@ -1077,6 +1121,19 @@ mod tests {
             }
         }
         assert!(n >= 1);
+    }
+
+    /// The appliance image's config and its placeholder allowlist (rootfs/overlay): the daemon
+    /// on the image refuses to start on either if it does not parse.
+    #[test]
+    fn the_appliance_config_and_its_placeholder_allowlist_are_valid() {
+        let overlay = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rootfs/overlay");
+        let v = load(Some(&overlay.join("etc/sbc/sbc.toml"))).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v.management, Some("0.0.0.0:9090".parse().unwrap()));
+        assert_eq!(v.trunk.interface.as_deref(), Some("eth0"));
+        let text = std::fs::read_to_string(overlay.join("usr/share/sbc/allowlist.empty")).unwrap();
+        let list = sbc_policy::allowlist::Allowlist::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(list.len(), 1, "one TEST-NET-1 placeholder");
     }
 
     #[test]
@@ -1418,6 +1475,28 @@ max_message_bytes = 70000
                 "line 8: limits.max_headers: 5 out of range 16..=1024",
                 "line 12: topology.strip_headers[1]: \"Bad Name\" is not a header name",
             ]
+        );
+    }
+
+    #[test]
+    fn the_management_listener_is_off_by_default_and_must_stay_off_the_sip_listeners() {
+        assert_eq!(parse(MINIMAL).unwrap().management, None);
+        assert_eq!(parse(DEFAULT).unwrap().management, None, "off in the embedded default");
+        let on = parse(&format!("{MINIMAL}[management]\nlisten = \"127.0.0.1:9090\"\n")).unwrap();
+        assert_eq!(on.management, Some("127.0.0.1:9090".parse().unwrap()));
+        let clash = "[external]\nudp = [\"127.0.0.1:5060\"]\ntcp = [\"0.0.0.0:5060\"]\n[internal]\nudp = [\"127.0.0.2:5070\"]\n\
+             [[core]]\naddress = \"127.0.0.3:5080\"\n[management]\nlisten = \"127.0.0.1:5060\"\n";
+        assert_eq!(
+            lines(clash),
+            ["line 9: management.listen: 127.0.0.1:5060 overlaps the SIP or STUN TCP listener 0.0.0.0:5060"]
+        );
+        assert_eq!(
+            lines(&format!("{MINIMAL}[management]\nlisten = \"localhost:9090\"\n")),
+            ["line 8: management.listen: \"localhost:9090\" is not an IP:port address"]
+        );
+        assert_eq!(
+            lines(&format!("{MINIMAL}[management]\nlisten = \"127.0.0.1:0\"\n")),
+            ["line 8: management.listen: port 0 is not allowed"]
         );
     }
 }

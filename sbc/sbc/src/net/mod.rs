@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 pub mod batch;
 mod conn;
+pub mod privileges;
 pub mod relay;
 pub mod stun;
 
