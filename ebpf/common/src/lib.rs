@@ -65,8 +65,19 @@ pub mod config {
     pub const BLOCK_V4_HOST_LEN: u32 = 2;
     /// Number of addresses in `BLOCK_V6_HOST` (0: the program skips the hash lookup).
     pub const BLOCK_V6_HOST_LEN: u32 = 3;
+    /// 1: every exact (non-wildcard) protected IPv4 destination has the address in
+    /// [`PROTECTED_V4_ADDR`], so the program compares the destination address with it
+    /// instead of looking up `PROTECTED`; 0: look up `PROTECTED`.
+    pub const PROTECTED_V4_ONE: u32 = 4;
+    /// The one exact protected IPv4 address (its 4 octets as a native-endian `u32`).
+    pub const PROTECTED_V4_ADDR: u32 = 5;
+    /// [`PROTECTED_V4_ONE`] for IPv6.
+    pub const PROTECTED_V6_ONE: u32 = 6;
+    /// The one exact protected IPv6 address: 4 slots from here, octets 0..4, 4..8, 8..12,
+    /// 12..16, each as a native-endian `u32`.
+    pub const PROTECTED_V6_ADDR: u32 = 7;
     /// Number of slots.
-    pub const LEN: u32 = 4;
+    pub const LEN: u32 = 11;
 }
 
 /// The XDP program's function name in the object.

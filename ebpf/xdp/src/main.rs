@@ -3,16 +3,24 @@
 //! Owns the per-packet verdict. For every frame it parses Ethernet (at most one 802.1Q /
 //! 802.1ad tag), IPv4 or IPv6 (skipping IPv6 extension headers), then the TCP/UDP ports, and:
 //!
-//! 1. drops any source on the blocklist whose ban has not expired, whatever the destination:
-//!    first the single-address hash (`BLOCK_V4_HOST` / `BLOCK_V6_HOST`), then the prefix
-//!    trie (`BLOCK_V4` / `BLOCK_V6`);
-//! 2. passes non-first fragments (no ports to judge; the first fragment is judged, so an
+//! 1. passes non-first fragments (no ports to judge; the first fragment is judged, so an
 //!    unlisted datagram is never reassembled);
-//! 3. for TCP/UDP to a protected destination (`PORTS` pre-filter by port, which also
-//!    carries the per-family wildcards; then `PROTECTED` for an exact address), passes the
-//!    packet only if its source matches the current allowlist (`ALLOW_V4` / `ALLOW_V6`),
-//!    and drops it otherwise;
+//! 2. for TCP/UDP to a protected destination (`PORTS` pre-filter by port, which also
+//!    carries the per-family wildcards; then the exact address: one compare with the address
+//!    in `CONFIG` when every exact destination of the family has the same one, else
+//!    `PROTECTED`), drops the packet unless its source matches the current allowlist
+//!    (`ALLOW_V4` / `ALLOW_V6`);
+//! 3. drops whatever would pass so far if its source is on the blocklist and its ban has not
+//!    expired, whatever the destination: first the single-address hash (`BLOCK_V4_HOST` /
+//!    `BLOCK_V6_HOST`), then the prefix trie (`BLOCK_V4` / `BLOCK_V6`);
 //! 4. passes everything else.
+//!
+//! The order puts the common attack first: a flood from an unlisted source to the protected
+//! port is dropped by the allowlist with no blocklist lookup at all (a banned source there
+//! counts as `drop_not_allowed`: the allowlist already drops it, and the ban costs nothing).
+//! The blocklist is looked up only for packets the allowlist would pass: listed sources (a
+//! ban of a listed address still drops), and every packet to an unprotected port (a
+//! subscriber-facing SIP port, RTP), which is where bans matter.
 //!
 //! Fail open: what the program cannot parse, or a missing map, passes and is counted
 //! (`STATS`, one per-CPU counter per reason, see `sbc_ebpf_common::Stat`). Userspace
@@ -51,9 +59,10 @@
 //! userspace deletes it (the daemon never keeps both).
 //!
 //! Cost: array lookups (`PORTS`, `CONFIG`, `STATS`, the outer `ALLOW_*`) are inlined by
-//! the verifier; the helper calls are the hash lookup for an exact protected address, the
-//! blocklist lookups (each only when its map is non-empty) and the allowlist LPM lookup
-//! (protected traffic only).
+//! the verifier; the helper calls are the hash lookup for an exact protected address (only
+//! when the family has several exact addresses), the allowlist LPM lookup (protected
+//! traffic only) and the blocklist lookups (each only for a packet that would pass, and
+//! only when its map is non-empty).
 //!
 //! `try_*` helpers return `Result<Stat, ()>`: the verdict carries its reason, and the
 //! action (pass or drop) follows from the reason; `Err(())` means "could not parse".
@@ -140,13 +149,6 @@ static PORTS: Array<u8, { PORTS_LEN as usize }> = Array::new();
 
 #[btf_map]
 static CONFIG: Array<u32, { config::LEN as usize }> = Array::new();
-
-/// Which address family a lookup is for (selects the `PORTS` wildcard bits).
-#[derive(Clone, Copy)]
-enum Family {
-    V4,
-    V6,
-}
 
 #[inline(always)]
 fn blocklist_empty(index: u32) -> bool {
@@ -258,9 +260,23 @@ fn try_ipv4(ctx: &XdpContext, l3: usize) -> Result<Stat, ()> {
     if ihl < Ipv4Hdr::LEN {
         return Err(());
     }
-    if banned_v4(src) {
-        return Ok(Stat::DropBlocked);
+    let verdict = ipv4_verdict(ctx, l3 + ihl, frags, l4_proto, src, dst);
+    if matches!(verdict, Ok(Stat::DropNotAllowed)) || !banned_v4(src) {
+        return verdict;
     }
+    Ok(Stat::DropBlocked)
+}
+
+/// The IPv4 verdict before the blocklist: what the allowlist says.
+#[inline(always)]
+fn ipv4_verdict(
+    ctx: &XdpContext,
+    l4: usize,
+    frags: [u8; 2],
+    l4_proto: u8,
+    src: [u8; 4],
+    dst: [u8; 4],
+) -> Result<Stat, ()> {
     // RFC 791: fragment offset is the low 13 bits; non-zero means "not the first fragment".
     if u16::from_be_bytes(frags) & 0x1fff != 0 {
         return Ok(Stat::PassFragment);
@@ -268,8 +284,8 @@ fn try_ipv4(ctx: &XdpContext, l3: usize) -> Result<Stat, ()> {
     if l4_proto != proto::TCP && l4_proto != proto::UDP {
         return Ok(Stat::PassOtherProto);
     }
-    let dport = try_dst_port(ctx, l3 + ihl)?;
-    if !is_protected(Family::V4, &v4_mapped(dst), dport, l4_proto) {
+    let dport = try_dst_port(ctx, l4)?;
+    if !is_protected_v4(dst, dport, l4_proto) {
         return Ok(Stat::PassNotProtected);
     }
     let Some(allow) = ALLOW_V4.get(0) else {
@@ -286,16 +302,23 @@ fn try_ipv4(ctx: &XdpContext, l3: usize) -> Result<Stat, ()> {
 fn try_ipv6(ctx: &XdpContext, l3: usize) -> Result<Stat, ()> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, l3)?;
     // SAFETY: bounds checked by ptr_at; Ipv6Hdr is all byte fields (alignment 1).
-    let (vcf0, mut next, src, dst) =
+    let (vcf0, next, src, dst) =
         unsafe { ((*ip).vcf[0], (*ip).next_hdr, (*ip).src_addr, (*ip).dst_addr) };
     if vcf0 >> 4 != 6 {
         return Err(());
     }
-    if banned_v6(src) {
-        return Ok(Stat::DropBlocked);
+    let verdict = ipv6_verdict(ctx, l3 + Ipv6Hdr::LEN, next, src, dst);
+    if matches!(verdict, Ok(Stat::DropNotAllowed)) || !banned_v6(src) {
+        return verdict;
     }
+    Ok(Stat::DropBlocked)
+}
+
+/// The IPv6 verdict before the blocklist: what the allowlist says.
+#[inline(always)]
+fn ipv6_verdict(ctx: &XdpContext, l4: usize, mut next: u8, src: [u8; 16], dst: [u8; 16]) -> Result<Stat, ()> {
     // RFC 8200 §4: walk the extension header chain to the upper-layer header.
-    let mut off = l3 + Ipv6Hdr::LEN;
+    let mut off = l4;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             proto::TCP | proto::UDP => break,
@@ -333,7 +356,7 @@ fn try_ipv6(ctx: &XdpContext, l3: usize) -> Result<Stat, ()> {
         return Err(());
     }
     let dport = try_dst_port(ctx, off)?;
-    if !is_protected(Family::V6, &dst, dport, next) {
+    if !is_protected_v6(dst, dport, next) {
         return Ok(Stat::PassNotProtected);
     }
     let Some(allow) = ALLOW_V6.get(0) else {
@@ -356,31 +379,69 @@ fn try_dst_port(ctx: &XdpContext, l4: usize) -> Result<[u8; 2], ()> {
     Ok([d0, d1])
 }
 
+/// Whether TCP/UDP to `dst`:`port` is protected (IPv4): the `PORTS` flags, then, for a port
+/// protected on exact addresses only, the address — compared with the one in `CONFIG` when
+/// every exact IPv4 destination has the same address (one external address: the usual
+/// case), else looked up in `PROTECTED`.
 #[inline(always)]
-fn is_protected(family: Family, dst: &[u8; 16], port: [u8; 2], l4_proto: u8) -> bool {
-    let Some(flags) = PORTS.get(u32::from(u16::from_be_bytes(port))) else {
-        return false;
+fn is_protected_v4(dst: [u8; 4], port: [u8; 2], l4_proto: u8) -> bool {
+    let (exact, any) = if l4_proto == proto::UDP {
+        (port_flags::UDP_EXACT, port_flags::UDP_ANY_V4)
+    } else {
+        (port_flags::TCP_EXACT, port_flags::TCP_ANY_V4)
     };
-    let flags = *flags;
-    let (exact, any) = match (l4_proto, family) {
-        (proto::UDP, Family::V4) => (port_flags::UDP_EXACT, port_flags::UDP_ANY_V4),
-        (proto::UDP, Family::V6) => (port_flags::UDP_EXACT, port_flags::UDP_ANY_V6),
-        (_, Family::V4) => (port_flags::TCP_EXACT, port_flags::TCP_ANY_V4),
-        (_, Family::V6) => (port_flags::TCP_EXACT, port_flags::TCP_ANY_V6),
-    };
+    let flags = port_flags_of(port);
     if flags & any != 0 {
         return true;
     }
     if flags & exact == 0 {
         return false;
     }
-    let key = ProtectedKey {
-        addr: *dst,
-        port,
-        proto: l4_proto,
-        pad: 0,
+    if config_of(config::PROTECTED_V4_ONE) != 0 {
+        return config_of(config::PROTECTED_V4_ADDR) == u32::from_ne_bytes(dst);
+    }
+    protected_lookup(v4_mapped(dst), port, l4_proto)
+}
+
+/// [`is_protected_v4`] for IPv6.
+#[inline(always)]
+fn is_protected_v6(dst: [u8; 16], port: [u8; 2], l4_proto: u8) -> bool {
+    let (exact, any) = if l4_proto == proto::UDP {
+        (port_flags::UDP_EXACT, port_flags::UDP_ANY_V6)
+    } else {
+        (port_flags::TCP_EXACT, port_flags::TCP_ANY_V6)
     };
-    PROTECTED.get_ptr(key).is_some()
+    let flags = port_flags_of(port);
+    if flags & any != 0 {
+        return true;
+    }
+    if flags & exact == 0 {
+        return false;
+    }
+    if config_of(config::PROTECTED_V6_ONE) != 0 {
+        let [a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3] = dst;
+        return config_of(config::PROTECTED_V6_ADDR) == u32::from_ne_bytes([a0, a1, a2, a3])
+            && config_of(config::PROTECTED_V6_ADDR + 1) == u32::from_ne_bytes([b0, b1, b2, b3])
+            && config_of(config::PROTECTED_V6_ADDR + 2) == u32::from_ne_bytes([c0, c1, c2, c3])
+            && config_of(config::PROTECTED_V6_ADDR + 3) == u32::from_ne_bytes([d0, d1, d2, d3]);
+    }
+    protected_lookup(dst, port, l4_proto)
+}
+
+#[inline(always)]
+fn port_flags_of(port: [u8; 2]) -> u8 {
+    PORTS.get(u32::from(u16::from_be_bytes(port))).copied().unwrap_or(0)
+}
+
+/// A `CONFIG` slot (0 if out of range: never, the indices are constants).
+#[inline(always)]
+fn config_of(index: u32) -> u32 {
+    CONFIG.get(index).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+fn protected_lookup(addr: [u8; 16], port: [u8; 2], l4_proto: u8) -> bool {
+    PROTECTED.get_ptr(ProtectedKey { addr, port, proto: l4_proto, pad: 0 }).is_some()
 }
 
 #[cfg(not(test))]

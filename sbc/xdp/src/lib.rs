@@ -372,6 +372,10 @@ impl XdpFilter {
             });
         }
         let new_ports = port_table(&keys);
+        // The hash decides while the sets change; the one-address compare comes back last.
+        for one in [config::PROTECTED_V4_ONE, config::PROTECTED_V6_ONE] {
+            self.config.set(one, 0, 0).map_err(map_err(map::CONFIG, "set"))?;
+        }
         for k in &keys {
             self.protected.insert(k, PRESENT, 0).map_err(map_err(map::PROTECTED, "insert"))?;
         }
@@ -393,6 +397,17 @@ impl XdpFilter {
         for &port in &touched {
             let flags = new_ports.get(&port).copied().unwrap_or(0);
             self.ports.set(u32::from(port), flags, 0).map_err(map_err(map::PORTS, "set"))?;
+        }
+        let (one_v4, one_v6) = one_exact_address(&keys);
+        if let Some(a) = one_v4 {
+            self.config.set(config::PROTECTED_V4_ADDR, a, 0).map_err(map_err(map::CONFIG, "set"))?;
+            self.config.set(config::PROTECTED_V4_ONE, 1, 0).map_err(map_err(map::CONFIG, "set"))?;
+        }
+        if let Some(words) = one_v6 {
+            for (i, w) in (0u32..).zip(words) {
+                self.config.set(config::PROTECTED_V6_ADDR + i, w, 0).map_err(map_err(map::CONFIG, "set"))?;
+            }
+            self.config.set(config::PROTECTED_V6_ONE, 1, 0).map_err(map_err(map::CONFIG, "set"))?;
         }
         self.protected_now = keys;
         self.ports_now = new_ports;
@@ -618,6 +633,31 @@ fn protected_keys(dests: &[(IpAddr, u16, Proto)]) -> Vec<ProtectedKey> {
     keys
 }
 
+/// Per family, the address every exact (non-wildcard) protected key has, when they all have
+/// the same one, as the program's `CONFIG` words (`config::PROTECTED_V4_ADDR`,
+/// `config::PROTECTED_V6_ADDR`): then `PORTS` plus one compare is the exact test, and the
+/// program skips the `PROTECTED` hash lookup. `None` when a family has no exact key (nothing
+/// to compare) or several addresses (the hash decides).
+fn one_exact_address(keys: &[ProtectedKey]) -> (Option<u32>, Option<[u32; 4]>) {
+    let word = |b: &[u8]| -> u32 {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(b.get(..4).unwrap_or(&[0; 4]));
+        u32::from_ne_bytes(w)
+    };
+    let one = |v4: bool| {
+        let mut addrs = keys
+            .iter()
+            .filter(|k| k.addr != V4_WILDCARD && k.addr != V6_WILDCARD)
+            .filter(|k| (k.addr[..12] == V4_WILDCARD[..12]) == v4)
+            .map(|k| k.addr);
+        let first = addrs.next()?;
+        addrs.all(|a| a == first).then_some(first)
+    };
+    let v4 = one(true).map(|a| word(&a[12..]));
+    let v6 = one(false).map(|a| [word(&a[0..]), word(&a[4..]), word(&a[8..]), word(&a[12..])]);
+    (v4, v6)
+}
+
 /// `PORTS` entries (non-zero only) for a set of protected keys.
 fn port_table(keys: &[ProtectedKey]) -> BTreeMap<u16, u8> {
     let mut t = BTreeMap::new();
@@ -708,6 +748,27 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert_eq!(t[&5060], port_flags::UDP_ANY_V4 | port_flags::TCP_ANY_V6 | port_flags::TCP_EXACT);
         assert_eq!(t[&5061], port_flags::UDP_EXACT);
+    }
+
+    #[test]
+    fn one_exact_address_per_family_or_none() {
+        let keys = protected_keys(&[
+            ("192.0.2.1".parse().unwrap(), 5060, Proto::Udp),
+            ("192.0.2.1".parse().unwrap(), 5061, Proto::Tcp),
+            ("0.0.0.0".parse().unwrap(), 5080, Proto::Udp),
+            ("::".parse().unwrap(), 5080, Proto::Udp),
+            ("2001:db8::1".parse().unwrap(), 5060, Proto::Udp),
+        ]);
+        let (v4, v6) = one_exact_address(&keys);
+        assert_eq!(v4, Some(u32::from_ne_bytes([192, 0, 2, 1])), "wildcards do not count");
+        let w = |b: [u8; 4]| u32::from_ne_bytes(b);
+        assert_eq!(v6, Some([w([0x20, 0x01, 0x0d, 0xb8]), 0, 0, w([0, 0, 0, 1])]));
+        let keys = protected_keys(&[
+            ("192.0.2.1".parse().unwrap(), 5060, Proto::Udp),
+            ("192.0.2.2".parse().unwrap(), 5060, Proto::Udp),
+            ("::".parse().unwrap(), 5060, Proto::Udp),
+        ]);
+        assert_eq!(one_exact_address(&keys), (None, None), "two v4 addresses: the hash; v6 wildcard only");
     }
 
     #[test]
