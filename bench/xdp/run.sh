@@ -75,7 +75,7 @@
 #
 # Environment (defaults in brackets): COUNT [2000000] SECONDS_MAX [20] LEN [200]
 #   REPEAT [1000000] ALLOW_PREFIXES [200] BANS [100000] PREFIX_BANS [1000] BANNED_PORT [5080]
-#   FLOOR [1] BASELINE [1]
+#   RATE_PPS [1000; 0 skips the rate phases] FLOOR [1] BASELINE [1]
 #   RESULTS [bench/RESULTS.md]
 #   SBC [target/release/sbc] FLOOD [target/release/examples/udp_flood] KEEP=1 keeps the logs
 # Needs root, bpftool, xdp-filter, nsenter, python3. Cleans up (also on failure): the
@@ -90,6 +90,7 @@ REPEAT=${REPEAT:-1000000}
 ALLOW_PREFIXES=${ALLOW_PREFIXES:-200}
 BANS=${BANS:-100000}
 PREFIX_BANS=${PREFIX_BANS:-1000}
+RATE_PPS=${RATE_PPS:-1000}
 BANNED_PORT=${BANNED_PORT:-5080}
 BASELINE=${BASELINE:-1}
 FLOOR=${FLOOR:-1}
@@ -115,6 +116,7 @@ done
 [[ -x $FLOOD ]] || die "$FLOOD not found: cargo build --release -p sbc-xdp --example udp_flood (or set FLOOD=)"
 [[ $BANS =~ ^[0-9]+$ && $BANS -le 262143 ]] || die "BANS must be 0..262143 (our BLOCK_V4_HOST holds 262144)"
 [[ $PREFIX_BANS =~ ^[0-9]+$ && $PREFIX_BANS -le 65536 ]] || die "PREFIX_BANS must be 0..65536 (/24s in 172.16.0.0/12)"
+[[ $RATE_PPS =~ ^[0-9]+$ && $RATE_PPS -le 1000000 ]] || die "RATE_PPS must be 0..1000000"
 [[ $COUNT =~ ^[0-9]+$ && $SECONDS_MAX =~ ^[0-9]+$ && $COUNT -gt 0 && $SECONDS_MAX -gt 0 ]] ||
   die "COUNT and SECONDS_MAX must be positive integers (the flood is always bounded)"
 
@@ -186,7 +188,7 @@ ip -n "$NS_R" neigh replace "$GOOD_IP" lladdr "$S_MAC" dev r0 nud permanent
 write_config() {
   cat >"$work/sbc.toml" <<EOF
 [external]
-udp = ["$R_IP:$PORT"]
+udp = ["$R_IP:$PORT", "$R_IP:$BANNED_PORT"]
 tcp = ["$R_IP:$PORT"]
 [internal]
 udp = ["127.0.0.2:5060"]
@@ -202,6 +204,7 @@ level = "info"
 socket = "$work/admin/sbc.sock"
 [trunk]
 allowlist = "$work/allow.txt"
+protected = ["$R_IP:$PORT/udp", "$R_IP:$PORT/tcp"]
 $1
 EOF
 }
@@ -267,6 +270,7 @@ frame c6336442 13c4 >"$work/frame-$PORT.bin"                     # 198.51.100.66
 frame c6336442 "$(printf %04x "$BANNED_PORT")" >"$work/frame-$BANNED_PORT.bin"
 frame cb00710a 13c4 >"$work/frame-listed.bin"                   # 203.0.113.10 (listed) -> :5060
 flood_port=$PORT
+flood_src=$BAD_IP
 
 test_run_ns() { # id frame -> average ns per run of the frame, REPEAT times, with bpf_stats off (its
   # two clock reads per run cost more than a small program on this kind of VM)
@@ -306,7 +310,8 @@ FOREVER="0xff 0xff 0xff 0xff 0xff 0xff 0xff 0xff"   # BAN_FOREVER, ebpf/common
 prog_map_id() {
   local m
   for m in $(bpftool prog show id "$1" | sed -n 's/.*map_ids \([0-9,]*\).*/\1/p' | tr , ' '); do
-    bpftool map show id "$m" | grep -q " name $2 " && { echo "$m"; return; }
+    # (not `| grep -q`: grep exiting first can fail bpftool with SIGPIPE, and pipefail the test)
+    [[ $(bpftool map show id "$m") == *" name $2 "* ]] && { echo "$m"; return; }
   done
 }
 
@@ -324,9 +329,9 @@ measure() { # $1 = phase; $2 = prog id ("" for none); drops come from drop_count
   d0=$(drop_counter "$s0")
   [[ -n $id ]] && read -r t0 c0 < <(prog_stats "$id")
   read -r k0 n0 < <(sbc_cpu)
-  log "$ph: flood $COUNT datagrams max, ${SECONDS_MAX}s max, $BAD_IP -> $R_IP:$flood_port"
+  log "$ph: flood $COUNT datagrams max, ${SECONDS_MAX}s max, $flood_src -> $R_IP:$flood_port"
   out=$(timeout $((SECONDS_MAX + 30)) nsenter --net="/var/run/netns/$NS_S" -- \
-    "$FLOOD" --src "$BAD_IP" --dst "$R_IP:$flood_port" --count "$COUNT" --seconds "$SECONDS_MAX" --len "$LEN")
+    "$FLOOD" --src "$flood_src" --dst "$R_IP:$flood_port" --count "$COUNT" --seconds "$SECONDS_MAX" --len "$LEN")
   sleep 0.5   # let the receiving side drain
   read -r k1 n1 < <(sbc_cpu)
   [[ -n $id ]] && read -r t1 c1 < <(prog_stats "$id")
@@ -364,31 +369,34 @@ grep -q "XDP filter attached" "$work/sbc-sbc.log" || { tail -20 "$work/sbc-sbc.l
 OURS_ID=$(xdp_prog_id)
 [[ -n $OURS_ID ]] || die "no XDP program on r0"
 OURS_NAME=$(bpftool prog show id "$OURS_ID" | sed -n 's/^[0-9]*: xdp *name \([^ ]*\).*/\1/p')
-if ((BANS > 0)); then
-  HOST_MAP=$(prog_map_id "$OURS_ID" BLOCK_V4_HOST)
-  CONFIG_MAP=$(prog_map_id "$OURS_ID" CONFIG)
-  [[ -n $HOST_MAP && -n $CONFIG_MAP ]] || die "no BLOCK_V4_HOST / CONFIG map on program $OURS_ID"
-  log "sbc: $BANS bans into BLOCK_V4_HOST (map $HOST_MAP)"
-  ban_keys "$BANS" | awk -v m="$HOST_MAP" -v v="$FOREVER" '{print "map update id " m " key " $0 " value " v}' >"$work/bans.batch"
-  t_b0=$(date +%s.%N)
-  bpftool batch file "$work/bans.batch" >/dev/null
-  bpftool map update id "$CONFIG_MAP" key 2 0 0 0 value $(le32 "$BANS")   # config::BLOCK_V4_HOST_LEN
-  BANS_LOAD_S=$(awk -v a="$t_b0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
-  loaded=$(map_len id "$HOST_MAP")
-  [[ $loaded == "$BANS" ]] || die "BLOCK_V4_HOST holds $loaded entries, not $BANS"
-fi
-if ((PREFIX_BANS > 0)); then
-  TRIE_MAP=$(prog_map_id "$OURS_ID" BLOCK_V4)
-  CONFIG_MAP=$(prog_map_id "$OURS_ID" CONFIG)
-  [[ -n $TRIE_MAP && -n $CONFIG_MAP ]] || die "no BLOCK_V4 / CONFIG map on program $OURS_ID"
-  log "sbc: $PREFIX_BANS /24 bans into BLOCK_V4 (map $TRIE_MAP)"
-  # LPM key: prefix length (u32, little-endian) then the address; 172.16.0.0/24 onwards
-  awk -v n="$PREFIX_BANS" -v m="$TRIE_MAP" -v v="$FOREVER" 'BEGIN { for (i = 0; i < n; i++)
-    printf "map update id %s key 0x18 0 0 0 0xac 0x%02x 0x%02x 0 value %s\n", m, 16 + int(i / 256), i % 256, v }' \
-    >"$work/prefix-bans.batch"
-  bpftool batch file "$work/prefix-bans.batch" >/dev/null
-  bpftool map update id "$CONFIG_MAP" key 0 0 0 0 value $(le32 "$PREFIX_BANS")   # config::BLOCK_V4_LEN
-fi
+load_bans() { # prog id: the bans into its maps (what XdpFilter::block writes)
+  if ((BANS > 0)); then
+    HOST_MAP=$(prog_map_id "$1" BLOCK_V4_HOST)
+    CONFIG_MAP=$(prog_map_id "$1" CONFIG)
+    [[ -n $HOST_MAP && -n $CONFIG_MAP ]] || die "no BLOCK_V4_HOST / CONFIG map on program $1"
+    log "sbc: $BANS bans into BLOCK_V4_HOST (map $HOST_MAP)"
+    ban_keys "$BANS" | awk -v m="$HOST_MAP" -v v="$FOREVER" '{print "map update id " m " key " $0 " value " v}' >"$work/bans.batch"
+    t_b0=$(date +%s.%N)
+    bpftool batch file "$work/bans.batch" >/dev/null
+    bpftool map update id "$CONFIG_MAP" key 2 0 0 0 value $(le32 "$BANS")   # config::BLOCK_V4_HOST_LEN
+    BANS_LOAD_S=$(awk -v a="$t_b0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+    loaded=$(map_len id "$HOST_MAP")
+    [[ $loaded == "$BANS" ]] || die "BLOCK_V4_HOST holds $loaded entries, not $BANS"
+  fi
+  if ((PREFIX_BANS > 0)); then
+    TRIE_MAP=$(prog_map_id "$1" BLOCK_V4)
+    CONFIG_MAP=$(prog_map_id "$1" CONFIG)
+    [[ -n $TRIE_MAP && -n $CONFIG_MAP ]] || die "no BLOCK_V4 / CONFIG map on program $1"
+    log "sbc: $PREFIX_BANS /24 bans into BLOCK_V4 (map $TRIE_MAP)"
+    # LPM key: prefix length (u32, little-endian) then the address; 172.16.0.0/24 onwards
+    awk -v n="$PREFIX_BANS" -v m="$TRIE_MAP" -v v="$FOREVER" 'BEGIN { for (i = 0; i < n; i++)
+      printf "map update id %s key 0x18 0 0 0 0xac 0x%02x 0x%02x 0 value %s\n", m, 16 + int(i / 256), i % 256, v }' \
+      >"$work/prefix-bans.batch"
+    bpftool batch file "$work/prefix-bans.batch" >/dev/null
+    bpftool map update id "$CONFIG_MAP" key 0 0 0 0 value $(le32 "$PREFIX_BANS")   # config::BLOCK_V4_LEN
+  fi
+}
+load_bans "$OURS_ID"
 LISTED_TRNS[sbc]=$(test_run_ns "$OURS_ID" "$work/frame-listed.bin")
 drop_counter() { stat_of "$1" xdp.drop_not_allowed; }
 measure sbc "$OURS_ID"
@@ -405,6 +413,34 @@ stop_sbc
 if [[ -n $(xdp_prog_id) ]]; then
   log "warning: the SBC left its program on r0; detaching"
   in_r ip link set r0 xdp off
+fi
+
+# 1b. The same with the per-source rate limit on ([guard] xdp_rate_pps): the unlisted flood
+# again (the allowlist drops it before the limit), test runs of the unlisted source's packet
+# to the unprotected SIP port (bans missed, then its bucket: the unlisted limit) and of the
+# listed carrier's (its bucket: the listed limit; REPEAT runs empty it, so this is the
+# rate-limited drop), and a flood from the listed carrier's address (a spoofed provider):
+# all but its burst and rate dropped in XDP.
+if ((RATE_PPS > 0)); then
+  log "sbc-rate: the SBC with xdp_rate_pps = $RATE_PPS (listed: 10x)"
+  start_sbc sbc-rate "interface = \"r0\"
+xdp_mode = \"native\"
+[guard]
+xdp_rate_pps = $RATE_PPS"
+  grep -q "XDP per-source rate limit on" "$work/sbc-sbc-rate.log" || { tail -20 "$work/sbc-sbc-rate.log" >&2; die "no rate limit"; }
+  RATE_ID=$(xdp_prog_id)
+  [[ -n $RATE_ID ]] || die "no XDP program on r0 (rate phase)"
+  load_bans "$RATE_ID"
+  RATE_TRNS_LISTED=$(test_run_ns "$RATE_ID" "$work/frame-listed.bin")
+  RATE_TRNS_ACCESS=$(test_run_ns "$RATE_ID" "$work/frame-$BANNED_PORT.bin")
+  drop_counter() { stat_of "$1" xdp.drop_not_allowed; }
+  measure sbc-rate "$RATE_ID"
+  drop_counter() { stat_of "$1" xdp.drop_rate_limited_listed; }
+  flood_src=$GOOD_IP
+  measure sbc-rate-listed "$RATE_ID"
+  flood_src=$BAD_IP
+  stop_sbc
+  [[ -z $(xdp_prog_id) ]] || in_r ip link set r0 xdp off
 fi
 
 # 2. xdp-filter in front of the same SBC (userspace list only), same veth.
@@ -502,7 +538,7 @@ rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 xf_ver=$(dpkg-query -W -f '${Version}' xdp-tools 2>/dev/null || echo unknown)
 rate_sbc=$(rate "${drops[sbc]}" "${secs[sbc]}")
 rate_xf=$(rate "${drops[xdp-filter]}" "${secs[xdp-filter]}")
-cmd="COUNT=$COUNT SECONDS_MAX=$SECONDS_MAX LEN=$LEN REPEAT=$REPEAT ALLOW_PREFIXES=$ALLOW_PREFIXES BANS=$BANS PREFIX_BANS=$PREFIX_BANS BANNED_PORT=$BANNED_PORT FLOOR=$FLOOR BASELINE=$BASELINE bench/xdp/run.sh"
+cmd="COUNT=$COUNT SECONDS_MAX=$SECONDS_MAX LEN=$LEN REPEAT=$REPEAT ALLOW_PREFIXES=$ALLOW_PREFIXES BANS=$BANS PREFIX_BANS=$PREFIX_BANS BANNED_PORT=$BANNED_PORT RATE_PPS=$RATE_PPS FLOOR=$FLOOR BASELINE=$BASELINE bench/xdp/run.sh"
 if [[ ! -s $RESULTS ]]; then
   printf '# Benchmark results\n\nSide-by-side runs, appended by the bench scripts (newest last).\n' >"$RESULTS"
 fi
@@ -552,6 +588,21 @@ fi
     echo "| SBC sip.requests_in delta during the flood | ${req[sbc-banned]} | ${req[xf-banned]} | |"
     echo "| then 5 OPTIONS from the listed $GOOD_IP reached the SBC | ${listed[sbc-banned]} | ${listed[xf-banned]} | |"
     echo
+  fi
+  if ((RATE_PPS > 0)); then
+    rl_passed=$((${sent[sbc-rate-listed]} - ${drops[sbc-rate-listed]}))
+    rl_bound=$(awk -v p="$RATE_PPS" -v s="${secs[sbc-rate-listed]}" 'BEGIN {printf "%.0f", 10 * p + 10 * p * s}')
+    echo
+    echo "The per-source rate limit on (\`[guard] xdp_rate_pps = $RATE_PPS\`, burst the same; allowlisted sources 10× both), the same bans loaded, a fresh SBC:"
+    echo
+    echo "| | SBC (its XDP), rate limit on | rate limit off (above) | xdp-filter (above) |"
+    echo "|---|---:|---:|---:|"
+    echo "| unlisted flood to $PORT: ns/packet live (dropped by the allowlist first) | ${nspp[sbc-rate]} | ${nspp[sbc]} | ${nspp[xdp-filter]} |"
+    echo "| unlisted flood to $PORT: ns/packet, BPF_PROG_TEST_RUN | ${trns[sbc-rate]} | ${trns[sbc]} | ${trns[xdp-filter]} |"
+    echo "| the listed $GOOD_IP's packet, BPF_PROG_TEST_RUN (on: its bucket empties, the rate-limited drop) | $RATE_TRNS_LISTED | ${LISTED_TRNS[sbc]} | ${LISTED_TRNS[xdp-filter]} |"
+    echo "| an unlisted packet to the unprotected SIP port $BANNED_PORT, BPF_PROG_TEST_RUN (on: bans missed, its bucket) | $RATE_TRNS_ACCESS | | |"
+    echo
+    echo "- flood from the listed $GOOD_IP (a spoofed provider) to $R_IP:$PORT, rate limit on: ${sent[sbc-rate-listed]} sent in ${secs[sbc-rate-listed]} s, ${drops[sbc-rate-listed]} dropped in XDP as xdp.drop_rate_limited_listed ($(pct "${drops[sbc-rate-listed]}" "${sent[sbc-rate-listed]}")), $rl_passed passed to the SBC (burst + rate × duration = $rl_bound), ${nspp[sbc-rate-listed]} ns/packet live, ${trns[sbc-rate-listed]} ns test run (the unlisted frame); SBC CPU ${cpu_s[sbc-rate-listed]} s"
   fi
   if [[ $FLOOR == 1 ]]; then
     echo "- floor, the two-instruction XDP_DROP program (bench/xdp/xdp_drop_floor.py, native, same veth, same SBC behind it): ${sent[floor]} sent in ${secs[floor]} s, ${drops[floor]} dropped, $(rate "${drops[floor]}" "${secs[floor]}") drops/s, ${nspp[floor]} ns/packet live, ${trns[floor]} ns test run; SBC CPU ${cpu_s[floor]} s (${cpu_ms[floor]} ms), requests_in +${req[floor]}"
