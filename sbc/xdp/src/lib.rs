@@ -107,7 +107,7 @@ impl RateLimit {
     /// The program's emission interval, ns between two packets at `pps` (at least 1; 0 is
     /// "off" to the program, and `pps` 0 is off here too).
     fn emission_ns(self) -> u32 {
-        if self.pps == 0 { 0 } else { (1_000_000_000 / self.pps).max(1) }
+        1_000_000_000u32.checked_div(self.pps).map_or(0, |ns| ns.max(1))
     }
 }
 
