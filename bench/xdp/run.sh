@@ -50,22 +50,32 @@
 # two port-array reads; ours with array reads (ports, config), one hash lookup (the exact
 # protected address) and one LPM-trie lookup (the allowlist, 201 prefixes by default).
 #
-# A loaded blocklist (BANS > 0): BANS single-address bans (10.0.0.0/8, /32s, no end) are
-# written into our program's BLOCK_V4_HOST hash (bpftool batch, with its length in CONFIG, what
-# `XdpFilter::block` writes) before the sbc phase, so every flood packet of that phase also pays
-# the ban lookup (a miss). Two more phases then flood from a *banned* source:
-#   sbc-banned  the same SBC, 198.51.100.66 added to BLOCK_V4_HOST (BANS + 1 bans): a hash hit,
-#               a clock read (the ban's end), XDP_DROP (counter xdp.drop_blocked).
-#   xf-banned   xdp-filter with the same bans in its own blocklist: `--policy allow` (its
-#               entries are then drop rules; with `--policy deny`, the allowlist setup above,
-#               its entries are pass rules, so it cannot hold an allowlist and a blocklist at
+# A loaded blocklist (the default): BANS single-address bans (10.0.0.0/8, /32s, no end) written
+# into our program's BLOCK_V4_HOST hash and PREFIX_BANS /24 bans (172.16.0.0/12, no end) into its
+# BLOCK_V4 trie (bpftool batch, with their lengths in CONFIG: what `XdpFilter::block` writes)
+# before the sbc phase; xdp-filter's own source-address map (filter_ipv4) gets the first of the
+# same 10/8 addresses up to its capacity (10000 in Debian's build, read from the map; it has no
+# prefix match at all), as pass rules of its deny policy: a miss for the flood either way.
+# Our program looks the blocklist up only for a packet it would pass (see ebpf/xdp), so the
+# unlisted flood to the protected port is dropped by the allowlist before any ban lookup; the
+# cost of the ban lookups is measured where they are on the path:
+#   listed      BPF_PROG_TEST_RUN only (no flood: it would pass into the SBC): a frame from the
+#               listed carrier to the protected port, which both programs pass; ours after the
+#               allowlist hit, a miss in the address hash and a miss in the prefix trie.
+#   sbc-banned  the same SBC, 198.51.100.66 added to BLOCK_V4_HOST (BANS + 1 bans), the flood
+#               sent to port BANNED_PORT (5080: not protected, like a subscriber-facing SIP
+#               port, where bans are what drops): a hash hit, a clock read (the ban's end),
+#               XDP_DROP (counter xdp.drop_blocked).
+#   xf-banned   xdp-filter with the same bans in its blocklist: `--policy allow` (its entries
+#               are then drop rules; with `--policy deny`, the allowlist setup above, its
+#               entries are pass rules, so it cannot hold an allowlist and a blocklist at
 #               once), `xdp-filter ip 198.51.100.66 --mode src`, and the first XF_BANS of the
 #               same 10/8 addresses written to its pinned filter_ipv4 (value src, what
-#               `xdp-filter ip A --mode src` writes). XF_BANS = min(BANS, its filter_ipv4
-#               capacity, 10000 in Debian's build: read from the map).
+#               `xdp-filter ip A --mode src` writes). XF_BANS = min(BANS, its capacity - 1).
 #
 # Environment (defaults in brackets): COUNT [2000000] SECONDS_MAX [20] LEN [200]
-#   REPEAT [1000000] ALLOW_PREFIXES [200] BANS [100000] FLOOR [1] BASELINE [1]
+#   REPEAT [1000000] ALLOW_PREFIXES [200] BANS [100000] PREFIX_BANS [1000] BANNED_PORT [5080]
+#   RATE_PPS [1000; 0 skips the rate phases] FLOOR [1] BASELINE [1]
 #   RESULTS [bench/RESULTS.md]
 #   SBC [target/release/sbc] FLOOD [target/release/examples/udp_flood] KEEP=1 keeps the logs
 # Needs root, bpftool, xdp-filter, nsenter, python3. Cleans up (also on failure): the
@@ -79,6 +89,9 @@ LEN=${LEN:-200}
 REPEAT=${REPEAT:-1000000}
 ALLOW_PREFIXES=${ALLOW_PREFIXES:-200}
 BANS=${BANS:-100000}
+PREFIX_BANS=${PREFIX_BANS:-1000}
+RATE_PPS=${RATE_PPS:-1000}
+BANNED_PORT=${BANNED_PORT:-5080}
 BASELINE=${BASELINE:-1}
 FLOOR=${FLOOR:-1}
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -102,6 +115,8 @@ done
 [[ -x $SBC ]] || die "$SBC not found: cargo build --release -p sbc (or set SBC=)"
 [[ -x $FLOOD ]] || die "$FLOOD not found: cargo build --release -p sbc-xdp --example udp_flood (or set FLOOD=)"
 [[ $BANS =~ ^[0-9]+$ && $BANS -le 262143 ]] || die "BANS must be 0..262143 (our BLOCK_V4_HOST holds 262144)"
+[[ $PREFIX_BANS =~ ^[0-9]+$ && $PREFIX_BANS -le 65536 ]] || die "PREFIX_BANS must be 0..65536 (/24s in 172.16.0.0/12)"
+[[ $RATE_PPS =~ ^[0-9]+$ && $RATE_PPS -le 1000000 ]] || die "RATE_PPS must be 0..1000000"
 [[ $COUNT =~ ^[0-9]+$ && $SECONDS_MAX =~ ^[0-9]+$ && $COUNT -gt 0 && $SECONDS_MAX -gt 0 ]] ||
   die "COUNT and SECONDS_MAX must be positive integers (the flood is always bounded)"
 
@@ -173,7 +188,7 @@ ip -n "$NS_R" neigh replace "$GOOD_IP" lladdr "$S_MAC" dev r0 nud permanent
 write_config() {
   cat >"$work/sbc.toml" <<EOF
 [external]
-udp = ["$R_IP:$PORT"]
+udp = ["$R_IP:$PORT", "$R_IP:$BANNED_PORT"]
 tcp = ["$R_IP:$PORT"]
 [internal]
 udp = ["127.0.0.2:5060"]
@@ -189,6 +204,7 @@ level = "info"
 socket = "$work/admin/sbc.sock"
 [trunk]
 allowlist = "$work/allow.txt"
+protected = ["$R_IP:$PORT/udp", "$R_IP:$PORT/tcp"]
 $1
 EOF
 }
@@ -246,13 +262,20 @@ xf_drops() { # xdp-filter's own XDP_DROP counter (its xdp_stats_map, summed over
 # The flood's frame, for BPF_PROG_TEST_RUN: Ethernet / IPv4 198.51.100.66 -> 192.0.2.1 /
 # UDP 40000 -> 5060 / 200 bytes of 'f' (what udp_flood sends).
 hex2bin() { local h=$1 out=""; for ((i = 0; i < ${#h}; i += 2)); do out+="\\x${h:i:2}"; done; printf "%b" "$out"; }
-{ hex2bin 0200000000020200000000010800450000e40001000040118d91c6336442c00002019c4013c400d00000
-  printf 'f%.0s' $(seq 200); } >"$work/frame.bin"
+frame() { # src IPv4 as 8 hex digits, dst port as 4 hex digits (checksums are not checked in XDP)
+  hex2bin "0200000000020200000000010800450000e40001000040118d91${1}c00002019c40${2}00d00000"
+  printf 'f%.0s' $(seq 200)
+}
+frame c6336442 13c4 >"$work/frame-$PORT.bin"                     # 198.51.100.66 -> :5060
+frame c6336442 "$(printf %04x "$BANNED_PORT")" >"$work/frame-$BANNED_PORT.bin"
+frame cb00710a 13c4 >"$work/frame-listed.bin"                   # 203.0.113.10 (listed) -> :5060
+flood_port=$PORT
+flood_src=$BAD_IP
 
-test_run_ns() { # id -> average ns per run of the frame, REPEAT times, with bpf_stats off (its two
-  # clock reads per run cost more than a small program on this kind of VM)
+test_run_ns() { # id frame -> average ns per run of the frame, REPEAT times, with bpf_stats off (its
+  # two clock reads per run cost more than a small program on this kind of VM)
   sysctl -qw kernel.bpf_stats_enabled=0
-  bpftool prog run id "$1" data_in "$work/frame.bin" repeat "$REPEAT" 2>&1 |
+  bpftool prog run id "$1" data_in "$2" repeat "$REPEAT" 2>&1 |
     sed -n 's/.*duration (average): \([0-9]*\)ns.*/\1/p' | head -1
   sysctl -qw kernel.bpf_stats_enabled=1
 }
@@ -287,7 +310,8 @@ FOREVER="0xff 0xff 0xff 0xff 0xff 0xff 0xff 0xff"   # BAN_FOREVER, ebpf/common
 prog_map_id() {
   local m
   for m in $(bpftool prog show id "$1" | sed -n 's/.*map_ids \([0-9,]*\).*/\1/p' | tr , ' '); do
-    bpftool map show id "$m" | grep -q " name $2 " && { echo "$m"; return; }
+    # (not `| grep -q`: grep exiting first can fail bpftool with SIGPIPE, and pipefail the test)
+    [[ $(bpftool map show id "$m") == *" name $2 "* ]] && { echo "$m"; return; }
   done
 }
 
@@ -295,7 +319,7 @@ map_len() { bpftool -j map dump "$1" "$2" | python3 -c 'import json, sys; print(
 
 # --- one phase ------------------------------------------------------------------------------
 
-declare -A sent secs pps drops runs nspp trns cpu_s cpu_ms req listed
+declare -A sent secs pps drops runs nspp trns cpu_s cpu_ms req listed LISTED_TRNS
 sysctl -qw kernel.bpf_stats_enabled=1
 
 measure() { # $1 = phase; $2 = prog id ("" for none); drops come from drop_counter
@@ -305,9 +329,9 @@ measure() { # $1 = phase; $2 = prog id ("" for none); drops come from drop_count
   d0=$(drop_counter "$s0")
   [[ -n $id ]] && read -r t0 c0 < <(prog_stats "$id")
   read -r k0 n0 < <(sbc_cpu)
-  log "$ph: flood $COUNT datagrams max, ${SECONDS_MAX}s max, $BAD_IP -> $R_IP:$PORT"
+  log "$ph: flood $COUNT datagrams max, ${SECONDS_MAX}s max, $flood_src -> $R_IP:$flood_port"
   out=$(timeout $((SECONDS_MAX + 30)) nsenter --net="/var/run/netns/$NS_S" -- \
-    "$FLOOD" --src "$BAD_IP" --dst "$R_IP:$PORT" --count "$COUNT" --seconds "$SECONDS_MAX" --len "$LEN")
+    "$FLOOD" --src "$flood_src" --dst "$R_IP:$flood_port" --count "$COUNT" --seconds "$SECONDS_MAX" --len "$LEN")
   sleep 0.5   # let the receiving side drain
   read -r k1 n1 < <(sbc_cpu)
   [[ -n $id ]] && read -r t1 c1 < <(prog_stats "$id")
@@ -321,7 +345,7 @@ measure() { # $1 = phase; $2 = prog id ("" for none); drops come from drop_count
   runs[$ph]=$((c1 - c0))
   nspp[$ph]=$(awk -v t=$((t1 - t0)) -v c=$((c1 - c0)) 'BEGIN {if (c) printf "%.1f", t / c; else print "—"}')
   trns[$ph]="—"
-  [[ -n $id ]] && trns[$ph]=$(test_run_ns "$id")
+  [[ -n $id ]] && trns[$ph]=$(test_run_ns "$id" "$work/frame-$flood_port.bin")
   cpu_s[$ph]=$(awk -v k=$((k1 - k0)) -v hz="$hz" 'BEGIN {printf "%.2f", k / hz}')
   cpu_ms[$ph]=$(awk -v n=$((n1 - n0)) 'BEGIN {printf "%.1f", n / 1e6}')
   r0=$(stat_of "$s0" sip.requests_in)
@@ -345,19 +369,35 @@ grep -q "XDP filter attached" "$work/sbc-sbc.log" || { tail -20 "$work/sbc-sbc.l
 OURS_ID=$(xdp_prog_id)
 [[ -n $OURS_ID ]] || die "no XDP program on r0"
 OURS_NAME=$(bpftool prog show id "$OURS_ID" | sed -n 's/^[0-9]*: xdp *name \([^ ]*\).*/\1/p')
-if ((BANS > 0)); then
-  HOST_MAP=$(prog_map_id "$OURS_ID" BLOCK_V4_HOST)
-  CONFIG_MAP=$(prog_map_id "$OURS_ID" CONFIG)
-  [[ -n $HOST_MAP && -n $CONFIG_MAP ]] || die "no BLOCK_V4_HOST / CONFIG map on program $OURS_ID"
-  log "sbc: $BANS bans into BLOCK_V4_HOST (map $HOST_MAP)"
-  ban_keys "$BANS" | awk -v m="$HOST_MAP" -v v="$FOREVER" '{print "map update id " m " key " $0 " value " v}' >"$work/bans.batch"
-  t_b0=$(date +%s.%N)
-  bpftool batch file "$work/bans.batch" >/dev/null
-  bpftool map update id "$CONFIG_MAP" key 2 0 0 0 value $(le32 "$BANS")   # config::BLOCK_V4_HOST_LEN
-  BANS_LOAD_S=$(awk -v a="$t_b0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
-  loaded=$(map_len id "$HOST_MAP")
-  [[ $loaded == "$BANS" ]] || die "BLOCK_V4_HOST holds $loaded entries, not $BANS"
-fi
+load_bans() { # prog id: the bans into its maps (what XdpFilter::block writes)
+  if ((BANS > 0)); then
+    HOST_MAP=$(prog_map_id "$1" BLOCK_V4_HOST)
+    CONFIG_MAP=$(prog_map_id "$1" CONFIG)
+    [[ -n $HOST_MAP && -n $CONFIG_MAP ]] || die "no BLOCK_V4_HOST / CONFIG map on program $1"
+    log "sbc: $BANS bans into BLOCK_V4_HOST (map $HOST_MAP)"
+    ban_keys "$BANS" | awk -v m="$HOST_MAP" -v v="$FOREVER" '{print "map update id " m " key " $0 " value " v}' >"$work/bans.batch"
+    t_b0=$(date +%s.%N)
+    bpftool batch file "$work/bans.batch" >/dev/null
+    bpftool map update id "$CONFIG_MAP" key 2 0 0 0 value $(le32 "$BANS")   # config::BLOCK_V4_HOST_LEN
+    BANS_LOAD_S=$(awk -v a="$t_b0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+    loaded=$(map_len id "$HOST_MAP")
+    [[ $loaded == "$BANS" ]] || die "BLOCK_V4_HOST holds $loaded entries, not $BANS"
+  fi
+  if ((PREFIX_BANS > 0)); then
+    TRIE_MAP=$(prog_map_id "$1" BLOCK_V4)
+    CONFIG_MAP=$(prog_map_id "$1" CONFIG)
+    [[ -n $TRIE_MAP && -n $CONFIG_MAP ]] || die "no BLOCK_V4 / CONFIG map on program $1"
+    log "sbc: $PREFIX_BANS /24 bans into BLOCK_V4 (map $TRIE_MAP)"
+    # LPM key: prefix length (u32, little-endian) then the address; 172.16.0.0/24 onwards
+    awk -v n="$PREFIX_BANS" -v m="$TRIE_MAP" -v v="$FOREVER" 'BEGIN { for (i = 0; i < n; i++)
+      printf "map update id %s key 0x18 0 0 0 0xac 0x%02x 0x%02x 0 value %s\n", m, 16 + int(i / 256), i % 256, v }' \
+      >"$work/prefix-bans.batch"
+    bpftool batch file "$work/prefix-bans.batch" >/dev/null
+    bpftool map update id "$CONFIG_MAP" key 0 0 0 0 value $(le32 "$PREFIX_BANS")   # config::BLOCK_V4_LEN
+  fi
+}
+load_bans "$OURS_ID"
+LISTED_TRNS[sbc]=$(test_run_ns "$OURS_ID" "$work/frame-listed.bin")
 drop_counter() { stat_of "$1" xdp.drop_not_allowed; }
 measure sbc "$OURS_ID"
 if ((BANS > 0)); then
@@ -365,12 +405,42 @@ if ((BANS > 0)); then
   bpftool map update id "$HOST_MAP" key $(ip_key "$BAD_IP") value $FOREVER
   bpftool map update id "$CONFIG_MAP" key 2 0 0 0 value $(le32 $((BANS + 1)))
   drop_counter() { stat_of "$1" xdp.drop_blocked; }
+  flood_port=$BANNED_PORT
   measure sbc-banned "$OURS_ID"
+  flood_port=$PORT
 fi
 stop_sbc
 if [[ -n $(xdp_prog_id) ]]; then
   log "warning: the SBC left its program on r0; detaching"
   in_r ip link set r0 xdp off
+fi
+
+# 1b. The same with the per-source rate limit on ([guard] xdp_rate_pps): the unlisted flood
+# again (the allowlist drops it before the limit), test runs of the unlisted source's packet
+# to the unprotected SIP port (bans missed, then its bucket: the unlisted limit) and of the
+# listed carrier's (its bucket: the listed limit; REPEAT runs empty it, so this is the
+# rate-limited drop), and a flood from the listed carrier's address (a spoofed provider):
+# all but its burst and rate dropped in XDP.
+if ((RATE_PPS > 0)); then
+  log "sbc-rate: the SBC with xdp_rate_pps = $RATE_PPS (listed: 10x)"
+  start_sbc sbc-rate "interface = \"r0\"
+xdp_mode = \"native\"
+[guard]
+xdp_rate_pps = $RATE_PPS"
+  grep -q "XDP per-source rate limit on" "$work/sbc-sbc-rate.log" || { tail -20 "$work/sbc-sbc-rate.log" >&2; die "no rate limit"; }
+  RATE_ID=$(xdp_prog_id)
+  [[ -n $RATE_ID ]] || die "no XDP program on r0 (rate phase)"
+  load_bans "$RATE_ID"
+  RATE_TRNS_LISTED=$(test_run_ns "$RATE_ID" "$work/frame-listed.bin")
+  RATE_TRNS_ACCESS=$(test_run_ns "$RATE_ID" "$work/frame-$BANNED_PORT.bin")
+  drop_counter() { stat_of "$1" xdp.drop_not_allowed; }
+  measure sbc-rate "$RATE_ID"
+  drop_counter() { stat_of "$1" xdp.drop_rate_limited_listed; }
+  flood_src=$GOOD_IP
+  measure sbc-rate-listed "$RATE_ID"
+  flood_src=$BAD_IP
+  stop_sbc
+  [[ -z $(xdp_prog_id) ]] || in_r ip link set r0 xdp off
 fi
 
 # 2. xdp-filter in front of the same SBC (userspace list only), same veth.
@@ -385,10 +455,19 @@ awk -v m="$ports_map" -v skip="$PORT" 'BEGIN {
     printf "map update pinned %s key 0x%02x 0x%02x 0 0 value 0x0e 0 0 0 0 0 0 0\n", m, int(p / 256), p % 256 }' \
   >"$work/ports.batch"
 bpftool batch file "$work/ports.batch" >/dev/null
+ipv4_map=$LIBXDP_BPFFS/xdp-filter/filter_ipv4
+[[ -e $ipv4_map ]] || die "xdp-filter's IPv4 map is not at $ipv4_map"
+XF_CAP=$(bpftool map show pinned "$ipv4_map" | sed -n 's/.*max_entries \([0-9]*\).*/\1/p')
+XF_BANS=$((BANS < XF_CAP - 1 ? BANS : XF_CAP - 1))
+# MAP_FLAG_SRC = 0x01, a per-CPU u64 (bpftool copies the value to every CPU)
+ban_keys "$XF_BANS" | awk -v m="$ipv4_map" '{print "map update pinned " m " key " $0 " value 0x01 0 0 0 0 0 0 0"}' >"$work/xf-bans.batch"
+bpftool batch file "$work/xf-bans.batch" >/dev/null
+XF_DENY_LOADED=$(map_len pinned "$ipv4_map")
 XF_ID=$(xdp_prog_id)
 [[ -n $XF_ID ]] || die "no XDP program on r0 after xdp-filter load"
 XF_NAME=$(bpftool prog show id "$XF_ID" | sed -n 's/^[0-9]*: [a-z]* *name \([^ ]*\).*/\1/p')
 XF_FEATURES=$(in_r xdp-filter status | awk '/r0 \(native mode\)/ && !n++ {print $NF}')
+LISTED_TRNS[xdp-filter]=$(test_run_ns "$XF_ID" "$work/frame-listed.bin")
 start_sbc xdp-filter ""
 drop_counter() { xf_drops; }
 measure xdp-filter "$XF_ID"
@@ -400,12 +479,6 @@ if ((BANS > 0)); then
   log "xf-banned: xdp-filter (native, allow policy) with the bans on r0"
   in_r xdp-filter load r0 --mode native --policy allow >/dev/null
   in_r xdp-filter ip "$BAD_IP" --mode src >/dev/null
-  ipv4_map=$LIBXDP_BPFFS/xdp-filter/filter_ipv4
-  [[ -e $ipv4_map ]] || die "xdp-filter's IPv4 map is not at $ipv4_map"
-  XF_CAP=$(bpftool map show pinned "$ipv4_map" | sed -n 's/.*max_entries \([0-9]*\).*/\1/p')
-  XF_BANS=$((BANS < XF_CAP - 1 ? BANS : XF_CAP - 1))
-  # MAP_FLAG_SRC = 0x01, a per-CPU u64 (bpftool copies the value to every CPU)
-  ban_keys "$XF_BANS" | awk -v m="$ipv4_map" '{print "map update pinned " m " key " $0 " value 0x01 0 0 0 0 0 0 0"}' >"$work/xf-bans.batch"
   bpftool batch file "$work/xf-bans.batch" >/dev/null
   XF_LOADED=$(map_len pinned "$ipv4_map")
   XFB_ID=$(xdp_prog_id)
@@ -413,7 +486,9 @@ if ((BANS > 0)); then
   XFB_NAME=$(bpftool prog show id "$XFB_ID" | sed -n 's/^[0-9]*: [a-z]* *name \([^ ]*\).*/\1/p')
   start_sbc xf-banned ""
   drop_counter() { xf_drops; }
+  flood_port=$BANNED_PORT
   measure xf-banned "$XFB_ID"
+  flood_port=$PORT
   stop_sbc
   in_r xdp-filter unload r0 >/dev/null
 fi
@@ -463,7 +538,7 @@ rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 xf_ver=$(dpkg-query -W -f '${Version}' xdp-tools 2>/dev/null || echo unknown)
 rate_sbc=$(rate "${drops[sbc]}" "${secs[sbc]}")
 rate_xf=$(rate "${drops[xdp-filter]}" "${secs[xdp-filter]}")
-cmd="COUNT=$COUNT SECONDS_MAX=$SECONDS_MAX LEN=$LEN REPEAT=$REPEAT ALLOW_PREFIXES=$ALLOW_PREFIXES BANS=$BANS FLOOR=$FLOOR BASELINE=$BASELINE bench/xdp/run.sh"
+cmd="COUNT=$COUNT SECONDS_MAX=$SECONDS_MAX LEN=$LEN REPEAT=$REPEAT ALLOW_PREFIXES=$ALLOW_PREFIXES BANS=$BANS PREFIX_BANS=$PREFIX_BANS BANNED_PORT=$BANNED_PORT RATE_PPS=$RATE_PPS FLOOR=$FLOOR BASELINE=$BASELINE bench/xdp/run.sh"
 if [[ ! -s $RESULTS ]]; then
   printf '# Benchmark results\n\nSide-by-side runs, appended by the bench scripts (newest last).\n' >"$RESULTS"
 fi
@@ -475,8 +550,8 @@ fi
   echo "- peers: sbc @ $rev ($SBC), its XDP program \`$OURS_NAME\` attached natively to the veth by the daemon (\`[trunk] interface = \"r0\"\`, \`xdp_mode = \"native\"\`); xdp-filter from Debian's xdp-tools $xf_ver (program \`$XF_NAME\`, features $XF_FEATURES), native mode, same veth; $(bpftool version 2>/dev/null | head -1)"
   echo "- command: \`$cmd\` (\`just bench-xdp\` builds and runs it with the defaults)"
   echo "- flood: udp_flood (one thread) from the unlisted $BAD_IP to $R_IP:$PORT/udp, $LEN-byte payload, at most $COUNT datagrams and ${SECONDS_MAX} s, netns → veth → netns; sender and receiver share the same $(nproc) CPUs"
-  echo "- SBC: external udp+tcp $R_IP:$PORT, protected = those (the default), allowlist $GOOD_IP/32 + $ALLOW_PREFIXES filler /32s, blocklist $BANS single-address bans in 10.0.0.0/8 (not the flood's source; BLOCK_V4_HOST, written with bpftool in ${BANS_LOAD_S:-0} s); with xdp-filter the same SBC runs without \`[trunk] interface\` (userspace list only) behind it"
-  echo "- xdp-filter: \`xdp-filter load r0 --mode native --policy deny\`, \`xdp-filter ip $GOOD_IP --mode src\`, and UDP+TCP destination ports 1–65535 except $PORT allowed (65534 entries written to its pinned port map, value dst|tcp|udp, what \`xdp-filter port P --mode dst --proto tcp,udp\` writes): UDP/TCP to port $PORT dropped unless from $GOOD_IP, other ports pass; broader than ours (the port rule holds for every destination address; non-UDP/TCP IP and ARP from unlisted sources dropped)"
+  echo "- SBC: external udp+tcp $R_IP:$PORT and udp $R_IP:$BANNED_PORT (an unprotected SIP port), protected = $R_IP:$PORT udp+tcp, allowlist $GOOD_IP/32 + $ALLOW_PREFIXES filler /32s, blocklist $BANS single-address bans in 10.0.0.0/8 (not the flood's source; BLOCK_V4_HOST, written with bpftool in ${BANS_LOAD_S:-0} s) and $PREFIX_BANS /24 bans from 172.16.0.0 (BLOCK_V4); with xdp-filter the same SBC runs without \`[trunk] interface\` (userspace list only) behind it"
+  echo "- xdp-filter: \`xdp-filter load r0 --mode native --policy deny\`, \`xdp-filter ip $GOOD_IP --mode src\`, and UDP+TCP destination ports 1–65535 except $PORT allowed (65534 entries written to its pinned port map, value dst|tcp|udp, what \`xdp-filter port P --mode dst --proto tcp,udp\` writes): UDP/TCP to port $PORT dropped unless from $GOOD_IP, other ports pass; broader than ours (the port rule holds for every destination address; non-UDP/TCP IP and ARP from unlisted sources dropped); its filter_ipv4 loaded with ${XF_DENY_LOADED} entries (the carrier and the first $XF_BANS of our 10/8 bans; capacity $XF_CAP; it has no prefix match)"
   echo "- ns/packet: kernel.bpf_stats_enabled=1 during the run (restored to $OLD_STATS), \`bpftool prog show\` run_time_ns / run_cnt over the flood; includes bpf_stats' own timing of each run (see the floor); BPF_PROG_TEST_RUN: the flood's frame, repeat $REPEAT, bpf_stats off"
   echo
   echo "| | SBC (its XDP) | xdp-filter | SBC / xdp-filter |"
@@ -486,6 +561,7 @@ fi
   echo "| drop rate, drops/s over the flood (higher is better; sender-bound) | $rate_sbc | $rate_xf | $(ratio "$rate_sbc" "$rate_xf") |"
   echo "| ns/packet in the program, live (bpf_stats; lower is better) | ${nspp[sbc]} | ${nspp[xdp-filter]} | $(ratio "${nspp[sbc]}" "${nspp[xdp-filter]}") |"
   echo "| ns/packet, BPF_PROG_TEST_RUN ×$REPEAT (lower is better) | ${trns[sbc]} | ${trns[xdp-filter]} | $(ratio "${trns[sbc]}" "${trns[xdp-filter]}") |"
+  echo "| ns/packet, BPF_PROG_TEST_RUN, a packet of the listed $GOOD_IP (passed; ours: allowlist hit + both ban lookups) | ${LISTED_TRNS[sbc]} | ${LISTED_TRNS[xdp-filter]} | $(ratio "${LISTED_TRNS[sbc]}" "${LISTED_TRNS[xdp-filter]}") |"
   if [[ $FLOOR == 1 ]]; then
     above_sbc=$(awk -v a="${nspp[sbc]}" -v f="${nspp[floor]}" 'BEGIN {printf "%.1f", a - f}')
     above_xf=$(awk -v a="${nspp[xdp-filter]}" -v f="${nspp[floor]}" 'BEGIN {printf "%.1f", a - f}')
@@ -500,7 +576,7 @@ fi
   echo
   if ((BANS > 0)); then
     echo
-    echo "Flood from a banned source (198.51.100.66 added to the bans): ours with $((BANS + 1)) bans in its address hash (plus the allowlist), xdp-filter (\`--policy allow\`, program \`$XFB_NAME\`) with $XF_LOADED bans in its filter_ipv4 (capacity $XF_CAP), the same flood:"
+    echo "Flood from a banned source (198.51.100.66 added to the bans) to $R_IP:$BANNED_PORT/udp (not protected: bans decide there): ours with $((BANS + 1)) bans in its address hash and $PREFIX_BANS in its trie (plus the allowlist), xdp-filter (\`--policy allow\`, program \`$XFB_NAME\`) with $XF_LOADED bans in its filter_ipv4 (capacity $XF_CAP), the same flood:"
     echo
     echo "| | SBC (its XDP) | xdp-filter | SBC / xdp-filter |"
     echo "|---|---:|---:|---:|"
@@ -512,6 +588,21 @@ fi
     echo "| SBC sip.requests_in delta during the flood | ${req[sbc-banned]} | ${req[xf-banned]} | |"
     echo "| then 5 OPTIONS from the listed $GOOD_IP reached the SBC | ${listed[sbc-banned]} | ${listed[xf-banned]} | |"
     echo
+  fi
+  if ((RATE_PPS > 0)); then
+    rl_passed=$((${sent[sbc-rate-listed]} - ${drops[sbc-rate-listed]}))
+    rl_bound=$(awk -v p="$RATE_PPS" -v s="${secs[sbc-rate-listed]}" 'BEGIN {printf "%.0f", 10 * p + 10 * p * s}')
+    echo
+    echo "The per-source rate limit on (\`[guard] xdp_rate_pps = $RATE_PPS\`, burst the same; allowlisted sources 10× both), the same bans loaded, a fresh SBC:"
+    echo
+    echo "| | SBC (its XDP), rate limit on | rate limit off (above) | xdp-filter (above) |"
+    echo "|---|---:|---:|---:|"
+    echo "| unlisted flood to $PORT: ns/packet live (dropped by the allowlist first) | ${nspp[sbc-rate]} | ${nspp[sbc]} | ${nspp[xdp-filter]} |"
+    echo "| unlisted flood to $PORT: ns/packet, BPF_PROG_TEST_RUN | ${trns[sbc-rate]} | ${trns[sbc]} | ${trns[xdp-filter]} |"
+    echo "| the listed $GOOD_IP's packet, BPF_PROG_TEST_RUN (on: its bucket empties, the rate-limited drop) | $RATE_TRNS_LISTED | ${LISTED_TRNS[sbc]} | ${LISTED_TRNS[xdp-filter]} |"
+    echo "| an unlisted packet to the unprotected SIP port $BANNED_PORT, BPF_PROG_TEST_RUN (on: bans missed, its bucket) | $RATE_TRNS_ACCESS | | |"
+    echo
+    echo "- flood from the listed $GOOD_IP (a spoofed provider) to $R_IP:$PORT, rate limit on: ${sent[sbc-rate-listed]} sent in ${secs[sbc-rate-listed]} s, ${drops[sbc-rate-listed]} dropped in XDP as xdp.drop_rate_limited_listed ($(pct "${drops[sbc-rate-listed]}" "${sent[sbc-rate-listed]}")), $rl_passed passed to the SBC (burst + rate × duration = $rl_bound), ${nspp[sbc-rate-listed]} ns/packet live, ${trns[sbc-rate-listed]} ns test run (the unlisted frame); SBC CPU ${cpu_s[sbc-rate-listed]} s"
   fi
   if [[ $FLOOR == 1 ]]; then
     echo "- floor, the two-instruction XDP_DROP program (bench/xdp/xdp_drop_floor.py, native, same veth, same SBC behind it): ${sent[floor]} sent in ${secs[floor]} s, ${drops[floor]} dropped, $(rate "${drops[floor]}" "${secs[floor]}") drops/s, ${nspp[floor]} ns/packet live, ${trns[floor]} ns test run; SBC CPU ${cpu_s[floor]} s (${cpu_ms[floor]} ms), requests_in +${req[floor]}"

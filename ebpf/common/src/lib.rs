@@ -37,6 +37,10 @@ pub mod map {
     pub const PORTS: &str = "PORTS";
     /// `ARRAY` of `u32`, indexed by [`config`](crate::config).
     pub const CONFIG: &str = "CONFIG";
+    /// `LRU_HASH`: [`RateKey`](crate::RateKey) → [`RateState`](crate::RateState). The per-source
+    /// token buckets of the packet-rate limit; LRU, so a spoofed spray of sources evicts the
+    /// coldest buckets (which start full again) instead of filling the map.
+    pub const RATE: &str = "RATE";
 }
 
 /// Bits of a `PORTS` entry. `*_EXACT`: some (address, port, proto) in `PROTECTED` has this
@@ -53,6 +57,11 @@ pub mod port_flags {
     pub const UDP_ANY_V6: u8 = 16;
     /// IPv6 wildcard (`::`), TCP.
     pub const TCP_ANY_V6: u8 = 32;
+    /// UDP to this port (any local address) is an external SIP port: the per-source packet
+    /// rate limit applies (when on).
+    pub const RATE_UDP: u8 = 64;
+    /// [`RATE_UDP`] for TCP (every segment counts, handshake included).
+    pub const RATE_TCP: u8 = 128;
 }
 
 /// Indices of `CONFIG`.
@@ -65,8 +74,31 @@ pub mod config {
     pub const BLOCK_V4_HOST_LEN: u32 = 2;
     /// Number of addresses in `BLOCK_V6_HOST` (0: the program skips the hash lookup).
     pub const BLOCK_V6_HOST_LEN: u32 = 3;
+    /// 1: every exact (non-wildcard) protected IPv4 destination has the address in
+    /// [`PROTECTED_V4_ADDR`], so the program compares the destination address with it
+    /// instead of looking up `PROTECTED`; 0: look up `PROTECTED`.
+    pub const PROTECTED_V4_ONE: u32 = 4;
+    /// The one exact protected IPv4 address (its 4 octets as a native-endian `u32`).
+    pub const PROTECTED_V4_ADDR: u32 = 5;
+    /// [`PROTECTED_V4_ONE`] for IPv6.
+    pub const PROTECTED_V6_ONE: u32 = 6;
+    /// The one exact protected IPv6 address: 4 slots from here, octets 0..4, 4..8, 8..12,
+    /// 12..16, each as a native-endian `u32`.
+    pub const PROTECTED_V6_ADDR: u32 = 7;
+    /// Rate limit of sources not on the allowlist (every source on an unprotected SIP port):
+    /// ns between two packets at the sustained rate (`1e9 / pps`); 0: no limit.
+    pub const RATE_EMISSION_NS: u32 = 11;
+    /// Packets such a source may send at once (the bucket's size).
+    pub const RATE_BURST: u32 = 12;
+    /// [`RATE_EMISSION_NS`] for allowlisted sources on the protected ports; 0: no limit.
+    pub const RATE_LISTED_EMISSION_NS: u32 = 13;
+    /// [`RATE_BURST`] for allowlisted sources.
+    pub const RATE_LISTED_BURST: u32 = 14;
+    /// The IPv6 source mask of the rate key (4 slots from here, like
+    /// [`PROTECTED_V6_ADDR`]): an IPv6 source is limited per prefix (e.g. /64).
+    pub const RATE_V6_MASK: u32 = 15;
     /// Number of slots.
-    pub const LEN: u32 = 4;
+    pub const LEN: u32 = 19;
 }
 
 /// The XDP program's function name in the object.
@@ -111,6 +143,20 @@ pub const fn ban_expiry(ns: u64) -> BanExpiry {
 pub const fn ban_expiry_ns(e: BanExpiry) -> u64 {
     u64::from_ne_bytes(e)
 }
+
+/// Capacity of `RATE` (LRU: full, the least recently used bucket is evicted).
+pub const RATE_MAX_ENTRIES: u32 = 65_536;
+
+/// Key of `RATE`: the source address, IPv4-mapped for IPv4 (RFC 4291 §2.5.5.2), IPv6 masked
+/// to the configured prefix.
+pub type RateKey = [u8; 16];
+
+/// Value of `RATE`: the bucket as GCRA keeps it (ITU-T I.371's virtual scheduling), one
+/// number: the theoretical arrival time of the next packet, ns on the kernel's monotonic
+/// clock. A packet at `now` passes if `max(tat, now) + emission - now <= burst × emission`
+/// and moves `tat` to `max(tat, now) + emission`; a dropped packet changes nothing. Equivalent
+/// to a token bucket of `burst` tokens refilled at one per `emission` ns.
+pub type RateState = u64;
 
 /// Value stored in the LPM tries and in `PROTECTED`; only presence matters.
 pub type FlagValue = u8;
@@ -197,11 +243,17 @@ pub enum Stat {
     DropBlocked = 7,
     /// A map the program needs was missing (e.g. allowlist slot empty): passed (fail open).
     PassInternalError = 8,
+    /// Over the per-source packet rate on an external SIP port, from a source not on the
+    /// allowlist: dropped.
+    DropRateLimited = 9,
+    /// Over the (higher) per-source packet rate of allowlisted sources on a protected port
+    /// (a provider's address: real, or spoofed): dropped.
+    DropRateLimitedListed = 10,
 }
 
 impl Stat {
     /// Number of counters (`max_entries` of `STATS`).
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 11;
     /// All counters, in index order.
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::PassNonIp,
@@ -213,6 +265,8 @@ impl Stat {
         Stat::DropNotAllowed,
         Stat::DropBlocked,
         Stat::PassInternalError,
+        Stat::DropRateLimited,
+        Stat::DropRateLimitedListed,
     ];
 
     /// Stable snake_case name (used for metrics and `sbc stats`).
@@ -227,6 +281,8 @@ impl Stat {
             Stat::DropNotAllowed => "drop_not_allowed",
             Stat::DropBlocked => "drop_blocked",
             Stat::PassInternalError => "pass_internal_error",
+            Stat::DropRateLimited => "drop_rate_limited",
+            Stat::DropRateLimitedListed => "drop_rate_limited_listed",
         }
     }
 }

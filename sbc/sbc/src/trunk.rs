@@ -20,7 +20,7 @@ use sbc_policy::allowlist::Allowlist;
 use sbc_proto::engine::{Admit, Flow, Guard, Side};
 use sbc_proto::sip::sanity::Checked;
 use sbc_proto::sip::uri::Transport;
-use sbc_xdp::{AttachMode, Proto, XdpFilter};
+use sbc_xdp::{AttachMode, Proto, RateLimit, RateLimits, XdpFilter};
 
 use crate::config::{Trunk as TrunkConfig, XdpMode};
 
@@ -82,6 +82,23 @@ impl Trunk {
                         .collect();
                     f.set_protected(&dests).map_err(|e| e.to_string())?;
                     f.replace_allowlist(&trunk.list.xdp_prefixes()).map_err(|e| e.to_string())?;
+                    if let Some(r) = cfg.xdp_rate {
+                        let ports: Vec<(u16, Proto)> = cfg
+                            .sip_ports
+                            .iter()
+                            .map(|&(p, tcp)| (p, if tcp { Proto::Tcp } else { Proto::Udp }))
+                            .collect();
+                        let limits = RateLimits {
+                            unlisted: RateLimit { pps: r.pps, burst: r.burst },
+                            listed: RateLimit { pps: r.listed_pps, burst: r.listed_burst },
+                            ipv6_prefix_len: r.ipv6_prefix_len,
+                        };
+                        f.set_rate_limit(Some(&limits), &ports).map_err(|e| e.to_string())?;
+                        tracing::info!(
+                            pps = r.pps, burst = r.burst, listed_pps = r.listed_pps, listed_burst = r.listed_burst,
+                            ports = ?cfg.sip_ports, "XDP per-source rate limit on"
+                        );
+                    }
                     trunk.xdp = Some(f);
                 }
                 Err(e) => {

@@ -96,6 +96,33 @@ impl Proto {
     }
 }
 
+/// One per-source packet-rate limit: `burst` packets at once, then `pps` per second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub pps: u32,
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// The program's emission interval, ns between two packets at `pps` (at least 1; 0 is
+    /// "off" to the program, and `pps` 0 is off here too).
+    fn emission_ns(self) -> u32 {
+        1_000_000_000u32.checked_div(self.pps).map_or(0, |ns| ns.max(1))
+    }
+}
+
+/// The per-source packet-rate limits of [`XdpFilter::set_rate_limit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Sources not on the allowlist, on an external SIP port that is not protected (the
+    /// allowlist already drops them on the protected ones).
+    pub unlisted: RateLimit,
+    /// Allowlisted sources on a protected port (providers: rate limited, never banned).
+    pub listed: RateLimit,
+    /// An IPv6 source is limited per prefix of this length (`0..=128`).
+    pub ipv6_prefix_len: u8,
+}
+
 /// Everything that can go wrong; each variant names the interface or map concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
@@ -174,6 +201,12 @@ impl Counters {
     pub fn pass_internal_error(&self) -> u64 {
         self.get(Stat::PassInternalError)
     }
+    pub fn drop_rate_limited(&self) -> u64 {
+        self.get(Stat::DropRateLimited)
+    }
+    pub fn drop_rate_limited_listed(&self) -> u64 {
+        self.get(Stat::DropRateLimitedListed)
+    }
 
     /// Packets seen (every packet increments exactly one counter).
     pub fn total(&self) -> u64 {
@@ -224,7 +257,10 @@ pub struct XdpFilter {
     ports: Array<MapData, u8>,
     config: Array<MapData, u32>,
     protected_now: Vec<ProtectedKey>,
+    /// `PORTS` as written: the protection bits of `protected_now` ...
     ports_now: BTreeMap<u16, u8>,
+    /// ... or'ed with these rate bits ([`XdpFilter::set_rate_limit`]).
+    rate_ports: BTreeMap<u16, u8>,
     /// The blocklist as written to the maps: prefix → its [`BanExpiry`].
     blocked: BTreeMap<Prefix, BanExpiry>,
     /// Entries per blocklist map, indexed like [`BlockMap::config_index`]: kept here so
@@ -314,6 +350,7 @@ impl XdpFilter {
             config,
             protected_now: Vec::new(),
             ports_now: BTreeMap::new(),
+            rate_ports: BTreeMap::new(),
             blocked: BTreeMap::new(),
             block_len: [0; 4],
         };
@@ -372,14 +409,19 @@ impl XdpFilter {
             });
         }
         let new_ports = port_table(&keys);
+        // The hash decides while the sets change; the one-address compare comes back last.
+        for one in [config::PROTECTED_V4_ONE, config::PROTECTED_V6_ONE] {
+            self.config.set(one, 0, 0).map_err(map_err(map::CONFIG, "set"))?;
+        }
         for k in &keys {
             self.protected.insert(k, PRESENT, 0).map_err(map_err(map::PROTECTED, "insert"))?;
         }
         // Union first, then removals, then the exact new flags.
         let touched: BTreeSet<u16> = self.ports_now.keys().chain(new_ports.keys()).copied().collect();
+        let rate = |port: &u16| self.rate_ports.get(port).copied().unwrap_or(0);
         for &port in &touched {
             let union = self.ports_now.get(&port).copied().unwrap_or(0) | new_ports.get(&port).copied().unwrap_or(0);
-            self.ports.set(u32::from(port), union, 0).map_err(map_err(map::PORTS, "set"))?;
+            self.ports.set(u32::from(port), union | rate(&port), 0).map_err(map_err(map::PORTS, "set"))?;
         }
         let stale: Vec<ProtectedKey> =
             self.protected.keys().filter_map(Result::ok).filter(|k| !keys.contains(k)).collect();
@@ -390,12 +432,52 @@ impl XdpFilter {
                 Err(e) => return Err(map_err(map::PROTECTED, "remove")(e)),
             }
         }
+        let rate = |port: &u16| self.rate_ports.get(port).copied().unwrap_or(0);
         for &port in &touched {
             let flags = new_ports.get(&port).copied().unwrap_or(0);
-            self.ports.set(u32::from(port), flags, 0).map_err(map_err(map::PORTS, "set"))?;
+            self.ports.set(u32::from(port), flags | rate(&port), 0).map_err(map_err(map::PORTS, "set"))?;
+        }
+        let (one_v4, one_v6) = one_exact_address(&keys);
+        if let Some(a) = one_v4 {
+            self.config.set(config::PROTECTED_V4_ADDR, a, 0).map_err(map_err(map::CONFIG, "set"))?;
+            self.config.set(config::PROTECTED_V4_ONE, 1, 0).map_err(map_err(map::CONFIG, "set"))?;
+        }
+        if let Some(words) = one_v6 {
+            for (i, w) in (0u32..).zip(words) {
+                self.config.set(config::PROTECTED_V6_ADDR + i, w, 0).map_err(map_err(map::CONFIG, "set"))?;
+            }
+            self.config.set(config::PROTECTED_V6_ONE, 1, 0).map_err(map_err(map::CONFIG, "set"))?;
         }
         self.protected_now = keys;
         self.ports_now = new_ports;
+        Ok(())
+    }
+
+    /// Sets the per-source packet-rate limit (`None`: off) and the external SIP ports it
+    /// applies to (any local address on the interface). What the program does with it is in
+    /// `ebpf/xdp` (GCRA per source in an LRU hash; the allowlist and the blocklist decide
+    /// first). The limit is off while it changes (a few packets pass unlimited), never
+    /// half-set: both emission intervals go to 0 first and are written last.
+    pub fn set_rate_limit(&mut self, limits: Option<&RateLimits>, ports: &[(u16, Proto)]) -> Result<(), XdpError> {
+        let set =
+            |config: &mut Array<MapData, u32>, i: u32, v: u32| config.set(i, v, 0).map_err(map_err(map::CONFIG, "set"));
+        set(&mut self.config, config::RATE_EMISSION_NS, 0)?;
+        set(&mut self.config, config::RATE_LISTED_EMISSION_NS, 0)?;
+        let new_rate = if limits.is_some() { rate_port_table(ports) } else { BTreeMap::new() };
+        let touched: BTreeSet<u16> = self.rate_ports.keys().chain(new_rate.keys()).copied().collect();
+        for &port in &touched {
+            let flags = self.ports_now.get(&port).copied().unwrap_or(0) | new_rate.get(&port).copied().unwrap_or(0);
+            self.ports.set(u32::from(port), flags, 0).map_err(map_err(map::PORTS, "set"))?;
+        }
+        self.rate_ports = new_rate;
+        let Some(l) = limits else { return Ok(()) };
+        for (i, w) in (0u32..).zip(v6_mask_words(l.ipv6_prefix_len)) {
+            set(&mut self.config, config::RATE_V6_MASK + i, w)?;
+        }
+        set(&mut self.config, config::RATE_BURST, l.unlisted.burst.max(1))?;
+        set(&mut self.config, config::RATE_LISTED_BURST, l.listed.burst.max(1))?;
+        set(&mut self.config, config::RATE_EMISSION_NS, l.unlisted.emission_ns())?;
+        set(&mut self.config, config::RATE_LISTED_EMISSION_NS, l.listed.emission_ns())?;
         Ok(())
     }
 
@@ -618,6 +700,58 @@ fn protected_keys(dests: &[(IpAddr, u16, Proto)]) -> Vec<ProtectedKey> {
     keys
 }
 
+/// Per family, the address every exact (non-wildcard) protected key has, when they all have
+/// the same one, as the program's `CONFIG` words (`config::PROTECTED_V4_ADDR`,
+/// `config::PROTECTED_V6_ADDR`): then `PORTS` plus one compare is the exact test, and the
+/// program skips the `PROTECTED` hash lookup. `None` when a family has no exact key (nothing
+/// to compare) or several addresses (the hash decides).
+fn one_exact_address(keys: &[ProtectedKey]) -> (Option<u32>, Option<[u32; 4]>) {
+    let word = |b: &[u8]| -> u32 {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(b.get(..4).unwrap_or(&[0; 4]));
+        u32::from_ne_bytes(w)
+    };
+    let one = |v4: bool| {
+        let mut addrs = keys
+            .iter()
+            .filter(|k| k.addr != V4_WILDCARD && k.addr != V6_WILDCARD)
+            .filter(|k| (k.addr[..12] == V4_WILDCARD[..12]) == v4)
+            .map(|k| k.addr);
+        let first = addrs.next()?;
+        addrs.all(|a| a == first).then_some(first)
+    };
+    let v4 = one(true).map(|a| word(&a[12..]));
+    let v6 = one(false).map(|a| [word(&a[0..]), word(&a[4..]), word(&a[8..]), word(&a[12..])]);
+    (v4, v6)
+}
+
+/// `PORTS` rate bits for the external SIP ports.
+fn rate_port_table(ports: &[(u16, Proto)]) -> BTreeMap<u16, u8> {
+    let mut t = BTreeMap::new();
+    for &(port, p) in ports {
+        *t.entry(port).or_insert(0) |= match p {
+            Proto::Udp => port_flags::RATE_UDP,
+            Proto::Tcp => port_flags::RATE_TCP,
+        };
+    }
+    t
+}
+
+/// The IPv6 rate-key mask for a prefix length, as the program's four `CONFIG` words.
+fn v6_mask_words(len: u8) -> [u32; 4] {
+    let mut bytes = [0u8; 16];
+    for (i, b) in (0u32..).zip(bytes.iter_mut()) {
+        let bits = u32::from(len.min(128)).saturating_sub(8 * i).min(8);
+        *b = if bits == 0 { 0 } else { 0xffu8 << (8 - bits) };
+    }
+    let word = |i: usize| {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(bytes.get(i..i + 4).unwrap_or(&[0; 4]));
+        u32::from_ne_bytes(w)
+    };
+    [word(0), word(4), word(8), word(12)]
+}
+
 /// `PORTS` entries (non-zero only) for a set of protected keys.
 fn port_table(keys: &[ProtectedKey]) -> BTreeMap<u16, u8> {
     let mut t = BTreeMap::new();
@@ -708,6 +842,44 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert_eq!(t[&5060], port_flags::UDP_ANY_V4 | port_flags::TCP_ANY_V6 | port_flags::TCP_EXACT);
         assert_eq!(t[&5061], port_flags::UDP_EXACT);
+    }
+
+    #[test]
+    fn one_exact_address_per_family_or_none() {
+        let keys = protected_keys(&[
+            ("192.0.2.1".parse().unwrap(), 5060, Proto::Udp),
+            ("192.0.2.1".parse().unwrap(), 5061, Proto::Tcp),
+            ("0.0.0.0".parse().unwrap(), 5080, Proto::Udp),
+            ("::".parse().unwrap(), 5080, Proto::Udp),
+            ("2001:db8::1".parse().unwrap(), 5060, Proto::Udp),
+        ]);
+        let (v4, v6) = one_exact_address(&keys);
+        assert_eq!(v4, Some(u32::from_ne_bytes([192, 0, 2, 1])), "wildcards do not count");
+        let w = |b: [u8; 4]| u32::from_ne_bytes(b);
+        assert_eq!(v6, Some([w([0x20, 0x01, 0x0d, 0xb8]), 0, 0, w([0, 0, 0, 1])]));
+        let keys = protected_keys(&[
+            ("192.0.2.1".parse().unwrap(), 5060, Proto::Udp),
+            ("192.0.2.2".parse().unwrap(), 5060, Proto::Udp),
+            ("::".parse().unwrap(), 5060, Proto::Udp),
+        ]);
+        assert_eq!(one_exact_address(&keys), (None, None), "two v4 addresses: the hash; v6 wildcard only");
+    }
+
+    #[test]
+    fn rate_limit_parameters_as_the_program_reads_them() {
+        assert_eq!(RateLimit { pps: 100, burst: 5 }.emission_ns(), 10_000_000);
+        assert_eq!(RateLimit { pps: 3, burst: 5 }.emission_ns(), 333_333_333);
+        assert_eq!(RateLimit { pps: 0, burst: 5 }.emission_ns(), 0, "0 pps: off");
+        assert_eq!(RateLimit { pps: u32::MAX, burst: 5 }.emission_ns(), 1, "never 0 while on");
+        let t = rate_port_table(&[(5060, Proto::Udp), (5060, Proto::Tcp), (5080, Proto::Udp)]);
+        assert_eq!(t[&5060], port_flags::RATE_UDP | port_flags::RATE_TCP);
+        assert_eq!(t[&5080], port_flags::RATE_UDP);
+        let w = |b: [u8; 4]| u32::from_ne_bytes(b);
+        assert_eq!(v6_mask_words(64), [u32::MAX, u32::MAX, 0, 0]);
+        assert_eq!(v6_mask_words(56), [u32::MAX, w([0xff, 0xff, 0xff, 0]), 0, 0]);
+        assert_eq!(v6_mask_words(128), [u32::MAX; 4]);
+        assert_eq!(v6_mask_words(33), [u32::MAX, w([0x80, 0, 0, 0]), 0, 0]);
+        assert_eq!(v6_mask_words(0), [0; 4]);
     }
 
     #[test]

@@ -122,6 +122,14 @@ pub struct RawGuard {
     pub max_bans: u64,
     pub recidive_memory_secs: u64,
     pub domains: Vec<String>,
+    /// Per-source packet rate on the external SIP ports, enforced in XDP (0: off).
+    pub xdp_rate_pps: u64,
+    /// Packets a source may send at once before `xdp_rate_pps` applies (0: `xdp_rate_pps`).
+    pub xdp_rate_burst: u64,
+    /// The same for allowlisted sources on the protected ports (0: 10 × `xdp_rate_pps`).
+    pub xdp_listed_rate_pps: u64,
+    /// (0: 10 × the unlisted burst.)
+    pub xdp_listed_rate_burst: u64,
     pub rate: guard_config::RawRates,
     pub trunk: guard_config::RawTrunk,
     pub scanner: guard_config::RawScanner,
@@ -161,6 +169,10 @@ impl Default for RawGuard {
             max_bans: g.max_bans,
             recidive_memory_secs: g.recidive_memory_secs,
             domains: g.domains,
+            xdp_rate_pps: 0,
+            xdp_rate_burst: 0,
+            xdp_listed_rate_pps: 0,
+            xdp_listed_rate_burst: 0,
             rate: g.rate,
             trunk: g.trunk,
             scanner: g.scanner,
@@ -482,6 +494,81 @@ pub struct Trunk {
     pub xdp_mode: XdpMode,
     /// (address, is_tcp)
     pub protected: Vec<(SocketAddr, bool)>,
+    /// The external side's SIP listen ports, (port, is_tcp): where the XDP rate limit applies.
+    pub sip_ports: Vec<(u16, bool)>,
+    /// The per-source packet-rate limit in XDP (`[guard] xdp_rate_*`); None: off.
+    pub xdp_rate: Option<XdpRate>,
+}
+
+/// The XDP per-source packet-rate limit, validated: a token bucket per source (IPv6 per
+/// `ipv6_prefix_len`), `burst` packets at once, then `pps` per second; allowlisted sources on
+/// the protected ports with their own, higher, `listed_*` limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XdpRate {
+    pub pps: u32,
+    pub burst: u32,
+    pub listed_pps: u32,
+    pub listed_burst: u32,
+    pub ipv6_prefix_len: u8,
+}
+
+/// Highest `xdp_*rate_pps` accepted.
+pub const MAX_XDP_RATE_PPS: u64 = 10_000_000;
+/// Highest `xdp_*rate_burst` accepted.
+pub const MAX_XDP_RATE_BURST: u64 = 1_000_000;
+
+/// `[guard] xdp_rate_*`: None when `xdp_rate_pps` is 0 (the default).
+fn xdp_rate(raw: &RawGuard, trunk: &Trunk, errs: &mut Checks<'_>) -> Option<XdpRate> {
+    let keys = [
+        ("guard.xdp_rate_pps", raw.xdp_rate_pps, MAX_XDP_RATE_PPS),
+        ("guard.xdp_rate_burst", raw.xdp_rate_burst, MAX_XDP_RATE_BURST),
+        ("guard.xdp_listed_rate_pps", raw.xdp_listed_rate_pps, MAX_XDP_RATE_PPS),
+        ("guard.xdp_listed_rate_burst", raw.xdp_listed_rate_burst, MAX_XDP_RATE_BURST),
+    ];
+    for (path, v, hi) in keys {
+        range(errs, path, v, 0, hi);
+    }
+    if raw.xdp_rate_pps == 0 {
+        for (path, v, _) in &keys[1..] {
+            if *v != 0 {
+                errs.error_from(*path, &["guard.xdp_rate_pps"], "set without guard.xdp_rate_pps (the limit is off)");
+            }
+        }
+        return None;
+    }
+    if trunk.interface.is_none() {
+        errs.error_from(
+            "guard.xdp_rate_pps",
+            &["trunk.interface"],
+            "a rate limit in XDP needs trunk.interface (and trunk.allowlist)",
+        );
+    }
+    let pps = raw.xdp_rate_pps.min(MAX_XDP_RATE_PPS);
+    let burst = if raw.xdp_rate_burst == 0 { pps } else { raw.xdp_rate_burst }.min(MAX_XDP_RATE_BURST);
+    let listed_pps = if raw.xdp_listed_rate_pps == 0 { pps * 10 } else { raw.xdp_listed_rate_pps };
+    let listed_burst = if raw.xdp_listed_rate_burst == 0 { burst * 10 } else { raw.xdp_listed_rate_burst };
+    if listed_pps < pps {
+        errs.error_from(
+            "guard.xdp_listed_rate_pps",
+            &["guard.xdp_rate_pps"],
+            format!("{listed_pps} is below xdp_rate_pps ({pps}): listed providers get the higher limit"),
+        );
+    }
+    if listed_burst < burst {
+        errs.error_from(
+            "guard.xdp_listed_rate_burst",
+            &["guard.xdp_rate_burst"],
+            format!("{listed_burst} is below the unlisted burst ({burst})"),
+        );
+    }
+    let u = |v: u64, hi: u64| u32::try_from(v.min(hi)).unwrap_or(u32::MAX);
+    Some(XdpRate {
+        pps: u(pps, MAX_XDP_RATE_PPS),
+        burst: u(burst, MAX_XDP_RATE_BURST),
+        listed_pps: u(listed_pps, MAX_XDP_RATE_PPS),
+        listed_burst: u(listed_burst, MAX_XDP_RATE_BURST),
+        ipv6_prefix_len: u8::try_from(raw.ipv6_prefix_len).unwrap_or(64),
+    })
 }
 
 /// Every problem found, each with its path and (when in the file) its line, in line order.
@@ -813,7 +900,7 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
             errs.error(format!("topology.strip_headers[{i}]"), format!("{h:?} is not a header name"));
         }
     }
-    let trunk = trunk(&raw.trunk, &ext_listen, &mut errs);
+    let mut trunk = trunk(&raw.trunk, &ext_listen, &mut errs);
     if raw.admin.socket.is_empty() || !raw.admin.socket.starts_with('/') {
         errs.error("admin.socket", format!("{:?} must be an absolute path", raw.admin.socket));
     }
@@ -832,6 +919,8 @@ fn validate(raw: Raw, refused: &[String]) -> Result<Validated, Vec<(String, Stri
         errs.error("guard.state_dir", format!("{state_dir:?} must be an absolute path (or \"\" for none)"));
     }
     let store = store(&raw.guard.store, &mut errs);
+    let rate = xdp_rate(&raw.guard, &trunk, &mut errs);
+    trunk.xdp_rate = rate.filter(|_| raw.guard.enabled);
     let guard = guard.filter(|_| raw.guard.enabled).map(|config| Guard {
         config,
         state_dir: (!state_dir.is_empty()).then(|| state_dir.into()),
@@ -1055,7 +1144,18 @@ fn trunk(raw: &RawTrunk, ext: &Listen, errs: &mut Checks<'_>) -> Trunk {
         }
         None => ext.udp.iter().map(|a| (*a, false)).chain(ext.tcp.iter().map(|a| (*a, true))).collect(),
     };
-    Trunk { allowlist: raw.allowlist.as_ref().map(Into::into), interface: raw.interface.clone(), xdp_mode, protected }
+    let mut sip_ports: Vec<(u16, bool)> =
+        ext.udp.iter().map(|a| (a.port(), false)).chain(ext.tcp.iter().map(|a| (a.port(), true))).collect();
+    sip_ports.sort_unstable();
+    sip_ports.dedup();
+    Trunk {
+        allowlist: raw.allowlist.as_ref().map(Into::into),
+        interface: raw.interface.clone(),
+        xdp_mode,
+        protected,
+        sip_ports,
+        xdp_rate: None,
+    }
 }
 
 /// `[guard.store]`: None without `redis`.
@@ -1360,6 +1460,34 @@ max_message_bytes = 70000
         }
         let none = parse(&format!("{MINIMAL}[guard]\nstate_dir = \"\"\n")).unwrap();
         assert_eq!(none.guard.unwrap().state_dir, None);
+    }
+
+    #[test]
+    fn the_xdp_rate_limit_is_off_by_default_listed_gets_ten_times_and_errors_name_their_keys() {
+        assert_eq!(parse(MINIMAL).unwrap().trunk.xdp_rate, None);
+        let trunk = "[trunk]\nallowlist = \"/etc/sbc/allow.txt\"\ninterface = \"eth0\"\n";
+        let on = parse(&format!("{MINIMAL}{trunk}[guard]\nxdp_rate_pps = 50\nipv6_prefix_len = 56\n")).unwrap();
+        let r = on.trunk.xdp_rate.expect("on");
+        assert_eq!((r.pps, r.burst, r.listed_pps, r.listed_burst, r.ipv6_prefix_len), (50, 50, 500, 500, 56));
+        assert_eq!(on.trunk.sip_ports, vec![(5060, false)], "the external listen ports");
+        let own = parse(&format!(
+            "{MINIMAL}{trunk}[guard]\nxdp_rate_pps = 50\nxdp_rate_burst = 5\nxdp_listed_rate_pps = 60\nxdp_listed_rate_burst = 9\n"
+        ))
+        .unwrap();
+        let r = own.trunk.xdp_rate.unwrap();
+        assert_eq!((r.pps, r.burst, r.listed_pps, r.listed_burst), (50, 5, 60, 9));
+        let off = parse(&format!("{MINIMAL}{trunk}[guard]\nenabled = false\nxdp_rate_pps = 50\n")).unwrap();
+        assert_eq!(off.trunk.xdp_rate, None, "the guard off: no XDP rate limit either");
+        let got = lines(&format!("{MINIMAL}[guard]\nxdp_rate_pps = 50\nxdp_listed_rate_pps = 10\n"));
+        for want in
+            ["guard.xdp_rate_pps: a rate limit in XDP needs trunk.interface", "guard.xdp_listed_rate_pps: 10 is below"]
+        {
+            assert!(got.iter().any(|l| l.contains(want)), "missing {want:?} in {got:#?}");
+        }
+        let got = lines(&format!("{MINIMAL}[guard]\nxdp_rate_burst = 5\nxdp_rate_pps = 20000000\n"));
+        assert!(got.iter().any(|l| l.contains("guard.xdp_rate_pps: 20000000 out of range")), "{got:#?}");
+        let got = lines(&format!("{MINIMAL}[guard]\nxdp_rate_burst = 5\n"));
+        assert!(got.iter().any(|l| l.contains("guard.xdp_rate_burst") && l.contains("without")), "{got:#?}");
     }
 
     #[test]
