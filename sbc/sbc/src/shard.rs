@@ -33,6 +33,10 @@ use crate::net::UdpOut;
 /// daemon hands over batches of one).
 const QUEUE_INPUTS: usize = 16384;
 
+/// Inputs one pass of a shard's loop takes before it drains the engine's output, runs its
+/// timers and publishes its snapshot.
+const PASS_INPUTS: usize = 1024;
+
 /// What the daemon hands a shard.
 #[derive(Debug)]
 pub enum ShardInput {
@@ -293,11 +297,17 @@ fn run_shard(mut s: Shard, rx: &Receiver<Vec<ShardInput>>) {
         match got {
             Ok(batch) => {
                 s.largest_batch = s.largest_batch.max(batch.len());
+                let mut taken = batch.len();
                 s.handle(now, batch);
-                // Whatever else is queued, on the same clock reading (bounded: one queue's worth).
-                for _ in 0..QUEUE_INPUTS {
+                // More of what is queued, on the same clock reading, up to PASS_INPUTS: then the
+                // pass ends (transmits out, timers, the published snapshot) so that a backlog
+                // neither holds the answers back nor leaves `sbc stats` and the stall check stale.
+                while taken < PASS_INPUTS {
                     match rx.try_recv() {
-                        Ok(batch) => s.handle(now, batch),
+                        Ok(batch) => {
+                            taken += batch.len();
+                            s.handle(now, batch);
+                        }
                         Err(_) => break,
                     }
                 }
