@@ -35,6 +35,11 @@ fn allowlist(entries: &[(&str, &str, u32, &str)]) -> String {
 
 /// The lab with the attacker's and the IPv6 addresses, and an SBC filtering its trunk in XDP.
 fn trunk_lab(prefix: &str, test: &str) -> Result<(Lab, Proc)> {
+    trunk_lab_with(prefix, test, "")
+}
+
+/// As [`trunk_lab`], with more `[trunk]` keys.
+fn trunk_lab_with(prefix: &str, test: &str, more_trunk: &str) -> Result<(Lab, Proc)> {
     let lab = Lab::new(prefix, test)?;
     lab.ext.ip(&["addr", "add", &format!("{ATTACKER}/24"), "dev", "e0"])?;
     Lab::enable_ipv6(&lab.ext, "e0")?;
@@ -49,7 +54,7 @@ fn trunk_lab(prefix: &str, test: &str) -> Result<(Lab, Proc)> {
     let listen =
         format!("udp = [\"{SBC_EXT}:5060\", \"[{SBC_EXT6}]:5060\"]\ntcp = [\"{SBC_EXT}:5060\", \"[{SBC_EXT6}]:5060\"]");
     let extra = format!(
-        "[probe]\ninterval_ms = 0\n[trunk]\nallowlist = \"{}\"\ninterface = \"x0\"\nxdp_mode = \"native\"\n",
+        "[probe]\ninterval_ms = 0\n[trunk]\nallowlist = \"{}\"\ninterface = \"x0\"\nxdp_mode = \"native\"\n{more_trunk}",
         lab.dir.join("allow.txt").display()
     );
     let sbc = lab.start_sbc_listening(&listen, true, &extra)?;
@@ -195,19 +200,7 @@ fn the_cores_calls_to_a_provider_carry_its_number_or_are_refused_with_403() -> R
     }
     let _g = lab_lock();
     let (lab, _sbc) = trunk_lab("cid1", "trunk_cid")?;
-    let mut list =
-        allowlist(&[("203.0.113.10/32", "IN/OUT", 7, "Carrier"), ("2001:db8:1::10/128", "IN", 7, "Carrier")]);
-    list.push_str("provider 7 cli_allowed=N caller_id=74951815283\n");
-    std::fs::write(lab.dir.join("allow.txt"), list)?;
-    let sock = lab.admin_socket().to_string_lossy().into_owned();
-    let (ok, text) = sbc_cli(&["allowlist", "reload", "--socket", &sock])?;
-    ensure!(ok, "reload: {text}");
-    let invites = |pkts: &[sbc_lab::pcap::Packet]| -> Vec<String> {
-        pkts.iter()
-            .filter(|p| p.payload.starts_with(b"INVITE "))
-            .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
-            .collect()
-    };
+    cid_allowlist(&lab)?;
 
     // The provider's own number (+74951815283; the file has it without +): completes unchanged.
     let (res, cap) =
@@ -215,14 +208,7 @@ fn the_cores_calls_to_a_provider_carry_its_number_or_are_refused_with_403() -> R
     res?;
     let out = invites(&cap.external);
     ensure!(out.len() >= 5, "{} INVITEs reached the carrier, want 5", out.len());
-    for m in &out {
-        let line = |name: &str| m.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_string();
-        ensure!(
-            line("From: ").contains("<sip:+74951815283@")
-                && line("P-Asserted-Identity: ").contains("<sip:+74951815283@"),
-            "the carrier got another caller ID:\n{m}"
-        );
-    }
+    carries(&out, "+74951815283")?;
     let before = stats(&lab)?;
 
     // Another caller ID: 403 to the core, nothing to the carrier.
@@ -250,5 +236,59 @@ fn the_cores_calls_to_a_provider_carry_its_number_or_are_refused_with_403() -> R
     let d = |name: &str| stat(&after, name).saturating_sub(stat(&before, name));
     ensure!(d("trunk.caller_id_rejected") == 5, "trunk.caller_id_rejected +{}\n{after}", d("trunk.caller_id_rejected"));
     ensure!(stat(&before, "trunk.caller_id_matched") == 5, "trunk.caller_id_matched\n{before}");
+    Ok(())
+}
+
+/// The carrier made IN/OUT with `cli_allowed=N` and its number 74951815283, by a reload.
+fn cid_allowlist(lab: &Lab) -> Result<()> {
+    let mut list =
+        allowlist(&[("203.0.113.10/32", "IN/OUT", 7, "Carrier"), ("2001:db8:1::10/128", "IN", 7, "Carrier")]);
+    list.push_str("provider 7 cli_allowed=N caller_id=74951815283\n");
+    std::fs::write(lab.dir.join("allow.txt"), list)?;
+    let sock = lab.admin_socket().to_string_lossy().into_owned();
+    let (ok, text) = sbc_cli(&["allowlist", "reload", "--socket", &sock])?;
+    ensure!(ok, "reload: {text}");
+    Ok(())
+}
+
+fn invites(pkts: &[sbc_lab::pcap::Packet]) -> Vec<String> {
+    pkts.iter()
+        .filter(|p| p.payload.starts_with(b"INVITE "))
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect()
+}
+
+/// Every INVITE has `number` as the user of its From and P-Asserted-Identity.
+fn carries(invites: &[String], number: &str) -> Result<()> {
+    let want = format!("<sip:{number}@");
+    for m in invites {
+        let line = |name: &str| m.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_string();
+        ensure!(
+            line("From: ").contains(&want) && line("P-Asserted-Identity: ").contains(&want),
+            "the carrier got another caller ID than {number}:\n{m}"
+        );
+    }
+    Ok(())
+}
+
+/// `caller_id = "replace"`: the core's calls as `caller` to the same carrier complete, and the
+/// carrier's capture shows its own number in From and P-Asserted-Identity, the From tag there.
+#[test]
+fn with_replace_the_provider_receives_its_own_number_instead() -> Result<()> {
+    if !privileged("trunk_cid_replace") {
+        return Ok(());
+    }
+    let _g = lab_lock();
+    let (lab, _sbc) = trunk_lab_with("cid2", "trunk_cid_replace", "caller_id = \"replace\"\n")?;
+    cid_allowlist(&lab)?;
+    let (res, cap) = capture_both(&lab, || run_calls(&lab, &Calls::outbound("uas-nosdp.xml", "uac-nosdp.xml", 5, 5)))?;
+    res?;
+    let out = invites(&cap.external);
+    ensure!(out.len() >= 5, "{} INVITEs reached the carrier, want 5", out.len());
+    carries(&out, "74951815283")?;
+    ensure!(out.iter().all(|m| m.contains(">;tag=")), "a From lost its tag:\n{out:#?}");
+    let st = stats(&lab)?;
+    ensure!(stat(&st, "trunk.caller_id_replaced") == 5, "trunk.caller_id_replaced\n{st}");
+    ensure!(stat(&st, "trunk.caller_id_rejected") == 0, "trunk.caller_id_rejected\n{st}");
     Ok(())
 }

@@ -91,9 +91,15 @@ pub enum Verdict {
 /// The user part of a caller-ID URI (`sip:USER@host`, `sips:`, `tel:NUMBER`) without its
 /// parameters; `None` when it has none.
 pub fn uri_user(uri: &[u8]) -> Option<&[u8]> {
+    uri.get(uri_user_range(uri)?)
+}
+
+/// Where [`uri_user`] is in `uri` (for splicing in another number).
+pub fn uri_user_range(uri: &[u8]) -> Option<std::ops::Range<usize>> {
     let colon = uri.iter().position(|&b| b == b':')?;
     let scheme = uri.get(..colon)?;
-    let rest = uri.get(colon + 1..)?;
+    let start = colon + 1;
+    let rest = uri.get(start..)?;
     let user = if scheme.eq_ignore_ascii_case(b"tel") {
         rest
     } else {
@@ -102,7 +108,7 @@ pub fn uri_user(uri: &[u8]) -> Option<&[u8]> {
     };
     // `user;phone-context=...` (RFC 3261 §19.1.6) and `tel:NUMBER;params`; a password after ':'.
     let end = user.iter().position(|&b| b == b';' || b == b':').unwrap_or(user.len());
-    user.get(..end)
+    if end == 0 { None } else { Some(start..start + end) }
 }
 
 /// Decides for one out-of-dialog INVITE towards a provider with `policy`: `callers` are the
@@ -155,6 +161,8 @@ mod tests {
         assert_eq!(uri_user(b"tel:+74951815283;ext=1"), Some(&b"+74951815283"[..]));
         assert_eq!(uri_user(b"sip:example.com"), None);
         assert_eq!(uri_user(b"nonsense"), None);
+        assert_eq!(uri_user(b"sip:@h"), None);
+        assert_eq!(uri_user_range(b"sip:100;x=y@h"), Some(4..7));
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! `cli_allowed=N` in the allowlist file, must carry the provider's `caller_id` as the user
 //! part of its From and of every P-Asserted-Identity (`sbc_policy::caller_id::check`);
 //! otherwise it is refused with 403 before anything is sent to the provider
-//! (`trunk.caller_id = "reject"`) or passes (`"off"`).
+//! (`trunk.caller_id = "reject"`), or those user parts become the provider's number
+//! (`"replace"`: the bytes are spliced, the rest of each header stays), or it passes (`"off"`).
 //!
 //! Reload (SIGHUP, `sbc allowlist reload`) parses the file first; a bad file leaves the running
 //! list in place. The XDP swap is atomic per address family (map-in-map); the userspace list is
@@ -45,8 +46,11 @@ pub struct UserStats {
 /// Counters of the caller-ID check, shared by every shard's guard.
 #[derive(Debug, Default)]
 pub struct CallerIdStats {
-    /// Refused with 403 (`caller_id = "reject"`).
+    /// Refused with 403 (`caller_id = "reject"`, or `"replace"` where the headers could not be
+    /// rewritten).
     pub rejected: AtomicU64,
+    /// From and PAI users replaced by the provider's number (`caller_id = "replace"`).
+    pub replaced: AtomicU64,
     /// To a `cli_allowed=N` provider without a number: passed, nothing to compare with.
     pub passed: AtomicU64,
     /// To a `cli_allowed=N` provider with its own number in From and every PAI.
@@ -226,6 +230,7 @@ impl Trunk {
         out.push_str(&format!("allowlist.entries {}\n", self.list.len()));
         let c = &self.cid_stats;
         out.push_str(&format!("trunk.caller_id_rejected {}\n", c.rejected.load(Ordering::Relaxed)));
+        out.push_str(&format!("trunk.caller_id_replaced {}\n", c.replaced.load(Ordering::Relaxed)));
         out.push_str(&format!("trunk.caller_id_passed {}\n", c.passed.load(Ordering::Relaxed)));
         out.push_str(&format!("trunk.caller_id_matched {}\n", c.matched.load(Ordering::Relaxed)));
         out.push_str(&format!("allowlist.age_seconds {}\n", self.loaded.elapsed().as_secs()));
@@ -299,6 +304,13 @@ impl TrunkGuard {
                 Admit::Accept
             }
             Verdict::Forbidden { number } => {
+                if self.caller_id == CallerIdMode::Replace
+                    && let Some(bytes) = replace_callers(req, number.as_str())
+                {
+                    c.replaced.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(provider = entry.provider_id, %ip, number = %number, "caller ID replaced");
+                    return Admit::Rewrite(bytes);
+                }
                 c.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     provider = entry.provider_id, name = %entry.provider_name, %ip, allowed = %number,
@@ -308,6 +320,51 @@ impl TrunkGuard {
             }
         }
     }
+}
+
+/// The request's bytes with the user part of its From and of every P-Asserted-Identity URI
+/// replaced by `number`; everything else (display names, tags, hosts, other headers, the
+/// body) as received. `None` when a header is folded or a URI has no user part to replace:
+/// the caller then gets the 403.
+fn replace_callers(req: &Checked<'_>, number: &str) -> Option<Vec<u8>> {
+    let msg = &req.msg;
+    let mut spans: Vec<std::ops::Range<usize>> = Vec::new();
+    for h in &msg.headers {
+        let pai = h.name == HeaderName::Other && msg.slice(&h.name_span).eq_ignore_ascii_case(b"P-Asserted-Identity");
+        if h.name != HeaderName::From && !pai {
+            continue;
+        }
+        if h.folded {
+            return None;
+        }
+        let v = msg.slice(&h.value_span);
+        let base = h.value_span.start as usize;
+        let elems = if pai {
+            match values::split_commas(v).ok()? {
+                values::Commas::One(r) => vec![r],
+                values::Commas::Many(rs) => rs,
+            }
+        } else {
+            std::iter::once(0..v.len()).collect()
+        };
+        for r in elems {
+            let na = values::name_addr(v.get(r.clone())?).ok()?;
+            let uri_start = r.start + na.uri.start;
+            let user = caller_id::uri_user_range(v.get(uri_start..r.start + na.uri.end)?)?;
+            spans.push(base + uri_start + user.start..base + uri_start + user.end);
+        }
+    }
+    spans.sort_by_key(|r| r.start);
+    let buf = msg.buf;
+    let mut out = Vec::with_capacity(buf.len() + spans.len() * number.len());
+    let mut at = 0;
+    for r in spans {
+        out.extend_from_slice(buf.get(at..r.start)?);
+        out.extend_from_slice(number.as_bytes());
+        at = r.end;
+    }
+    out.extend_from_slice(buf.get(at..)?);
+    Some(out)
 }
 
 /// The user parts of a request's From and of every P-Asserted-Identity URI (RFC 3325 §9.1:
@@ -427,6 +484,31 @@ mod tests {
             let (c, p) = run(g, &invite(n, to, "100", ""));
             assert_eq!(p.len(), 1, "{to} {mode:?}: {p:?} {c:?}");
         }
+    }
+
+    #[test]
+    fn replace_splices_the_providers_number_into_from_and_pai_and_keeps_the_rest() {
+        let (g, stats) = guard(CallerIdMode::Replace);
+        let pai = "P-Asserted-Identity: \"Desk\" <sip:100;cpc=x@10.99.0.10>, <tel:100;ext=2>\r\n";
+        let (c, p) = run(g, &invite(8, "198.51.100.7", "100", pai));
+        assert!(c.iter().all(|m| !m.starts_with("SIP/2.0 403")), "{c:?}");
+        assert_eq!(p.len(), 1, "{p:?}");
+        let line = |name: &str| p[0].lines().find(|l| l.starts_with(name)).unwrap_or_default().to_string();
+        assert!(line("From: ").starts_with("From: \"Office\" <sip:74951815283@"), "{}", p[0]);
+        assert!(line("From: ").contains(">;tag="), "the tag (masked by the engine) stays: {}", p[0]);
+        assert_eq!(
+            line("P-Asserted-Identity: "),
+            "P-Asserted-Identity: \"Desk\" <sip:74951815283;cpc=x@10.99.0.10>, <tel:74951815283;ext=2>",
+            "{}",
+            p[0]
+        );
+        assert_eq!(stats.replaced.load(Ordering::Relaxed), 1);
+        // Folded: no rewrite, the 403.
+        let (g, stats) = guard(CallerIdMode::Replace);
+        let (c, p) =
+            run(g, &invite(9, "198.51.100.7", "100", "P-Asserted-Identity: <sip:100@10.99.0.10>,\r\n <tel:100>\r\n"));
+        assert!(p.is_empty() && c.iter().any(|m| m.starts_with("SIP/2.0 403")), "{c:?} {p:?}");
+        assert_eq!(stats.rejected.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -278,7 +278,7 @@ pub struct RawTrunk {
     /// Protected destinations as "IP:port/udp" or "IP:port/tcp"; default: every external
     /// listen address.
     pub protected: Option<Vec<String>>,
-    /// reject | off: the caller-ID policy of `cli_allowed=N` providers.
+    /// reject | replace | off: the caller-ID policy of `cli_allowed=N` providers.
     pub caller_id: Option<String>,
 }
 
@@ -495,6 +495,8 @@ pub enum XdpMode {
 pub enum CallerIdMode {
     /// 403 to the core; nothing is sent to the provider.
     Reject,
+    /// The user part of From and of every P-Asserted-Identity becomes the provider's number.
+    Replace,
     /// No check.
     Off,
 }
@@ -1129,12 +1131,9 @@ fn trunk(raw: &RawTrunk, ext: &Listen, errs: &mut Checks<'_>) -> Trunk {
     let caller_id = match raw.caller_id.as_deref().unwrap_or("reject") {
         "reject" => CallerIdMode::Reject,
         "off" => CallerIdMode::Off,
-        "replace" => {
-            errs.error("trunk.caller_id", "\"replace\" is not implemented yet: use \"reject\" or \"off\"");
-            CallerIdMode::Reject
-        }
+        "replace" => CallerIdMode::Replace,
         other => {
-            errs.error("trunk.caller_id", format!("{other:?} is not one of reject, off"));
+            errs.error("trunk.caller_id", format!("{other:?} is not one of reject, replace, off"));
             CallerIdMode::Reject
         }
     };
@@ -1517,14 +1516,17 @@ max_message_bytes = 70000
     }
 
     #[test]
-    fn caller_id_policy_rejects_by_default_and_replace_is_refused_by_name() {
+    fn caller_id_policy_rejects_by_default_and_names_its_modes() {
         assert_eq!(parse(MINIMAL).unwrap().trunk.caller_id, CallerIdMode::Reject);
         let off = parse(&format!("{MINIMAL}[trunk]\ncaller_id = \"off\"\n")).unwrap();
         assert_eq!(off.trunk.caller_id, CallerIdMode::Off);
-        let got = lines(&format!("{MINIMAL}[trunk]\ncaller_id = \"replace\"\n"));
-        assert!(got.iter().any(|l| l.contains("trunk.caller_id: \"replace\" is not implemented")), "{got:#?}");
+        let replace = parse(&format!("{MINIMAL}[trunk]\ncaller_id = \"replace\"\n")).unwrap();
+        assert_eq!(replace.trunk.caller_id, CallerIdMode::Replace);
         let got = lines(&format!("{MINIMAL}[trunk]\ncaller_id = \"drop\"\n"));
-        assert!(got.iter().any(|l| l.contains("trunk.caller_id: \"drop\" is not one of reject, off")), "{got:#?}");
+        assert!(
+            got.iter().any(|l| l.contains("trunk.caller_id: \"drop\" is not one of reject, replace, off")),
+            "{got:#?}"
+        );
     }
 
     #[test]
