@@ -11,7 +11,9 @@
 //!
 //! `providers_ips(id, provider_id, ipaddress INT UNSIGNED DEFAULT 2130706433, domainname,
 //! direction ENUM('IN','OUT','IN/OUT'), proto ENUM('SIP','IAX2','H323'))`, joined with
-//! `providers(id, providername)`. What a row contributes ([`build`]):
+//! `providers(id, providername)`; `providers.cli_allowed` and `dynamic_calls_caller_id` (the
+//! caller-ID policy, `crate::caller_id`) are read where the source has them and written as one
+//! `provider` line per listed provider. What a row contributes ([`build`]):
 //!
 //! | `ipaddress` | `domainname` | entries | origin |
 //! |---|---|---|---|
