@@ -63,7 +63,8 @@
 //!
 //! One file, RFC 4180, a header line naming the columns `id, provider_id, provider_name,
 //! ipaddress, domainname, direction, proto` in any order (`providername` is accepted for
-//! `provider_name`; other columns are ignored), e.g. from
+//! `provider_name`; `cli_allowed` and `dynamic_calls_caller_id` are read when present; other
+//! columns are ignored), e.g. from
 //! `SELECT i.id, i.provider_id, p.providername AS provider_name, i.ipaddress, i.domainname,
 //! i.direction, i.proto FROM providers_ips i JOIN providers p ON p.id = i.provider_id`.
 //! `ipaddress` is the INT or a dotted quad. An unquoted `\N` or `NULL`, or an empty field,
