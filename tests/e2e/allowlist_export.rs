@@ -492,7 +492,7 @@ fn export_from_sql_dump_and_csv_matches_expected_and_bad_files_are_named() -> Re
     std::fs::write(
         &bad_csv,
         format!(
-            "{csv}77,3,Zadarma,2130706433,x.zadarma.test,IN\n78,3,Zad\"arma,1,,IN,SIP\n79,3,Zadarma,2130706433,203.0.113.0/33,IN,SIP\n"
+            "{csv}77,3,Zadarma,2130706433,x.zadarma.test,IN\n78,3,Zad\"arma,1,,IN,SIP,N,\n79,3,Zadarma,2130706433,203.0.113.0/33,IN,SIP,N,\n"
         ),
     )?;
     let shown = bad_csv.display().to_string();
@@ -501,12 +501,12 @@ fn export_from_sql_dump_and_csv_matches_expected_and_bad_files_are_named() -> Re
         "bad csv",
         &o,
         &[
-            &format!("error: {shown}: line {}: `csv` row has 6 values, expected 7", n + 1),
+            &format!("error: {shown}: line {}: `csv` row has 6 values, expected 9", n + 1),
             &format!("error: {shown}: line {}: '\"' inside an unquoted field", n + 2),
         ],
     );
     // (The CIDR is checked once the file parses: on its own it names its row and line.)
-    std::fs::write(&bad_csv, format!("{csv}79,3,Zadarma,2130706433,203.0.113.0/33,IN,SIP\n"))?;
+    std::fs::write(&bad_csv, format!("{csv}79,3,Zadarma,2130706433,203.0.113.0/33,IN,SIP,N,\n"))?;
     let o = lab.export(&["--csv", &shown], &[])?;
     assert_fails_with(
         "csv cidr",

@@ -1,14 +1,16 @@
 //! The trunk allowlist in the running SBC: the XDP program attached in native mode on the SBC's
 //! external veth, the same list enforced in userspace, reloads under load. A listed carrier at
 //! 203.0.113.10 (and 2001:db8:1::10); an unlisted attacker at 203.0.113.66 (2001:db8:1::66) on
-//! the same link.
+//! the same link. The caller-ID policy per provider: the core's calls out to the carrier
+//! (made IN/OUT with `cli_allowed=N` and its own number) pass with that number and are refused
+//! with 403 with any other, nothing of them reaching the carrier.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use sbc_lab::calls::{Calls, capture_both, run_calls};
-use sbc_lab::{EXT_PEER, Lab, Proc, SBC_EXT, lab_lock, privileged, sbc_cli, send_udp, stat, try_tcp};
+use sbc_lab::calls::{Calls, capture_both, run_calls, start_calls};
+use sbc_lab::{EXT_PEER, Lab, Proc, SBC_EXT, lab_lock, privileged, sbc_cli, send_udp, sipp_stats, stat, try_tcp};
 
 const ATTACKER: &str = "203.0.113.66";
 const EXT6: &str = "2001:db8:1::10";
@@ -33,6 +35,11 @@ fn allowlist(entries: &[(&str, &str, u32, &str)]) -> String {
 
 /// The lab with the attacker's and the IPv6 addresses, and an SBC filtering its trunk in XDP.
 fn trunk_lab(prefix: &str, test: &str) -> Result<(Lab, Proc)> {
+    trunk_lab_with(prefix, test, "")
+}
+
+/// As [`trunk_lab`], with more `[trunk]` keys.
+fn trunk_lab_with(prefix: &str, test: &str, more_trunk: &str) -> Result<(Lab, Proc)> {
     let lab = Lab::new(prefix, test)?;
     lab.ext.ip(&["addr", "add", &format!("{ATTACKER}/24"), "dev", "e0"])?;
     Lab::enable_ipv6(&lab.ext, "e0")?;
@@ -47,7 +54,7 @@ fn trunk_lab(prefix: &str, test: &str) -> Result<(Lab, Proc)> {
     let listen =
         format!("udp = [\"{SBC_EXT}:5060\", \"[{SBC_EXT6}]:5060\"]\ntcp = [\"{SBC_EXT}:5060\", \"[{SBC_EXT6}]:5060\"]");
     let extra = format!(
-        "[probe]\ninterval_ms = 0\n[trunk]\nallowlist = \"{}\"\ninterface = \"x0\"\nxdp_mode = \"native\"\n",
+        "[probe]\ninterval_ms = 0\n[trunk]\nallowlist = \"{}\"\ninterface = \"x0\"\nxdp_mode = \"native\"\n{more_trunk}",
         lab.dir.join("allow.txt").display()
     );
     let sbc = lab.start_sbc_listening(&listen, true, &extra)?;
@@ -178,5 +185,110 @@ fn without_xdp_the_userspace_filter_still_drops_unlisted_sources() -> Result<()>
     let d = |name: &str| stat(&after, name).saturating_sub(stat(&before, name));
     ensure!(d("userspace.dropped_not_listed") == 100, "userspace drops {}\n{after}", d("userspace.dropped_not_listed"));
     ensure!(d("sip.requests_in") == 5, "requests in {}\n{after}", d("sip.requests_in"));
+    Ok(())
+}
+
+/// The core calls out to the carrier (sipp: core → SBC → carrier at 203.0.113.10, the Request-URI
+/// naming the carrier's address), the carrier allowing no caller ID but its own number: 5 calls
+/// as that number complete and reach the carrier with it in From and P-Asserted-Identity; 5 as
+/// `caller` get 403 on the core's side and not one INVITE of them reaches the carrier (both
+/// checked on the SBC's captures); the counters say so.
+#[test]
+fn the_cores_calls_to_a_provider_carry_its_number_or_are_refused_with_403() -> Result<()> {
+    if !privileged("trunk_cid") {
+        return Ok(());
+    }
+    let _g = lab_lock();
+    let (lab, _sbc) = trunk_lab("cid1", "trunk_cid")?;
+    cid_allowlist(&lab)?;
+
+    // The provider's own number (+74951815283; the file has it without +): completes unchanged.
+    let (res, cap) =
+        capture_both(&lab, || run_calls(&lab, &Calls::outbound("uas-nosdp.xml", "uac-nosdp-cli.xml", 5, 5)))?;
+    res?;
+    let out = invites(&cap.external);
+    ensure!(out.len() >= 5, "{} INVITEs reached the carrier, want 5", out.len());
+    carries(&out, "+74951815283")?;
+    let before = stats(&lab)?;
+
+    // Another caller ID: 403 to the core, nothing to the carrier.
+    let (res, cap) = capture_both(&lab, || -> Result<sbc_lab::SippStats> {
+        let (mut uac, mut uas) = start_calls(&lab, &Calls::outbound("uas-nosdp.xml", "uac-nosdp.xml", 5, 5))?;
+        uac.wait(Duration::from_secs(60))?;
+        uas.stop();
+        Ok(sipp_stats(&uac.log_text()))
+    })?;
+    let st = res?;
+    ensure!(st.successful == 0 && st.failed == 5, "the core's sipp: {st:?} (want 5 failed)");
+    let out = invites(&cap.external);
+    ensure!(out.is_empty(), "{} INVITEs with a foreign caller ID reached the carrier:\n{out:#?}", out.len());
+    let refused: std::collections::HashSet<String> = cap
+        .internal
+        .iter()
+        .filter(|p| p.payload.starts_with(b"SIP/2.0 403 Caller ID not allowed by provider\r\n"))
+        .filter_map(|p| {
+            let m = String::from_utf8_lossy(&p.payload).into_owned();
+            m.lines().find(|l| l.starts_with("Call-ID: ")).map(str::to_owned)
+        })
+        .collect();
+    ensure!(refused.len() == 5, "403s on the core's side for {} calls, want 5: {refused:?}", refused.len());
+    let after = stats(&lab)?;
+    let d = |name: &str| stat(&after, name).saturating_sub(stat(&before, name));
+    ensure!(d("trunk.caller_id_rejected") == 5, "trunk.caller_id_rejected +{}\n{after}", d("trunk.caller_id_rejected"));
+    ensure!(stat(&before, "trunk.caller_id_matched") == 5, "trunk.caller_id_matched\n{before}");
+    Ok(())
+}
+
+/// The carrier made IN/OUT with `cli_allowed=N` and its number 74951815283, by a reload.
+fn cid_allowlist(lab: &Lab) -> Result<()> {
+    let mut list =
+        allowlist(&[("203.0.113.10/32", "IN/OUT", 7, "Carrier"), ("2001:db8:1::10/128", "IN", 7, "Carrier")]);
+    list.push_str("provider 7 cli_allowed=N caller_id=74951815283\n");
+    std::fs::write(lab.dir.join("allow.txt"), list)?;
+    let sock = lab.admin_socket().to_string_lossy().into_owned();
+    let (ok, text) = sbc_cli(&["allowlist", "reload", "--socket", &sock])?;
+    ensure!(ok, "reload: {text}");
+    Ok(())
+}
+
+fn invites(pkts: &[sbc_lab::pcap::Packet]) -> Vec<String> {
+    pkts.iter()
+        .filter(|p| p.payload.starts_with(b"INVITE "))
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect()
+}
+
+/// Every INVITE has `number` as the user of its From and P-Asserted-Identity.
+fn carries(invites: &[String], number: &str) -> Result<()> {
+    let want = format!("<sip:{number}@");
+    for m in invites {
+        let line = |name: &str| m.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_string();
+        ensure!(
+            line("From: ").contains(&want) && line("P-Asserted-Identity: ").contains(&want),
+            "the carrier got another caller ID than {number}:\n{m}"
+        );
+    }
+    Ok(())
+}
+
+/// `caller_id = "replace"`: the core's calls as `caller` to the same carrier complete, and the
+/// carrier's capture shows its own number in From and P-Asserted-Identity, the From tag there.
+#[test]
+fn with_replace_the_provider_receives_its_own_number_instead() -> Result<()> {
+    if !privileged("trunk_cid_replace") {
+        return Ok(());
+    }
+    let _g = lab_lock();
+    let (lab, _sbc) = trunk_lab_with("cid2", "trunk_cid_replace", "caller_id = \"replace\"\n")?;
+    cid_allowlist(&lab)?;
+    let (res, cap) = capture_both(&lab, || run_calls(&lab, &Calls::outbound("uas-nosdp.xml", "uac-nosdp.xml", 5, 5)))?;
+    res?;
+    let out = invites(&cap.external);
+    ensure!(out.len() >= 5, "{} INVITEs reached the carrier, want 5", out.len());
+    carries(&out, "74951815283")?;
+    ensure!(out.iter().all(|m| m.contains(">;tag=")), "a From lost its tag:\n{out:#?}");
+    let st = stats(&lab)?;
+    ensure!(stat(&st, "trunk.caller_id_replaced") == 5, "trunk.caller_id_replaced\n{st}");
+    ensure!(stat(&st, "trunk.caller_id_rejected") == 0, "trunk.caller_id_rejected\n{st}");
     Ok(())
 }

@@ -9,6 +9,8 @@
 //! - [`allowlist`]: the trunk allowlist, from the operator's `providers` / `providers_ips`
 //!   tables (SQL dump, CSV, or rows read live by the daemon) to the v1 allowlist file and back,
 //!   and the longest-prefix lookups the packet filters and the userspace check make.
+//! - [`caller_id`]: the caller-ID policy per provider (`cli_allowed`,
+//!   `dynamic_calls_caller_id`) and the check of an INVITE's From / P-Asserted-Identity.
 //! - [`ratelimit`]: keyed rate limits (governor's GCRA) on a time passed in, with a bounded key
 //!   table, and the source key (IPv6 by prefix) they are usually keyed by. The STUN server uses
 //!   them; the guard's per-source limits will.
@@ -19,6 +21,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
 pub mod allowlist;
+pub mod caller_id;
 pub mod guard;
 mod prefix;
 pub mod ratelimit;

@@ -196,7 +196,9 @@ fn read_db(url: &str, password_file: Option<&Path>) -> Result<(Tables, String), 
     let mut tx = conn.start_transaction(tx_opts).map_err(|e| e1("start transaction", &e))?;
     let limit = MAX_ROWS + 1;
     let providers: Vec<mysql::Row> = tx
-        .query(format!("SELECT id, providername FROM providers ORDER BY id LIMIT {limit}"))
+        .query(format!(
+            "SELECT id, providername, cli_allowed, dynamic_calls_caller_id FROM providers ORDER BY id LIMIT {limit}"
+        ))
         .map_err(|e| e1("reading providers", &e))?;
     let ips: Vec<mysql::Row> = tx
         .query(format!("SELECT id, provider_id, ipaddress, domainname, direction, proto FROM providers_ips ORDER BY id LIMIT {limit}"))
@@ -211,9 +213,10 @@ fn read_db(url: &str, password_file: Option<&Path>) -> Result<(Tables, String), 
     }
     let mut tables = Tables::default();
     for row in providers {
-        let v = texts::<2>(row);
-        let [id, name] = v.each_ref().map(Option::as_deref);
-        match allowlist::provider_row(id, name) {
+        let v = texts::<4>(row);
+        let cols = v.each_ref().map(Option::as_deref);
+        let id = cols[0];
+        match allowlist::provider_row(cols) {
             Ok(p) => tables.providers.push(p),
             Err(kinds) => {
                 errors.extend(kinds.iter().map(|k| format!("{shown}: providers id {}: {k}", id.unwrap_or("NULL"))))

@@ -2,7 +2,8 @@
 //!
 //! The first non-empty line is the header; it must name `id`, `provider_id`, `provider_name`
 //! (or `providername`), `ipaddress`, `domainname`, `direction` and `proto`, in any order, each
-//! once; other columns are ignored. Fields may be quoted with `"` (a doubled `""` inside is a
+//! once; `cli_allowed` and `dynamic_calls_caller_id` (the provider's caller-ID policy) are
+//! read when present (absent: no policy); other columns are ignored. Fields may be quoted with `"` (a doubled `""` inside is a
 //! quote; commas and line breaks inside quotes are data). An unquoted `\N` (MariaDB's
 //! `INTO OUTFILE`), an unquoted `NULL` or an empty field is NULL. A UTF-8 byte order mark and
 //! CRLF line ends are accepted; empty lines are skipped. `ipaddress` is the INT or a dotted
@@ -18,10 +19,24 @@
 
 use std::collections::HashMap;
 
+use crate::caller_id::CliPolicy;
+
 use super::{MAX_CSV_BYTES, MAX_ROWS, MAX_TEXT, ParseError, ParseErrorKind, Provider, ProviderIp, Tables, value};
 
 const TABLE: &str = "csv";
-const COLUMNS: [&str; 7] = ["id", "provider_id", "provider_name", "ipaddress", "domainname", "direction", "proto"];
+const COLUMNS: [&str; 9] = [
+    "id",
+    "provider_id",
+    "provider_name",
+    "ipaddress",
+    "domainname",
+    "direction",
+    "proto",
+    "cli_allowed",
+    "dynamic_calls_caller_id",
+];
+/// The first this many of [`COLUMNS`] are required.
+const REQUIRED: usize = 7;
 
 /// Parses the CSV. Returns the rows (providers taken from `provider_id` + `provider_name`), or
 /// every error found.
@@ -68,7 +83,7 @@ pub fn parse(input: &[u8]) -> Result<Tables, Vec<ParseError>> {
             *slot = i;
         }
     }
-    for (c, &i) in COLUMNS.iter().zip(index.iter()) {
+    for (c, &i) in COLUMNS.iter().zip(index.iter()).take(REQUIRED) {
         if i == usize::MAX {
             errors.push(ParseError::new(header.line, ParseErrorKind::MissingColumn { table: TABLE, column: c }));
         }
@@ -78,7 +93,7 @@ pub fn parse(input: &[u8]) -> Result<Tables, Vec<ParseError>> {
     }
 
     // Rows.
-    let mut names: HashMap<u32, (Option<String>, u32)> = HashMap::new();
+    let mut names: HashMap<u32, (Option<String>, Option<CliPolicy>, u32)> = HashMap::new();
     loop {
         let rec = match rd.record() {
             Ok(Some(r)) if r.is_blank() => continue,
@@ -114,6 +129,7 @@ pub fn parse(input: &[u8]) -> Result<Tables, Vec<ParseError>> {
         let domainname = keep(&mut errs, value::text("providers_ips", "domainname", col(4)));
         let direction = keep(&mut errs, value::direction("providers_ips", col(5)));
         let proto = keep(&mut errs, value::proto("providers_ips", col(6)));
+        let cli = keep(&mut errs, value::cli("providers", col(7), col(8)));
         let line = rec.line;
         errors.extend(errs.into_iter().map(|k| ParseError::new(line, k)));
         let (
@@ -124,12 +140,19 @@ pub fn parse(input: &[u8]) -> Result<Tables, Vec<ParseError>> {
             Some(domainname),
             Some(direction),
             Some(proto),
-        ) = (id, provider_id, provider_name, ipaddress, domainname, direction, proto)
+            Some(cli),
+        ) = (id, provider_id, provider_name, ipaddress, domainname, direction, proto, cli)
         else {
             continue;
         };
         match names.get(&provider_id) {
-            Some((name, first)) if *name != provider_name => errors.push(ParseError::new(
+            Some((_, first_cli, first)) if *first_cli != cli => errors.push(ParseError::new(
+                line,
+                ParseErrorKind::Syntax(format!(
+                    "provider {provider_id} has another cli_allowed / dynamic_calls_caller_id here than on line {first}"
+                )),
+            )),
+            Some((name, _, first)) if *name != provider_name => errors.push(ParseError::new(
                 line,
                 ParseErrorKind::Syntax(format!(
                     "provider {provider_id} is named {:?} here but {:?} on line {first}",
@@ -139,8 +162,8 @@ pub fn parse(input: &[u8]) -> Result<Tables, Vec<ParseError>> {
             )),
             Some(_) => {}
             None => {
-                names.insert(provider_id, (provider_name.clone(), line));
-                tables.providers.push(Provider { id: provider_id, name: provider_name, line: Some(line) });
+                names.insert(provider_id, (provider_name.clone(), cli.clone(), line));
+                tables.providers.push(Provider { id: provider_id, name: provider_name, cli, line: Some(line) });
             }
         }
         tables.ips.push(ProviderIp { id, provider_id, ipaddress, domainname, direction, proto, line: Some(line) });

@@ -299,5 +299,13 @@ where
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(Export { allowlist: Allowlist::new(&opts.source, notes, entries), warnings })
+    // The caller-ID policy of every provider that has an entry.
+    let listed: std::collections::HashSet<u32> = entries.iter().map(|e| e.provider_id).collect();
+    let cli = tables
+        .providers
+        .iter()
+        .filter(|p| listed.contains(&p.id))
+        .filter_map(|p| Some((p.id, p.cli.clone()?)))
+        .collect();
+    Ok(Export { allowlist: Allowlist::new(&opts.source, notes, entries, cli), warnings })
 }

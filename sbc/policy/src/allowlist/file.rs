@@ -18,13 +18,19 @@
 //!   direction (`IN`, `OUT`, `IN/OUT`), provider id, provider name (double-quoted; `\"`, `\\`
 //!   and `\xHH` for control characters), `providers_ips` row id, origin (`ip`: the `ipaddress`
 //!   column; `literal`: an address or CIDR written in `domainname`; `dns:<name>`: resolved).
+//! * After the entries, one line per provider of the file whose caller-ID policy is known
+//!   (`providers.cli_allowed`, `providers.dynamic_calls_caller_id`; see `crate::caller_id`),
+//!   by provider id: `provider 7 cli_allowed=N caller_id=74951815283` (`caller_id=-`: none
+//!   set). A file without such lines loads and means "no caller-ID policy".
 //! * Sorted by prefix (IPv4 first, then by address, then length), provider id, row id; padded
 //!   per line, never aligned to other lines, so a changed row is a one-line diff. No
 //!   timestamp: exporting the same data twice gives the same bytes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::{self, Write as _};
 use std::net::IpAddr;
+
+use crate::caller_id::{CliPolicy, Number};
 
 use super::{Direction, MAX_ENTRIES, MAX_FILE_BYTES, MAX_TEXT, Prefix, PrefixError};
 
@@ -130,6 +136,7 @@ pub struct Allowlist {
     source: String,
     notes: Vec<String>,
     entries: Vec<Entry>,
+    cli: BTreeMap<u32, CliPolicy>,
     v4: Vec<Level>,
     v6: Vec<Level>,
 }
@@ -143,7 +150,10 @@ struct Level {
 
 impl PartialEq for Allowlist {
     fn eq(&self, other: &Allowlist) -> bool {
-        self.source == other.source && self.notes == other.notes && self.entries == other.entries
+        self.source == other.source
+            && self.notes == other.notes
+            && self.entries == other.entries
+            && self.cli == other.cli
     }
 }
 
@@ -163,7 +173,12 @@ fn bits(ip: IpAddr) -> u128 {
 impl Allowlist {
     /// Sorts the entries and indexes them. Callers ([`super::build`], [`Allowlist::parse`])
     /// have validated them.
-    pub(crate) fn new(source: &str, notes: Vec<String>, mut entries: Vec<Entry>) -> Allowlist {
+    pub(crate) fn new(
+        source: &str,
+        notes: Vec<String>,
+        mut entries: Vec<Entry>,
+        cli: BTreeMap<u32, CliPolicy>,
+    ) -> Allowlist {
         entries.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         let mut levels: [HashMap<u8, HashMap<u128, Vec<usize>>>; 2] = Default::default();
         for (i, e) in entries.iter().enumerate() {
@@ -177,7 +192,7 @@ impl Allowlist {
             v.sort_by_key(|l| std::cmp::Reverse(l.len));
             v
         });
-        Allowlist { source: one_line(source), notes: notes.iter().map(|n| one_line(n)).collect(), entries, v4, v6 }
+        Allowlist { source: one_line(source), notes: notes.iter().map(|n| one_line(n)).collect(), entries, cli, v4, v6 }
     }
 
     /// What it was exported from (the `# source:` line).
@@ -188,6 +203,17 @@ impl Allowlist {
     /// Rows skipped and prefixes shared between providers (the `# note:` lines).
     pub fn notes(&self) -> &[String] {
         &self.notes
+    }
+
+    /// A provider's caller-ID policy (its `provider` line); `None`: no policy.
+    pub fn cli_policy(&self, provider_id: u32) -> Option<&CliPolicy> {
+        self.cli.get(&provider_id)
+    }
+
+    /// The provider we send calls to at `ip`: of the longest prefix containing it, the first
+    /// OUT or IN/OUT entry. `None` when `ip` is no provider's outbound address.
+    pub fn outbound(&self, ip: IpAddr) -> Option<&Entry> {
+        self.matches(ip).find(|e| matches!(e.direction, Direction::Out | Direction::InOut))
     }
 
     /// Every entry, in file order.
@@ -276,6 +302,15 @@ impl Allowlist {
                 e.origin
             );
         }
+        if !self.cli.is_empty() {
+            out.push_str(
+                "# Caller-ID policy per provider (providers.cli_allowed, providers.dynamic_calls_caller_id).\n",
+            );
+        }
+        for (id, p) in &self.cli {
+            let number = p.number.as_ref().map_or("-", Number::as_str);
+            let _ = writeln!(out, "provider {id} cli_allowed={} caller_id={number}", if p.allowed { 'Y' } else { 'N' });
+        }
         out
     }
 
@@ -302,6 +337,8 @@ impl Allowlist {
         let mut source = None;
         let mut notes = Vec::new();
         let mut entries = Vec::new();
+        let mut cli = BTreeMap::new();
+        let mut cli_lines: HashMap<u32, u32> = HashMap::new();
         let mut seen: HashMap<(Prefix, u32, u32), u32> = HashMap::new();
         let mut distinct: [HashSet<Prefix>; 2] = Default::default();
         for (n, raw) in text.lines().enumerate() {
@@ -324,6 +361,24 @@ impl Allowlist {
                     source = Some(s.to_owned());
                 } else if let Some(s) = c.strip_prefix(" note: ") {
                     notes.push(s.to_owned());
+                }
+                continue;
+            }
+            if let Some(rest) = l.strip_prefix("provider ") {
+                match parse_provider(rest) {
+                    Ok((id, p)) => match cli_lines.get(&id) {
+                        Some(&first) => errors.push(err(
+                            line,
+                            FileErrorKind::Syntax(format!(
+                                "second policy line for provider {id} (first: line {first})"
+                            )),
+                        )),
+                        None => {
+                            cli_lines.insert(id, line);
+                            cli.insert(id, p);
+                        }
+                    },
+                    Err(kind) => errors.push(err(line, kind)),
                 }
                 continue;
             }
@@ -364,8 +419,32 @@ impl Allowlist {
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(Allowlist::new(source.as_deref().unwrap_or(""), notes, entries))
+        Ok(Allowlist::new(source.as_deref().unwrap_or(""), notes, entries, cli))
     }
+}
+
+/// `ID cli_allowed=Y|N caller_id=NUMBER|-` (after `provider `).
+fn parse_provider(rest: &str) -> Result<(u32, CliPolicy), FileErrorKind> {
+    let bad = || {
+        FileErrorKind::Syntax(format!(
+            "policy line {:?} is not `provider ID cli_allowed=Y|N caller_id=NUMBER|-`",
+            rest.chars().take(80).collect::<String>()
+        ))
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let [id, allowed, number] = f.as_slice() else { return Err(bad()) };
+    let id = id.parse::<u32>().ok().filter(|_| id.bytes().all(|b| b.is_ascii_digit())).ok_or_else(bad)?;
+    let allowed = match allowed.strip_prefix("cli_allowed=") {
+        Some("Y") => true,
+        Some("N") => false,
+        _ => return Err(bad()),
+    };
+    let number = match number.strip_prefix("caller_id=") {
+        Some("-") => None,
+        Some(n) => Some(Number::parse(n.as_bytes()).ok_or_else(bad)?),
+        None => return Err(bad()),
+    };
+    Ok((id, CliPolicy { allowed, number }))
 }
 
 /// `"name"` with `\"`, `\\` and `\xHH` (control characters) escaped.
@@ -535,7 +614,50 @@ mod tests {
                 e("198.51.100.7/32", Direction::In, 4, "Multitel", 9, Origin::Ip),
                 e("95.211.119.240/32", Direction::In, 8, "Вокс", 2, Origin::Ip),
             ],
+            BTreeMap::new(),
         )
+    }
+
+    #[test]
+    fn caller_id_policy_lines_round_trip_and_are_checked() {
+        let mut cli = BTreeMap::new();
+        cli.insert(8, CliPolicy { allowed: true, number: None });
+        cli.insert(7, CliPolicy { allowed: false, number: Number::parse(b"+74951815283") });
+        let a = Allowlist::new("x", vec![], sample().entries().to_vec(), cli);
+        let text = a.render();
+        let tail: Vec<&str> = text.lines().rev().take(3).collect();
+        assert_eq!(
+            tail,
+            [
+                "provider 8 cli_allowed=Y caller_id=-",
+                "provider 7 cli_allowed=N caller_id=+74951815283",
+                "# Caller-ID policy per provider (providers.cli_allowed, providers.dynamic_calls_caller_id).",
+            ]
+        );
+        let back = Allowlist::parse(&text).unwrap();
+        assert_eq!(back, a);
+        assert_eq!(back.render(), text);
+        assert!(back.cli_policy(7).is_some_and(|p| !p.allowed));
+        assert_eq!(back.cli_policy(3), None);
+        // The provider we send to: OUT or IN/OUT entries of the longest prefix.
+        assert_eq!(back.outbound(ip("203.0.113.5")).map(|e| e.row_id), Some(51));
+        assert_eq!(back.outbound(ip("203.0.113.9")).map(|e| e.row_id), Some(50));
+        assert_eq!(back.outbound(ip("198.51.100.7")).map(|e| e.provider_id), Some(3));
+        assert_eq!(back.outbound(ip("95.211.119.240")), None);
+        // A file without policy lines has none.
+        assert_eq!(sample().cli_policy(7), None);
+
+        let bad = format!(
+            "{MAGIC}\n203.0.113.1/32 OUT 1 \"A\" 1 ip\n\
+             provider 1 cli_allowed=N caller_id=-\n\
+             provider 1 cli_allowed=Y caller_id=-\n\
+             provider x cli_allowed=N caller_id=-\n\
+             provider 2 cli_allowed=maybe caller_id=-\n\
+             provider 3 cli_allowed=N caller_id=alice\n\
+             provider 4 cli_allowed=N\n"
+        );
+        let lines: Vec<u32> = Allowlist::parse(bad.as_bytes()).unwrap_err().iter().map(|e| e.line).collect();
+        assert_eq!(lines, [4, 5, 6, 7, 8]);
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //!
 //! `providers_ips(id, provider_id, ipaddress INT UNSIGNED DEFAULT 2130706433, domainname,
 //! direction ENUM('IN','OUT','IN/OUT'), proto ENUM('SIP','IAX2','H323'))`, joined with
-//! `providers(id, providername)`. What a row contributes ([`build`]):
+//! `providers(id, providername)`; `providers.cli_allowed` and `dynamic_calls_caller_id` (the
+//! caller-ID policy, `crate::caller_id`) are read where the source has them and written as one
+//! `provider` line per listed provider. What a row contributes ([`build`]):
 //!
 //! | `ipaddress` | `domainname` | entries | origin |
 //! |---|---|---|---|
@@ -61,7 +63,8 @@
 //!
 //! One file, RFC 4180, a header line naming the columns `id, provider_id, provider_name,
 //! ipaddress, domainname, direction, proto` in any order (`providername` is accepted for
-//! `provider_name`; other columns are ignored), e.g. from
+//! `provider_name`; `cli_allowed` and `dynamic_calls_caller_id` are read when present; other
+//! columns are ignored), e.g. from
 //! `SELECT i.id, i.provider_id, p.providername AS provider_name, i.ipaddress, i.domainname,
 //! i.direction, i.proto FROM providers_ips i JOIN providers p ON p.id = i.provider_id`.
 //! `ipaddress` is the INT or a dotted quad. An unquoted `\N` or `NULL`, or an empty field,
@@ -77,6 +80,7 @@ use std::fmt;
 pub use export::{Export, ExportError, Options, RowRef, build};
 pub use file::{Allowlist, Entry, FileError, FileErrorKind, FileErrors, Origin};
 
+use crate::caller_id::CliPolicy;
 use crate::{Prefix, PrefixError};
 
 /// `ipaddress` of a row whose address is to be taken from `domainname`: 127.0.0.1, the
@@ -167,6 +171,9 @@ pub struct Provider {
     pub id: u32,
     /// `providername` (NULL-able in the schema).
     pub name: Option<String>,
+    /// `cli_allowed` and `dynamic_calls_caller_id`; `None` when the source has no
+    /// `cli_allowed` (an older dump, a CSV without the column) or it is NULL: no policy.
+    pub cli: Option<CliPolicy>,
     /// Where it was read (line of a dump or CSV); `None` from a live database.
     pub line: Option<u32>,
 }
@@ -257,13 +264,16 @@ pub fn ip_row(cols: [Option<&str>; 6]) -> Result<ProviderIp, Vec<ParseErrorKind>
     if errs.is_empty() { Ok(row) } else { Err(errs) }
 }
 
-/// A `providers` row from `id, providername` as text (`None` = NULL); see [`ip_row`].
-pub fn provider_row(id: Option<&str>, name: Option<&str>) -> Result<Provider, Vec<ParseErrorKind>> {
+/// A `providers` row from `id, providername, cli_allowed, dynamic_calls_caller_id` as text
+/// (`None` = NULL); see [`ip_row`].
+pub fn provider_row(cols: [Option<&str>; 4]) -> Result<Provider, Vec<ParseErrorKind>> {
+    let [id, name, cli_allowed, number] = cols;
     let id = value::uint("providers", "id", id);
     let name = value::text("providers", "providername", name);
-    match (id, name) {
-        (Ok(id), Ok(name)) => Ok(Provider { id, name, line: None }),
-        (id, name) => Err(id.err().into_iter().chain(name.err()).collect()),
+    let cli = value::cli("providers", cli_allowed, number);
+    match (id, name, cli) {
+        (Ok(id), Ok(name), Ok(cli)) => Ok(Provider { id, name, cli, line: None }),
+        (id, name, cli) => Err(id.err().into_iter().chain(name.err()).chain(cli.err()).collect()),
     }
 }
 
@@ -271,6 +281,28 @@ pub fn provider_row(id: Option<&str>, name: Option<&str>) -> Result<Provider, Ve
 /// Shared by the SQL and CSV readers so both accept and reject exactly the same values.
 pub(crate) mod value {
     use super::{Direction, MAX_TEXT, ParseErrorKind, Proto};
+    use crate::caller_id::{CliPolicy, Number};
+
+    /// `cli_allowed` (`Y`/`N`, case-insensitive like the ENUM; NULL: no policy) with
+    /// `dynamic_calls_caller_id` (digits, optional `+`; NULL or empty: none).
+    pub(crate) fn cli(
+        table: &'static str,
+        allowed: Option<&str>,
+        number: Option<&str>,
+    ) -> Result<Option<CliPolicy>, ParseErrorKind> {
+        let number = match number.map(str::trim) {
+            None | Some("") => None,
+            Some(s) => Some(Number::parse(s.as_bytes()).ok_or_else(|| {
+                bad(table, "dynamic_calls_caller_id", number, "a telephone number (digits, optional leading +)")
+            })?),
+        };
+        match allowed.map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(s) if s.eq_ignore_ascii_case("Y") => Ok(Some(CliPolicy { allowed: true, number })),
+            Some(s) if s.eq_ignore_ascii_case("N") => Ok(Some(CliPolicy { allowed: false, number })),
+            Some(_) => Err(bad(table, "cli_allowed", allowed, "Y or N")),
+        }
+    }
 
     pub(crate) fn bad(
         table: &'static str,

@@ -273,6 +273,15 @@ impl Table {
             Table::Ips => IPS_COLUMNS,
         }
     }
+
+    /// Columns read when present (a dump of an older schema may lack them): the caller-ID
+    /// policy. Absent reads as NULL.
+    fn optional(self) -> &'static [&'static str] {
+        match self {
+            Table::Providers => &["cli_allowed", "dynamic_calls_caller_id"],
+            Table::Ips => &[],
+        }
+    }
 }
 
 /// One value of a tuple, as far as the allowlist cares.
@@ -533,11 +542,11 @@ impl Parser<'_> {
             }
             None => return Err(Self::syntax(line, "INSERT without VALUES".into())),
         }
-        // Positions of the needed columns in a tuple.
+        // Positions of the needed columns in a tuple, then of the optional ones (`None`: absent).
         let mut index = Vec::new();
         for need in table.needed() {
             match columns.iter().position(|c| c.eq_ignore_ascii_case(need)) {
-                Some(i) => index.push(i),
+                Some(i) => index.push(Some(i)),
                 None => {
                     return Err(ParseError::new(
                         line,
@@ -545,6 +554,9 @@ impl Parser<'_> {
                     ));
                 }
             }
+        }
+        for opt in table.optional() {
+            index.push(columns.iter().position(|c| c.eq_ignore_ascii_case(opt)));
         }
         loop {
             let tline = self.expect_punct(b'(', line)?;
@@ -555,7 +567,8 @@ impl Parser<'_> {
                     ParseErrorKind::Arity { table: table.name(), got: values.len(), expected: columns.len() },
                 ));
             } else {
-                let picked: Vec<&Raw> = index.iter().filter_map(|&i| values.get(i)).collect();
+                let picked: Vec<&Raw> =
+                    index.iter().map(|i| i.and_then(|i| values.get(i)).unwrap_or(&Raw::Null)).collect();
                 self.row(table, tline, &picked)?;
             }
             match self.next()? {
@@ -620,6 +633,7 @@ impl Parser<'_> {
         let cols: Vec<Option<Option<&str>>> = table
             .needed()
             .iter()
+            .chain(table.optional())
             .enumerate()
             .map(|(i, name)| match v.get(i) {
                 Some(Raw::Text(s)) => Some(Some(s.as_str())),
@@ -640,10 +654,15 @@ impl Parser<'_> {
             Table::Providers => {
                 let id = field(&mut errs, col(0), |v| value::uint(tname, "id", v));
                 let name = field(&mut errs, col(1), |v| value::text(tname, "providername", v));
-                if let (Some(id), Some(name)) = (id, name)
+                // `None`: a value this reader cannot evaluate (reported when `cols` was built).
+                let cli = match (cols.get(2).copied().flatten(), cols.get(3).copied().flatten()) {
+                    (Some(a), Some(n)) => value::cli(tname, a, n).map_err(|e| errs.push(e)).ok(),
+                    _ => None,
+                };
+                if let (Some(id), Some(name), Some(cli)) = (id, name, cli)
                     && errs.is_empty()
                 {
-                    self.tables.providers.push(Provider { id, name, line: Some(line) });
+                    self.tables.providers.push(Provider { id, name, cli, line: Some(line) });
                 }
             }
             Table::Ips => {
@@ -756,8 +775,8 @@ mod tests {
         assert_eq!(
             t.providers,
             vec![
-                Provider { id: 3, name: Some("O'Neil\tTel".into()), line: Some(2) },
-                Provider { id: 4, name: None, line: Some(2) }
+                Provider { id: 3, name: Some("O'Neil\tTel".into()), cli: None, line: Some(2) },
+                Provider { id: 4, name: None, cli: None, line: Some(2) }
             ]
         );
         assert_eq!(t.ips[0].direction, Direction::InOut);

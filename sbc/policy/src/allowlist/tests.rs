@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use super::*;
+use crate::caller_id::{CliPolicy, Number};
 
 /// The lab's DNS (tests/e2e/allowlist_export.rs serves the same names with dnsmasq): answers
 /// unsorted and with a repeat, as resolvers may.
@@ -18,7 +19,7 @@ fn fake_dns(name: &str) -> Result<Vec<IpAddr>, String> {
 }
 
 fn provider(id: u32, name: &str) -> Provider {
-    Provider { id, name: Some(name.into()), line: None }
+    Provider { id, name: Some(name.into()), cli: None, line: None }
 }
 
 fn row(
@@ -317,7 +318,7 @@ fn duplicates_are_errors_naming_both_rows() {
     t.ips.push(ProviderIp { line: Some(50), ..row(44, 7, 1, None, Direction::In, "SIP") });
     // Same placeholder name twice for one provider.
     t.ips.push(row(103, 8, PLACEHOLDER, Some("SBC.VoxBeam.com"), Direction::Out, "SIP"));
-    t.providers.push(Provider { id: 3, name: Some("Zadarma again".into()), line: Some(9) });
+    t.providers.push(Provider { id: 3, name: Some("Zadarma again".into()), cli: None, line: Some(9) });
     assert_eq!(
         errors(&t),
         vec![
@@ -458,6 +459,16 @@ fn database_rows_are_checked_like_dump_rows() {
     assert_eq!(r, row(1, 8, PLACEHOLDER, Some("sbc.voxbeam.com"), Direction::Out, "SIP"));
     let e = ip_row([Some("1"), None, Some("-1"), None, Some("UP"), None]).unwrap_err();
     assert_eq!(e.len(), 4, "{e:?}");
-    assert_eq!(provider_row(Some("8"), None).unwrap(), Provider { id: 8, name: None, line: None });
-    assert_eq!(provider_row(Some("x"), Some(&"n".repeat(MAX_TEXT + 1))).unwrap_err().len(), 2);
+    assert_eq!(
+        provider_row([Some("8"), None, None, None]).unwrap(),
+        Provider { id: 8, name: None, cli: None, line: None }
+    );
+    assert_eq!(
+        provider_row([Some("x"), Some(&"n".repeat(MAX_TEXT + 1)), Some("maybe"), Some("12a")]).unwrap_err().len(),
+        3
+    );
+    let p = provider_row([Some("7"), Some("WestCall"), Some("n"), Some("+74951815283")]).unwrap();
+    assert_eq!(p.cli, Some(CliPolicy { allowed: false, number: Number::parse(b"+74951815283") }));
+    let p = provider_row([Some("8"), None, Some("Y"), Some("")]).unwrap();
+    assert_eq!(p.cli, Some(CliPolicy { allowed: true, number: None }));
 }

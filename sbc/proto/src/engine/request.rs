@@ -40,7 +40,25 @@ impl Engine {
                 return self.local_reply(now, flow, req, code, reason, &extra);
             }
             Admit::Drop => return self.drop_msg(flow, "refused by guard".into()),
+            Admit::Rewrite(bytes) => {
+                let checked = Message::index(&bytes, self.cfg.limits.max_headers)
+                    .map_err(SipError::from)
+                    .and_then(|m| sanity::check(m).map_err(|bad| bad.1));
+                return match checked {
+                    Ok(c) if c.branch == req.branch && c.sent_by == req.sent_by && c.method == req.method => {
+                        self.admitted(now, flow, &c, key)
+                    }
+                    Ok(_) => self.drop_msg(flow, "the guard's rewrite changed the transaction".into()),
+                    Err(e) => self.drop_msg(flow, format!("the guard's rewrite does not parse: {e}")),
+                };
+            }
         }
+        self.admitted(now, flow, req, key);
+    }
+
+    /// A request the guard let through (possibly rewritten): overload shedding, the SBC's own
+    /// answers, routing and forwarding.
+    fn admitted(&mut self, now: Instant, flow: Flow, req: &Checked<'_>, key: ServerKey) {
         if let Some(o) = self.overload
             && self.sheddable(req, flow)
         {

@@ -44,6 +44,10 @@ pub enum Admit {
         retry_after: Option<u32>,
     },
     Drop,
+    /// Go on with these bytes instead of the request: the guard changed some of its headers
+    /// (the trunk's caller-ID policy replaces the From and P-Asserted-Identity user). They are
+    /// indexed and checked again; the transaction (Via branch, sent-by, method) must not change.
+    Rewrite(Vec<u8>),
 }
 
 /// A final response on its way to the requester, for the guard.

@@ -278,6 +278,8 @@ pub struct RawTrunk {
     /// Protected destinations as "IP:port/udp" or "IP:port/tcp"; default: every external
     /// listen address.
     pub protected: Option<Vec<String>>,
+    /// reject | replace | off: the caller-ID policy of `cli_allowed=N` providers.
+    pub caller_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -487,6 +489,18 @@ pub enum XdpMode {
     Auto,
 }
 
+/// `[trunk] caller_id`: what to do with the core's new call to a `cli_allowed=N` provider whose
+/// caller ID is not the provider's number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerIdMode {
+    /// 403 to the core; nothing is sent to the provider.
+    Reject,
+    /// The user part of From and of every P-Asserted-Identity becomes the provider's number.
+    Replace,
+    /// No check.
+    Off,
+}
+
 #[derive(Debug, Clone)]
 pub struct Trunk {
     pub allowlist: Option<std::path::PathBuf>,
@@ -498,6 +512,7 @@ pub struct Trunk {
     pub sip_ports: Vec<(u16, bool)>,
     /// The per-source packet-rate limit in XDP (`[guard] xdp_rate_*`); None: off.
     pub xdp_rate: Option<XdpRate>,
+    pub caller_id: CallerIdMode,
 }
 
 /// The XDP per-source packet-rate limit, validated: a token bucket per source (IPv6 per
@@ -1113,6 +1128,15 @@ fn trunk(raw: &RawTrunk, ext: &Listen, errs: &mut Checks<'_>) -> Trunk {
             XdpMode::Auto
         }
     };
+    let caller_id = match raw.caller_id.as_deref().unwrap_or("reject") {
+        "reject" => CallerIdMode::Reject,
+        "off" => CallerIdMode::Off,
+        "replace" => CallerIdMode::Replace,
+        other => {
+            errs.error("trunk.caller_id", format!("{other:?} is not one of reject, replace, off"));
+            CallerIdMode::Reject
+        }
+    };
     if let Some(i) = &raw.interface
         && (i.is_empty() || i.len() > 15 || i.contains('/') || i.chars().any(char::is_whitespace))
     {
@@ -1155,6 +1179,7 @@ fn trunk(raw: &RawTrunk, ext: &Listen, errs: &mut Checks<'_>) -> Trunk {
         protected,
         sip_ports,
         xdp_rate: None,
+        caller_id,
     }
 }
 
@@ -1488,6 +1513,20 @@ max_message_bytes = 70000
         assert!(got.iter().any(|l| l.contains("guard.xdp_rate_pps: 20000000 out of range")), "{got:#?}");
         let got = lines(&format!("{MINIMAL}[guard]\nxdp_rate_burst = 5\n"));
         assert!(got.iter().any(|l| l.contains("guard.xdp_rate_burst") && l.contains("without")), "{got:#?}");
+    }
+
+    #[test]
+    fn caller_id_policy_rejects_by_default_and_names_its_modes() {
+        assert_eq!(parse(MINIMAL).unwrap().trunk.caller_id, CallerIdMode::Reject);
+        let off = parse(&format!("{MINIMAL}[trunk]\ncaller_id = \"off\"\n")).unwrap();
+        assert_eq!(off.trunk.caller_id, CallerIdMode::Off);
+        let replace = parse(&format!("{MINIMAL}[trunk]\ncaller_id = \"replace\"\n")).unwrap();
+        assert_eq!(replace.trunk.caller_id, CallerIdMode::Replace);
+        let got = lines(&format!("{MINIMAL}[trunk]\ncaller_id = \"drop\"\n"));
+        assert!(
+            got.iter().any(|l| l.contains("trunk.caller_id: \"drop\" is not one of reject, replace, off")),
+            "{got:#?}"
+        );
     }
 
     #[test]
