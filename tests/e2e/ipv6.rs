@@ -385,6 +385,10 @@ fn rtp_across_families(prefix: &str, test: &str, addrs: Addrs) -> Result<()> {
         core_to_sbc.len(),
         sbc_to_phone.len()
     );
+    let relay_stats = stats(&lab)?;
+    let media: Vec<&str> =
+        relay_stats.lines().filter(|l| l.starts_with("media.") && !l.starts_with("media.call.")).collect();
+    eprintln!("{}", media.join("\n"));
     ensure!(phone_to_sbc.len() == CALLS * SAMPLE_PACKETS, "the caller played {} packets", phone_to_sbc.len());
     ensure!(
         phone_to_sbc.iter().all(|p| p.dst.ip() == sbc_ext && RELAY.contains(&p.dst.port())),
