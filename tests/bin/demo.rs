@@ -1,5 +1,6 @@
 //! `just demo`: builds the three-namespace lab, runs calls both ways through the SBC with
-//! captures on both of its veths, prints `calls ok=N failed=F leaked=L` and cleans up.
+//! captures on both of its veths (the core's UAs send SDP, the
+//! SBC anchors the media: the leak count covers the SDP too), prints `calls ok=N failed=F leaked=L` and cleans up.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -28,7 +29,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let _sbc = match lab.start_sbc("[probe]\ninterval_ms = 0\n") {
+    let _sbc = match lab.start_sbc("[probe]\ninterval_ms = 0\n[media]\nenabled = true\nports = \"40000-40999\"\n") {
         Ok(p) => p,
         Err(e) => {
             eprintln!("sbc: {e:#}");
@@ -36,8 +37,8 @@ fn main() -> ExitCode {
         }
     };
     let run = capture_both(&lab, || -> anyhow::Result<(u64, u64)> {
-        let a = run_pair(&lab, &Calls::inbound("uas-nosdp.xml", "uac.xml", CALLS, 20))?;
-        let b = run_pair(&lab, &Calls::outbound("uas.xml", "uac-nosdp.xml", CALLS, 20))?;
+        let a = run_pair(&lab, &Calls::inbound("uas-core.xml", "uac.xml", CALLS, 20))?;
+        let b = run_pair(&lab, &Calls::outbound("uas.xml", "uac-core.xml", CALLS, 20))?;
         Ok((
             a.successful + b.successful,
             a.failed + b.failed + (2 * CALLS).saturating_sub(a.successful + a.failed + b.successful + b.failed),

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use sbc_lab::calls::{spawn_sipp, start_kamailio_with};
+use sbc_lab::calls::{Captured, spawn_sipp, start_kamailio_with};
 use sbc_lab::{
     CORE, Capture, EXT_PEER, Lab, Proc, SBC_EXT, lab_lock, pcap, privileged, sbc_cli, scenario, sipp_stats, stat,
 };
@@ -53,7 +53,7 @@ fn start_sbc(lab: &Lab, signatures: bool) -> Result<Proc> {
     let scanner = if signatures { "" } else { "[guard.scanner]\nuser_agents = []\nfrom_names = []\nfrom_hosts = []\n" };
     let extra = format!(
         "[trunk]\nallowlist = \"{dir}/allow.txt\"\ninterface = \"x0\"\nxdp_mode = \"native\"\n\
-         protected = [\"{SBC_EXT}:5060/udp\"]\n[guard]\nstate_dir = \"{dir}/state\"\ndomains = [\"{DOMAIN}\"]\n{scanner}",
+         protected = [\"{SBC_EXT}:5060/udp\"]\n[media]\nenabled = true\nports = \"40000-40999\"\nworkers = 1\n[guard]\nstate_dir = \"{dir}/state\"\ndomains = [\"{DOMAIN}\"]\n{scanner}",
         dir = lab.dir.display()
     );
     let sbc = lab.start_sbc_listening(&listen, true, &extra)?;
@@ -153,7 +153,7 @@ fn svcrack_is_banned_after_maxretry_failures_and_dropped_in_xdp_while_a_phone_ke
     let access: SocketAddr = format!("{SBC_EXT}:{ACCESS_PORT}").parse()?;
 
     // The phone: 40 calls at 4/s to "svc" (Kamailio relays them to the UAS on :5072).
-    let uas_sf = scenario("uas-nosdp.xml").to_string_lossy().into_owned();
+    let uas_sf = scenario("uas-core.xml").to_string_lossy().into_owned();
     let uas = spawn_sipp(&lab, &lab.core, "callee", &["-sf", &uas_sf, "-i", CORE, "-p", "5072", "-timeout", "90s"])?;
     std::thread::sleep(Duration::from_millis(300));
     let internal = Capture::start(&lab.sbc, "i0", lab.dir.join("internal.pcap"), &lab.dir)?;
@@ -185,6 +185,21 @@ fn svcrack_is_banned_after_maxretry_failures_and_dropped_in_xdp_while_a_phone_ke
     // The phone: every call completed.
     let calls = sipp_stats(&caller.log_text());
     ensure!(calls.successful == 40 && calls.failed == 0, "phone calls: {calls:?}\n{}", caller.log_text());
+    // The phone's calls carried SDP both ways (the core's callee answers with its own): nothing
+    // of the core, its SDP included, reached the outside.
+    let (internal, external) = {
+        let cap = Captured { external, internal, core: CORE.parse()?, sbc_external: SBC_EXT.parse()? };
+        let report = cap.leak_report();
+        let answers = pcap::sdp_bodies(&cap.internal, cap.core).len();
+        ensure!(answers >= 40, "{answers} SDP answers from the core for 40 calls");
+        ensure!(
+            report.leaks.is_empty(),
+            "{} leaks, first:\n{}",
+            report.leaks.len(),
+            report.leaks.first().map_or("", |l| l.at.as_str())
+        );
+        (cap.internal, cap.external)
+    };
 
     // The ban: by the sip-auth jail, logged with its evidence.
     let (ok, list) = bans(&lab, &["list"])?;
@@ -401,7 +416,7 @@ fn legitimate_calls_complete_under_an_invite_flood_and_a_spoofed_provider_flood(
     let _sbc = start_sbc(&lab, true)?;
     let access: SocketAddr = format!("{SBC_EXT}:{ACCESS_PORT}").parse()?;
     let trunk: SocketAddr = format!("{SBC_EXT}:5060").parse()?;
-    let uas_sf = scenario("uas-nosdp.xml").to_string_lossy().into_owned();
+    let uas_sf = scenario("uas-core.xml").to_string_lossy().into_owned();
     let uas = spawn_sipp(&lab, &lab.core, "callee", &["-sf", &uas_sf, "-i", CORE, "-p", "5072", "-timeout", "90s"])?;
     std::thread::sleep(Duration::from_millis(300));
     let internal = Capture::start(&lab.sbc, "i0", lab.dir.join("internal.pcap"), &lab.dir)?;

@@ -16,6 +16,8 @@ const ATTACKER: &str = "203.0.113.66";
 const EXT6: &str = "2001:db8:1::10";
 const ATTACKER6: &str = "2001:db8:1::66";
 const SBC_EXT6: &str = "2001:db8:1::1";
+/// Media anchored: the core's callee answers with SDP (uas-core.xml) and the leak check covers it.
+const MEDIA: &str = "[media]\nenabled = true\nports = \"40000-40999\"\nworkers = 1\n";
 
 fn options(from: &str) -> String {
     let from = if from.contains(':') { format!("[{from}]") } else { from.to_string() };
@@ -54,7 +56,7 @@ fn trunk_lab_with(prefix: &str, test: &str, more_trunk: &str) -> Result<(Lab, Pr
     let listen =
         format!("udp = [\"{SBC_EXT}:5060\", \"[{SBC_EXT6}]:5060\"]\ntcp = [\"{SBC_EXT}:5060\", \"[{SBC_EXT6}]:5060\"]");
     let extra = format!(
-        "[probe]\ninterval_ms = 0\n[trunk]\nallowlist = \"{}\"\ninterface = \"x0\"\nxdp_mode = \"native\"\n{more_trunk}",
+        "[probe]\ninterval_ms = 0\n{MEDIA}[trunk]\nallowlist = \"{}\"\ninterface = \"x0\"\nxdp_mode = \"native\"\n{more_trunk}",
         lab.dir.join("allow.txt").display()
     );
     let sbc = lab.start_sbc_listening(&listen, true, &extra)?;
@@ -81,7 +83,7 @@ fn listed_carrier_calls_complete_and_unlisted_sources_die_in_xdp() -> Result<()>
     let _g = lab_lock();
     let (lab, sbc) = trunk_lab("sbt1", "trunk_xdp")?;
     // The listed carrier's calls complete.
-    run_calls(&lab, &Calls::inbound("uas-nosdp.xml", "uac.xml", 20, 10))?;
+    run_calls(&lab, &Calls::inbound("uas-core.xml", "uac.xml", 20, 10))?;
     let before = stats(&lab)?;
     // The attacker: UDP and TCP to the trunk port, over IPv4 and IPv6.
     send_udp(&lab.ext, ATTACKER, addr(SBC_EXT, 5060), &options(ATTACKER), 200, 2000)?;
@@ -124,7 +126,7 @@ fn reload_under_load_loses_no_call_and_admits_nothing_unlisted() -> Result<()> {
     let before = stats(&lab)?;
     let (res, cap) = capture_both(&lab, || -> Result<u32> {
         std::thread::scope(|s| -> Result<u32> {
-            let calls = s.spawn(|| run_calls(&lab, &Calls::inbound("uas-nosdp.xml", "uac.xml", 200, 25)));
+            let calls = s.spawn(|| run_calls(&lab, &Calls::inbound("uas-core.xml", "uac.xml", 200, 25)));
             let flood = s.spawn(|| send_udp(&lab.ext, ATTACKER, addr(SBC_EXT, 5060), &options(ATTACKER), 2000, 250));
             let mut reloads = 0;
             for i in 0..20 {
@@ -161,6 +163,14 @@ fn reload_under_load_loses_no_call_and_admits_nothing_unlisted() -> Result<()> {
     // Nothing of the attacker reached the core: it is the only source of OPTIONS.
     let leaked = cap.internal.iter().filter(|p| p.payload.starts_with(b"OPTIONS ")).count();
     ensure!(leaked == 0, "{leaked} attacker OPTIONS reached the core");
+    let report = cap.leak_report();
+    ensure!(report.secrets.len() >= 200, "too few core identifiers to look for: {}", report.secrets.len());
+    ensure!(
+        report.leaks.is_empty(),
+        "{} leaks, first:\n{}",
+        report.leaks.len(),
+        report.leaks.first().map_or("", |l| l.at.as_str())
+    );
     eprintln!("200 calls, {reloads} reloads, {} flood packets dropped in XDP", d("xdp.drop_not_allowed"));
     Ok(())
 }

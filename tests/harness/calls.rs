@@ -166,7 +166,7 @@ pub fn start_calls(lab: &Lab, c: &Calls<'_>) -> Result<(Proc, Proc)> {
     let cid = core_call_id();
     if c.way == Way::Outbound {
         args.extend_from_slice(&["-cid_str", &cid]);
-        // A scenario naming its callee by `[target]` (uac-nosdp-target.xml) sends to the SBC
+        // A scenario naming its callee by `[target]` (uac-core-target.xml) sends to the SBC
         // itself: sipp sends only to its own family, and an IPv4 core may call an IPv6 callee.
         if by_key {
             args.extend_from_slice(&["-key", "target", &ext_target]);

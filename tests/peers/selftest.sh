@@ -45,7 +45,7 @@ for f in uac-nosdp uac-nosdp-target uas-nosdp uac-waitbye-nosdp uas-bye-nosdp ua
     fi
 done
 # The core's scenarios for the media-anchoring labs carry its SDP (the leak check covers it).
-for f in uas-core uac-core uas-bye-core uac-waitbye-core uas-reinvite-core uas-refer-core uas-hold-core \
+for f in uas-core uac-core uac-core-target uas-bye-core uac-waitbye-core uas-reinvite-core uas-refer-core uas-hold-core \
          uas-reinvite-from-callee core-call-user core-call-user-rtp; do
     if ! grep -q 'o=corepbx-media ' "$sc/$f.xml"; then
         echo "FAIL: $f.xml carries no core SDP" >&2

@@ -95,11 +95,17 @@ impl RelayWorkers {
 struct Table {
     low: u16,
     sockets: Vec<Option<UdpSocket>>,
+    /// Per port as `sockets`: bound on an IPv6 address.
+    v6: Vec<bool>,
 }
 
 impl Table {
     fn get(&self, port: u16) -> Option<&UdpSocket> {
         self.sockets.get(usize::from(port.checked_sub(self.low)?))?.as_ref()
+    }
+
+    fn is_v6(&self, port: u16) -> bool {
+        port.checked_sub(self.low).and_then(|i| self.v6.get(usize::from(i))).copied().unwrap_or(false)
     }
 }
 
@@ -118,6 +124,7 @@ pub fn start(
     let low = ports.0;
     let mut sockets: Vec<Option<UdpSocket>> = Vec::new();
     sockets.resize_with(usize::from(ports.1 - low) + 1, || None);
+    let mut v6 = vec![false; sockets.len()];
     for (rtp, side) in pool.pairs() {
         for port in [rtp, rtp + 1] {
             let addr = SocketAddr::new(*address.get(side), port);
@@ -125,9 +132,12 @@ pub fn start(
             if let Some(slot) = sockets.get_mut(usize::from(port - low)) {
                 *slot = Some(sock);
             }
+            if let Some(slot) = v6.get_mut(usize::from(port - low)) {
+                *slot = addr.is_ipv6();
+            }
         }
     }
-    let table = Arc::new(Table { low, sockets });
+    let table = Arc::new(Table { low, sockets, v6 });
     let workers = workers.max(1);
     let stop = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(RelayCounters::default());
@@ -199,7 +209,13 @@ fn worker(
 ) {
     let mut events = [EpollEvent::empty(); EVENTS];
     let mut bufs = vec![[0u8; RX_BYTES]; SLOTS];
-    let mut rx_hdrs = MultiHeaders::<SockaddrStorage>::preallocate(PER_SOCKET, None);
+    // One set of receive headers per address family. The kernel writes each header's
+    // msg_namelen back with the length of the name it returned, and nix does not reset it
+    // between calls: a header that last held an IPv4 source (16 bytes) would cut the next IPv6
+    // source to its first 8 address bytes (2001:db8:1::10 read as 2001:db8:1::), and the latch
+    // would learn that. A socket's family never changes, so each set only ever sees one length.
+    let mut rx_hdrs_v4 = MultiHeaders::<SockaddrStorage>::preallocate(PER_SOCKET, None);
+    let mut rx_hdrs_v6 = MultiHeaders::<SockaddrStorage>::preallocate(PER_SOCKET, None);
     let mut tx_hdrs = MultiHeaders::<SockaddrStorage>::preallocate(SLOTS, None);
     let mut rx: Vec<Rx> = Vec::with_capacity(SLOTS);
     let mut tx: Vec<Tx> = Vec::with_capacity(SLOTS);
@@ -227,7 +243,8 @@ fn worker(
             }
             let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
                 free.iter_mut().take(take).map(|b| [IoSliceMut::new(b.as_mut_slice())]).collect();
-            let msgs = match recvmmsg(sock.as_raw_fd(), &mut rx_hdrs, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None) {
+            let rx_hdrs = if table.is_v6(port) { &mut rx_hdrs_v6 } else { &mut rx_hdrs_v4 };
+            let msgs = match recvmmsg(sock.as_raw_fd(), rx_hdrs, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None) {
                 Ok(msgs) => msgs,
                 Err(_) => continue,
             };
