@@ -119,30 +119,19 @@ fn stun_from_behind_the_nat_returns_the_routers_public_address_and_port() -> Res
 
 /// The core calls `user` through Kamailio (sipp core-call-user.xml, one call, 200 ms long).
 fn spawn_core_call(nat: &NatLab, user: &str) -> Result<Proc> {
-    spawn_sipp(
-        &nat.lab,
-        &nat.lab.core,
-        "core-caller",
-        &[
-            "-sf",
-            &scenario("core-call-user.xml").to_string_lossy(),
-            "-t",
-            "u1",
-            "-i",
-            CORE,
-            "-p",
-            "5072",
-            "-s",
-            user,
-            &format!("{CORE}:{CORE_PORT}"),
-            "-m",
-            "1",
-            "-d",
-            "200",
-            "-timeout",
-            "20s",
-        ],
-    )
+    spawn_core_caller(nat, "core-call-user.xml", user, &[], 200, "20s")
+}
+
+/// One call from the core's sipp (`sf`, from CORE:5072 through Kamailio) to `user`, held
+/// `hold_ms`; `extra` options go before the user (e.g. `-mp` for a scenario that plays RTP).
+fn spawn_core_caller(nat: &NatLab, sf: &str, user: &str, extra: &[&str], hold_ms: u32, timeout: &str) -> Result<Proc> {
+    let sf = scenario(sf).to_string_lossy().into_owned();
+    let target = format!("{CORE}:{CORE_PORT}");
+    let hold = hold_ms.to_string();
+    let mut args = vec!["-sf", &sf, "-t", "u1", "-i", CORE, "-p", "5072"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-s", user, &target, "-m", "1", "-d", &hold, "-timeout", timeout]);
+    spawn_sipp(&nat.lab, &nat.lab.core, "core-caller", &args)
 }
 
 /// Captures on the SBC's two veths and on the home link.
@@ -580,32 +569,7 @@ fn baresip_behind_nat_hears_the_cores_audio_and_the_core_gets_the_phones_through
         let mut phone = baresip::spawn(&nat.home, &nat.dir().join("baresip"), &account, Duration::from_secs(90))?;
         registered(&nat, false, PHONE.parse()?)?;
         let mp = CORE_MEDIA.to_string();
-        let core = spawn_sipp(
-            &nat.lab,
-            &nat.lab.core,
-            "core-caller",
-            &[
-                "-sf",
-                &scenario("core-call-user-rtp.xml").to_string_lossy(),
-                "-t",
-                "u1",
-                "-i",
-                CORE,
-                "-p",
-                "5072",
-                "-mp",
-                &mp,
-                "-s",
-                "dave",
-                &format!("{CORE}:{CORE_PORT}"),
-                "-m",
-                "1",
-                "-d",
-                "9000",
-                "-timeout",
-                "40s",
-            ],
-        )?;
+        let core = spawn_core_caller(&nat, "core-call-user-rtp.xml", "dave", &["-mp", &mp], 9000, "40s")?;
         // Mid-call: the call's own counters in `sbc stats`.
         std::thread::sleep(Duration::from_secs(5));
         let during = stats()?;
